@@ -1,0 +1,323 @@
+"""Anatomy: the limb region, the motor-unit pool and the electrode grid, read from TOML.
+
+Coordinates (mm): ``x`` lateral (across the fibres), ``z`` along the fibres, ``y`` depth below the
+skin surface. The muscle is centred at x = 0 and the fibre midpoints lie at z = 0.
+
+Shipped anatomies live in the top-level ``anatomy/`` folder (``bmiss.anatomy.list_anatomies()``);
+any TOML with the same keys can be passed by path.
+"""
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+ANATOMY_DIR = Path(__file__).resolve().parent / "anatomies"
+MONTAGES = ("monopolar", "single_differential", "double_differential")
+
+
+class AnatomyError(ValueError):
+    """An anatomy file is missing a key or holds a value outside its allowed range."""
+
+
+# (section, key): (type, lo, hi, unit/help). Ranges are physiological plausibility bounds.
+_SCHEMA: dict[str, dict[str, tuple]] = {
+    "layers": {
+        "skin_thickness_mm": (float, 0.2, 5.0, "mm"),
+        "skin_conductivity": (float, 1e-4, 5.0, "S/m"),
+        "fat_thickness_mm": (float, 0.0, 30.0, "mm"),
+        "fat_conductivity": (float, 1e-3, 1.0, "S/m"),
+        "muscle_conductivity_radial": (float, 0.01, 2.0, "S/m"),
+        "muscle_conductivity_longitudinal": (float, 0.01, 5.0, "S/m"),
+    },
+    "muscle": {
+        "width_mm": (float, 5.0, 300.0, "mm"),
+        "thickness_mm": (float, 3.0, 100.0, "mm"),
+        "fibre_length_mm": (float, 20.0, 250.0, "mm"),
+        "fibre_length_spread_mm": (float, 0.0, 50.0, "mm"),
+        "iz_fraction": (float, 0.2, 0.8, "fraction of fibre length"),
+        "iz_spread_fraction": (float, 0.0, 0.3, "fraction of fibre length"),
+        "iz_jitter_mm": (float, 0.0, 15.0, "mm"),
+        "end_jitter_mm": (float, 0.0, 15.0, "mm"),
+        "cv_mean_m_s": (float, 2.0, 7.0, "m/s"),
+        "cv_std_m_s": (float, 0.0, 1.5, "m/s"),
+        "mu_fibre_density_per_mm2": (float, 1.0, 500.0, "fibres/mm^2"),
+    },
+    "pool": {
+        "n_units": (int, 1, 2000, "units"),
+        "recruitment_range": (float, 1.0, 200.0, "ratio"),
+        "recruitment_end": (float, 0.05, 1.0, "fraction of max excitation"),
+        "fibres_min": (int, 1, 5000, "fibres"),
+        "fibres_max": (int, 1, 5000, "fibres"),
+        "min_rate_hz": (float, 1.0, 30.0, "Hz"),
+        "peak_rate_first_hz": (float, 5.0, 100.0, "Hz"),
+        "peak_rate_last_hz": (float, 5.0, 100.0, "Hz"),
+        "isi_cov": (float, 0.0, 0.5, "ratio"),
+    },
+    "grid": {
+        "rows": (int, 1, 64, "electrodes"),
+        "cols": (int, 1, 64, "electrodes"),
+        "ied_mm": (float, 1.0, 50.0, "mm"),
+        "electrode_radius_mm": (float, 0.05, 10.0, "mm"),
+        "centre_x_mm": (float, -200.0, 200.0, "mm"),
+        "centre_z_mm": (float, -200.0, 200.0, "mm"),
+        "rotation_deg": (float, -180.0, 180.0, "degrees"),
+        "montage": (str, None, None, " | ".join(MONTAGES)),
+        "missing": (list, None, None, "list of [row, col]"),
+        "fs_hz": (float, 500.0, 100000.0, "Hz"),
+        "muap_samples": (int, 16, 1024, "samples"),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Layers:
+    """Planar volume conductor: skin over fat over (anisotropic) muscle. Thickness mm, conductivity S/m."""
+
+    skin_thickness_mm: float
+    skin_conductivity: float
+    fat_thickness_mm: float
+    fat_conductivity: float
+    muscle_conductivity_radial: float
+    muscle_conductivity_longitudinal: float
+
+
+@dataclass(frozen=True)
+class Muscle:
+    width_mm: float
+    thickness_mm: float
+    fibre_length_mm: float
+    fibre_length_spread_mm: float
+    iz_fraction: float
+    iz_spread_fraction: float
+    iz_jitter_mm: float
+    end_jitter_mm: float
+    cv_mean_m_s: float
+    cv_std_m_s: float
+    mu_fibre_density_per_mm2: float
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    n_units: int
+    recruitment_range: float
+    recruitment_end: float
+    fibres_min: int
+    fibres_max: int
+    min_rate_hz: float
+    peak_rate_first_hz: float
+    peak_rate_last_hz: float
+    isi_cov: float
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Electrode grid. Rows run along the fibres when ``rotation_deg`` = 0; channels are row-major."""
+
+    rows: int
+    cols: int
+    ied_mm: float
+    electrode_radius_mm: float
+    centre_x_mm: float
+    centre_z_mm: float
+    rotation_deg: float
+    montage: str
+    missing: tuple[tuple[int, int], ...]
+    fs_hz: float
+    muap_samples: int
+
+    def electrode_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(xz [n_electrodes, 2] mm, rowcol [n_electrodes, 2]) of the present electrodes, row-major."""
+        missing = set(self.missing)
+        rc = np.array([(r, c) for r in range(self.rows) for c in range(self.cols) if (r, c) not in missing])
+        u = (rc[:, 1] - (self.cols - 1) / 2) * self.ied_mm  # across fibres
+        v = (rc[:, 0] - (self.rows - 1) / 2) * self.ied_mm  # along fibres
+        th = math.radians(self.rotation_deg)
+        x = self.centre_x_mm + u * math.cos(th) - v * math.sin(th)
+        z = self.centre_z_mm + u * math.sin(th) + v * math.cos(th)
+        return np.stack([x, z], 1), rc
+
+    def montage_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """(M [n_channels, n_electrodes], channel rowcol [n_channels, 2]): channels = M @ electrodes.
+
+        Differential montages difference consecutive electrodes along a column (along the fibres);
+        a channel exists only where every electrode it needs is present.
+        """
+        _, rc = self.electrode_positions()
+        index = {tuple(p): i for i, p in enumerate(rc.tolist())}
+        taps = {"monopolar": [1.0], "single_differential": [-1.0, 1.0],
+                "double_differential": [1.0, -2.0, 1.0]}[self.montage]
+        rows_out = self.rows - len(taps) + 1
+        mats, chans = [], []
+        for r in range(rows_out):
+            for c in range(self.cols):
+                need = [(r + k, c) for k in range(len(taps))]
+                if all(n in index for n in need):
+                    m = np.zeros(len(rc))
+                    for k, n in enumerate(need):
+                        m[index[n]] = taps[k]
+                    mats.append(m)
+                    chans.append((r, c))
+        return np.array(mats, np.float32), np.array(chans, np.int64)
+
+    @property
+    def channel_grid_shape(self) -> tuple[int, int]:
+        ntaps = {"monopolar": 1, "single_differential": 2, "double_differential": 3}[self.montage]
+        return (self.rows - ntaps + 1, self.cols)
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.montage_matrix()[0].shape[0])
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    name: str
+    description: str
+    layers: Layers
+    muscle: Muscle
+    pool: PoolSpec
+    grid: Grid
+    source: str = ""  # file it was read from
+    text: str = ""  # TOML text, stored with simulations for reproducibility
+
+    @property
+    def muscle_top_mm(self) -> float:
+        """Depth of the muscle surface below the skin, mm."""
+        return self.layers.skin_thickness_mm + self.layers.fat_thickness_mm
+
+    def with_grid(self, **changes) -> "Anatomy":
+        """Copy with grid fields replaced (e.g. ``rows=8, cols=8, ied_mm=10``); re-validated."""
+        a = replace(self, grid=replace(self.grid, **changes))
+        _check_geometry(a, self.source or self.name)
+        return a
+
+    def with_layers(self, **changes) -> "Anatomy":
+        return replace(self, layers=replace(self.layers, **changes))
+
+    def param_bounds(self) -> dict[str, tuple[float, float]]:
+        """Physiological bounds of the fitted MU parameters (physical units), from this anatomy."""
+        m, g = self.muscle, self.grid
+        top = self.muscle_top_mm
+        L = m.fibre_length_mm
+        half_w = m.width_mm / 2
+        iz_c = (m.iz_fraction - 0.5) * L
+        iz_half = max(3 * m.iz_spread_fraction * L, 5.0)
+        return {
+            "depth_mm": (top + 0.5, top + m.thickness_mm),
+            "x_mm": (-half_w, half_w),
+            "log_fibres": (math.log(max(self.pool.fibres_min, 1)) - 0.5, math.log(self.pool.fibres_max) + 0.5),
+            "iz_mm": (iz_c - iz_half, iz_c + iz_half),
+            "cv_m_s": (max(m.cv_mean_m_s - 4 * max(m.cv_std_m_s, 0.1), 2.0), m.cv_mean_m_s + 4 * max(m.cv_std_m_s, 0.1)),
+            "length_mm": (L - 4 * max(m.fibre_length_spread_mm, 2.0), L + 4 * max(m.fibre_length_spread_mm, 2.0)),
+        }
+
+
+def list_anatomies() -> list[str]:
+    return sorted(p.stem for p in ANATOMY_DIR.glob("*.toml"))
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.exists():
+            raise FileNotFoundError(f"anatomy file {p} does not exist; shipped anatomies: {', '.join(list_anatomies())}")
+        return p
+    cand = ANATOMY_DIR / f"{name_or_path}.toml"
+    if not cand.exists():
+        raise FileNotFoundError(
+            f"no shipped anatomy named {name_or_path!r}; choose one of {', '.join(list_anatomies())} or give a .toml path")
+    return cand
+
+
+def load(name_or_path: str | Path = "biceps_brachii") -> Anatomy:
+    """Read and validate an anatomy TOML (a shipped name such as ``"biceps_brachii"`` or a path)."""
+    path = resolve(name_or_path)
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise AnatomyError(f"{path}: not valid TOML ({e})") from e
+    return from_dict(raw, source=str(path), text=text)
+
+
+def from_dict(raw: dict, source: str = "<dict>", text: str = "") -> Anatomy:
+    sections = {}
+    for sec, keys in _SCHEMA.items():
+        if sec not in raw or not isinstance(raw[sec], dict):
+            raise AnatomyError(f"{source}: missing section [{sec}] (needs keys {', '.join(keys)})")
+        vals = {}
+        for key, (typ, lo, hi, unit) in keys.items():
+            where = f"{source}: [{sec}] {key}"
+            if key not in raw[sec]:
+                if key == "missing":
+                    vals[key] = ()
+                    continue
+                raise AnatomyError(f"{where} is missing ({unit}" + (f", allowed {lo}..{hi})" if lo is not None else ")"))
+            v = raw[sec][key]
+            if typ is str:
+                if key == "montage" and v not in MONTAGES:
+                    raise AnatomyError(f"{where} = {v!r} is not a known montage; allowed: {', '.join(MONTAGES)}")
+            elif typ is list:
+                try:
+                    v = tuple((int(a), int(b)) for a, b in v)
+                except (TypeError, ValueError):
+                    raise AnatomyError(f"{where} must be a list of [row, col] pairs, got {v!r}") from None
+            else:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or (typ is int and not float(v).is_integer()):
+                    raise AnatomyError(f"{where} = {v!r} must be {'an integer' if typ is int else 'a number'} ({unit})")
+                v = typ(v)
+                if not (lo <= v <= hi):
+                    raise AnatomyError(f"{where} = {v} is outside the allowed range {lo}..{hi} {unit}")
+            vals[key] = v
+        unknown = set(raw[sec]) - set(keys)
+        if unknown:
+            raise AnatomyError(f"{source}: [{sec}] has unknown key(s) {sorted(unknown)}; allowed: {', '.join(keys)}")
+        sections[sec] = vals
+    a = Anatomy(
+        name=str(raw.get("name", Path(source).stem)),
+        description=str(raw.get("description", "")),
+        layers=Layers(**sections["layers"]),
+        muscle=Muscle(**sections["muscle"]),
+        pool=PoolSpec(**sections["pool"]),
+        grid=Grid(**sections["grid"]),
+        source=source,
+        text=text,
+    )
+    _check_geometry(a, source)
+    return a
+
+
+def _check_geometry(a: Anatomy, source: str) -> None:
+    g, m, p = a.grid, a.muscle, a.pool
+    if p.fibres_min > p.fibres_max:
+        raise AnatomyError(f"{source}: [pool] fibres_min ({p.fibres_min}) must not exceed fibres_max ({p.fibres_max})")
+    for r, c in g.missing:
+        if not (0 <= r < g.rows and 0 <= c < g.cols):
+            raise AnatomyError(f"{source}: [grid] missing electrode ({r}, {c}) is outside the {g.rows}x{g.cols} grid")
+    xz, _ = g.electrode_positions()
+    # The grid must lie over the muscle: laterally within the belly (+ one IED of slack), and
+    # along the fibres within the fibre extent plus 30 mm (grids often reach over the tendon).
+    half_w = m.width_mm / 2 + g.ied_mm
+    half_l = m.fibre_length_mm / 2 + 30.0
+    if np.abs(xz[:, 0]).max() > half_w:
+        raise AnatomyError(
+            f"{source}: [grid] electrodes reach x = {np.abs(xz[:, 0]).max():.1f} mm but the muscle is only "
+            f"{m.width_mm} mm wide (allowed |x| <= {half_w:.1f} mm): the grid falls off the muscle; "
+            "move centre_x_mm, reduce cols/ied_mm or widen [muscle] width_mm")
+    if np.abs(xz[:, 1]).max() > half_l:
+        raise AnatomyError(
+            f"{source}: [grid] electrodes reach z = {np.abs(xz[:, 1]).max():.1f} mm along the fibres but the fibres "
+            f"span +/-{m.fibre_length_mm / 2:.1f} mm (allowed |z| <= {half_l:.1f} mm): the grid falls off the muscle; "
+            "move centre_z_mm or reduce rows/ied_mm")
+    if g.montage_matrix()[0].shape[0] == 0:
+        raise AnatomyError(f"{source}: [grid] montage {g.montage!r} leaves no channel on a {g.rows}x{g.cols} grid")
+    if p.peak_rate_first_hz < p.min_rate_hz or p.peak_rate_last_hz < p.min_rate_hz:
+        raise AnatomyError(f"{source}: [pool] peak rates must be >= min_rate_hz ({p.min_rate_hz} Hz)")
+
+
+def field_names(cls) -> list[str]:
+    return [f.name for f in fields(cls)]
