@@ -242,12 +242,16 @@ class Conductor(eqx.Module):
         fx, fy = rad * jnp.cos(ang), depth + rad * jnp.sin(ang)
         mask = (jnp.arange(n_max) < jnp.round(jnp.exp(logn))).astype(ky.dtype)
 
-        def body(acc, c):
+        def chunk_sum(c):
             x, y, s, m = c
             d = self._depth_in_muscle(y, tissue)
             att = jnp.exp(-ky[None] * d[:, None, None]) * m[:, None, None]
             ph = jnp.exp(-1j * (self.kx[None, :, None] * x[:, None, None] + self.kz[None, None, :] * s[:, None, None]))
-            return acc + jnp.sum(att * ph, axis=0), None
+            return jnp.sum(att * ph, axis=0)
+
+        def body(acc, c):
+            # skip chunks past this MU's fibre count (MUs differ 30-fold in size)
+            return acc + jax.lax.cond(c[3][0] > 0, chunk_sum, lambda c: jnp.zeros_like(acc), c), None
 
         resh = lambda v: v.reshape(-1, chunk)  # noqa: E731
         terr0 = jnp.zeros(ky.shape, jnp.complex64 if ky.dtype == jnp.float32 else jnp.complex128)
@@ -270,7 +274,7 @@ def muaps(cond: Conductor, params, *, mode: str = "expected", key=None, n_max: i
         if n_max is None:
             n_max = int(np.ceil(np.exp(np.max(np.asarray(params[:, 2])))))
         keys = jax.random.split(key, params.shape[0])
-        return _muaps_fibres(cond, params, keys, n_max, max(1, batch_size // 8))
+        return _muaps_fibres(cond, params, keys, n_max)
     raise ValueError(f"unknown MUAP mode {mode!r}; use 'expected' or 'fibres'")
 
 
@@ -280,8 +284,9 @@ def _muaps_expected(cond, params, batch_size):
 
 
 @eqx.filter_jit
-def _muaps_fibres(cond, params, keys, n_max, batch_size):
-    return jax.lax.map(lambda a: cond.muap_fibres(a[0], a[1], n_max), (params, keys), batch_size=batch_size)
+def _muaps_fibres(cond, params, keys, n_max):
+    # sequential over MUs (no vmap) so that empty fibre chunks are really skipped
+    return jax.lax.map(lambda a: cond.muap_fibres(a[0], a[1], n_max), (params, keys))
 
 
 def params_array(**kw: Sequence[float]) -> np.ndarray:

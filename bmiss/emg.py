@@ -65,7 +65,7 @@ def add_noise(emg: np.ndarray, fs: float, key: jax.Array, *, snr_db: float | Non
     k_noise, k_phase = jax.random.split(key)
     if snr_db is not None and np.isfinite(snr_db):
         std = noise_std_for_snr(out, snr_db)
-        n = np.asarray(jax.random.normal(k_noise, out.shape, jnp.float32))
+        n = np.array(jax.random.normal(k_noise, out.shape, jnp.float32))
         if band_hz is not None:
             sos = scipy.signal.butter(4, band_hz, btype="bandpass", fs=fs, output="sos")
             n = scipy.signal.sosfiltfilt(sos, n, axis=1).astype(np.float32)
