@@ -60,7 +60,7 @@ _ROSENFALCK_A = 96.0
 # Farina & Merletti 2001) and fibre radius a = 25 µm; 1e9 turns A/mm · V/A(mm units) into µV.
 _SOURCE_GAIN = 1.01 * math.pi * (25e-6) ** 2 * 1e9
 _PERIOD_MM = 256.0  # period of the truncated Fourier sums in x and z
-_SRC_DZ = 0.25  # source sampling along the fibre, mm
+_SRC_DZ = 0.5  # source sampling along the fibre, mm (0.25 changes MUAPs by ~1% at 2.3x the cost)
 
 
 class Tissue(eqx.Module):
