@@ -321,3 +321,23 @@ def _check_geometry(a: Anatomy, source: str) -> None:
 
 def field_names(cls) -> list[str]:
     return [f.name for f in fields(cls)]
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def to_toml(a: Anatomy) -> str:
+    """TOML text of ``a`` (``load``/``from_dict`` read it back to an equal Anatomy)."""
+    lines = [f"name = {_toml_value(a.name)}", f"description = {_toml_value(a.description)}"]
+    for sec, obj in (("layers", a.layers), ("muscle", a.muscle), ("pool", a.pool), ("grid", a.grid)):
+        lines += ["", f"[{sec}]"] + [f"{f.name} = {_toml_value(getattr(obj, f.name))}" for f in fields(obj)]
+    return "\n".join(lines) + "\n"

@@ -90,7 +90,7 @@ def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 2
                                           powerline_uv=powerline_uv)
     _, rc = a.grid.montage_matrix()
     meta = {
-        "kind": "simulation", "anatomy": a.name, "anatomy_source": a.source, "anatomy_toml": a.text,
+        "kind": "simulation", "anatomy": a.name, "anatomy_source": a.source, "anatomy_toml": anatomy_mod.to_toml(a),
         "tissue_overrides": tissue_overrides or {}, "seed": seed, "duration_s": duration_s,
         "excitation": exc_spec, "muap_mode": muap_mode, "n_units": len(spikes), "montage": a.grid.montage,
         "units": "uV", "param_units": dict(zip(PARAM_NAMES, ("mm", "mm", "ln(fibres)", "mm", "m/s", "mm"))),

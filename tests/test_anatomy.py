@@ -74,3 +74,9 @@ def test_montage_matrices():
     # a missing electrode removes every channel that needs it
     b = anatomy.load("biceps_brachii").with_grid(montage="single_differential").grid
     assert b.montage_matrix()[0].shape[0] == 12 * 5 - 1
+
+
+def test_to_toml_round_trip():
+    a = anatomy.load("biceps_brachii").with_grid(rows=6, cols=5, montage="single_differential")
+    b = anatomy.from_dict(tomllib.loads(anatomy.to_toml(a)))
+    assert (b.layers, b.muscle, b.pool, b.grid) == (a.layers, a.muscle, a.pool, a.grid)
