@@ -58,6 +58,7 @@ def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 2
     """
     t0 = time.perf_counter()
     a = anatomy if isinstance(anatomy, Anatomy) else anatomy_mod.load(anatomy)
+    a_nominal = a  # what a user would describe; the overrides are the "real tissue" that differs
     if tissue_overrides:
         a = a.with_layers(**tissue_overrides)
     fs = a.grid.fs_hz
@@ -90,7 +91,7 @@ def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 2
                                           powerline_uv=powerline_uv)
     _, rc = a.grid.montage_matrix()
     meta = {
-        "kind": "simulation", "anatomy": a.name, "anatomy_source": a.source, "anatomy_toml": anatomy_mod.to_toml(a),
+        "kind": "simulation", "anatomy": a.name, "anatomy_source": a.source, "anatomy_toml": anatomy_mod.to_toml(a_nominal),
         "tissue_overrides": tissue_overrides or {}, "seed": seed, "duration_s": duration_s,
         "excitation": exc_spec, "muap_mode": muap_mode, "n_units": len(spikes), "montage": a.grid.montage,
         "units": "uV", "param_units": dict(zip(PARAM_NAMES, ("mm", "mm", "ln(fibres)", "mm", "m/s", "mm"))),

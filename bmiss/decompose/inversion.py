@@ -190,10 +190,9 @@ class _Unit:
 
 def _resolve_anatomy(rec: Recording, anatomy, grid, ied_mm):
     if anatomy is None and rec.meta.get("anatomy_toml"):
+        # the nominal anatomy of a simulation; its "tissue_overrides" (a simulated model mismatch)
+        # are deliberately NOT given to the inverse model
         a = anatomy_mod.from_dict(tomllib.loads(rec.meta["anatomy_toml"]), source="recording meta")
-        over = rec.meta.get("tissue_overrides") or {}
-        # a simulated mismatch is NOT given to the inverse model: it must cope with the anatomy file
-        del over
     else:
         a = anatomy_mod.load(anatomy or "biceps_brachii")
     if grid is not None or ied_mm is not None:
