@@ -229,12 +229,13 @@ def decompose_bmiss(rec: Recording, *, anatomy=None, grid=None, ied_mm=None, for
     a = _resolve_anatomy(rec, anatomy, grid, ied_mm)
     prep = prepare(rec.emg, rec.fs, R=R)
     R = prep.R
-    z = prep.z  # [n_ext, N] float32
-    n_ext, N = z.shape
+    zt = np.ascontiguousarray(np.asarray(prep.z).T)  # [N, n_ext] float32 master copy (peeled in place)
+    N, n_ext = zt.shape
+    zt_dev = jnp.asarray(zt)
     rng = np.random.default_rng(seed)
     fit_idx = np.sort(rng.choice(N, size=min(fit_samples, N), replace=False))
     probe_idx = np.sort(rng.choice(N, size=min(probe_samples, N), replace=False))
-    z_fit, z_probe = z[:, fit_idx], z[:, probe_idx]
+    z_fit, z_probe = jnp.asarray(zt[fit_idx].T), jnp.asarray(zt[probe_idx].T)
 
     if forward == "conductor":
         fwd = Conductor.from_anatomy(a, fs=rec.fs)
@@ -276,11 +277,14 @@ def decompose_bmiss(rec: Recording, *, anatomy=None, grid=None, ied_mm=None, for
     empty = 0
     peeled = False
     for rnd in range(n_rounds):
-        if peeled:
-            z_fit, z_probe = z[:, fit_idx], z[:, probe_idx]
+        if peeled:  # the device copy follows the peeled master once per round
+            zt_dev = jnp.asarray(zt)
+            z_fit, z_probe = jnp.asarray(zt[fit_idx].T), jnp.asarray(zt[probe_idx].T)
             peeled = False
+        ts = time.perf_counter()
         sc, S = _scores(V_probe, Ub, z_probe, contrast)
         sc, S = np.asarray(sc), np.asarray(S)
+        timing["score_s"] = timing.get("score_s", 0.0) + time.perf_counter() - ts
         order = np.argsort(-sc)
         picked: list[int] = []
         Sn = S / (np.linalg.norm(S, axis=1, keepdims=True) + 1e-12)
@@ -299,10 +303,11 @@ def decompose_bmiss(rec: Recording, *, anatomy=None, grid=None, ied_mm=None, for
         timing["optimise_s"] = timing.get("optimise_s", 0.0) + time.perf_counter() - to
         Vb = np.asarray(jax.vmap(lambda u: _deflate(model.filter(u), Ub))(jnp.asarray(ubest)))
         n_new = 0
+        tc = time.perf_counter()
         for k in np.argsort(np.asarray(lbest)):
             n_candidates += 1
             v = Vb[k]
-            s = np.asarray(z.T @ jnp.asarray(v))
+            s = np.asarray(_source(zt_dev, jnp.asarray(v)))
             sp, silv = detect_spikes(s, rec.fs, flip=False)
             sil_model, n_model = silv, len(sp)
             cov = cov_isi_np(sp)
@@ -316,7 +321,7 @@ def decompose_bmiss(rec: Recording, *, anatomy=None, grid=None, ied_mm=None, for
                 units[dup].members.append(thk)
                 continue
             if refine:
-                v, s, sp, silv, cov = _refine(z, v, s, sp, silv, cov, rec.fs)
+                v, s, sp, silv, cov = _refine(zt, zt_dev, v, s, sp, silv, cov, rec.fs)
             if silv < sil_threshold or len(sp) < min_spikes:
                 continue
             if dup is None:
@@ -331,14 +336,18 @@ def decompose_bmiss(rec: Recording, *, anatomy=None, grid=None, ied_mm=None, for
                 break
             units.append(_Unit(v, sp, s, silv, cov, thk, float(shk), sil_model, n_model, [thk]))
             n_new += 1
-            z = _peel(z, sp, T + R)
+            tpl = time.perf_counter()
+            _peel(zt, sp, T + R)
+            zt_dev = jnp.asarray(zt)  # later candidates of this round see the peeled data
+            timing["peel_s"] = timing.get("peel_s", 0.0) + time.perf_counter() - tpl
             peeled = True
+        timing["candidates_s"] = timing.get("candidates_s", 0.0) + time.perf_counter() - tc
         bar.update(1)
         bar.set_postfix(units=len(units), new=n_new)
         rounds.append({"round": rnd, "starts": len(picked), "new_units": n_new, "units": len(units),
                        "best_loss": float(np.min(np.asarray(lbest)))})
         empty = empty + 1 if n_new == 0 else 0
-        if empty >= 2:
+        if empty >= 1:  # nothing was peeled, so another round would replay this one exactly
             break
     bar.close()
 
@@ -376,38 +385,43 @@ def decompose_bmiss(rec: Recording, *, anatomy=None, grid=None, ied_mm=None, for
                          param_std=pstd.astype(np.float32), param_names=PARAM_NAMES, meta=meta)
 
 
-def _peel(z, spikes, max_lag):
-    """Remove one accepted unit from the whitened extended data (peel-off).
+def _peel(zt, spikes, max_lag):
+    """Remove one accepted unit, in place, from the whitened extended data ``zt`` [N, n_ext].
 
-    A discharge shows up in z at every lag of its extended MUAP, not only where its source
-    peaks, so deflating one filter leaves the unit visible to a shifted filter. We subtract the
-    spike-triggered mean of z at every lag in [-max_lag, max_lag] whose energy stands above the
-    noise floor of such a mean (E||mean of n white vectors||² = n_ext / n).
+    A discharge shows up at every lag of its extended MUAP, not only where its source peaks, so
+    deflating one filter leaves the unit visible to a shifted filter (we measured: later rounds
+    re-found the same units). We subtract the spike-triggered mean at every lag in
+    [-max_lag, max_lag] whose energy stands above the noise floor of such a mean
+    (E||mean of n white vectors||² = n_ext / n). Rows are samples, so each update is contiguous.
     """
-    n_ext, N = z.shape
-    sp = jnp.asarray(spikes)
-    lags = np.arange(-max_lag, max_lag + 1)
-    cols = jnp.clip(sp[None, :] + jnp.asarray(lags)[:, None], 0, N - 1)  # [L, n]
-    valid = (sp[None, :] + jnp.asarray(lags)[:, None] >= 0) & (sp[None, :] + jnp.asarray(lags)[:, None] < N)
-    return _peel_core(z, cols, valid, float(3.0 * n_ext / max(len(spikes), 1)))
+    N, n_ext = zt.shape
+    sp = np.asarray(spikes, np.int64)
+    floor = 3.0 * n_ext / max(len(sp), 1)
+    for lag in range(-max_lag, max_lag + 1):
+        t = sp + lag
+        t = t[(t >= 0) & (t < N)]
+        if len(t) == 0:
+            continue
+        m = zt[t].mean(axis=0)
+        if float(m @ m) > floor:
+            zt[t] -= m
 
 
 @jax.jit
-def _peel_core(z, cols, valid, floor):
-    w = valid.astype(z.dtype)
-    M = jnp.einsum("eln,ln->el", z[:, cols], w) / jnp.maximum(w.sum(1), 1.0)  # [n_ext, L]
-    keep = (jnp.sum(M**2, axis=0) > floor).astype(z.dtype)
-    upd = (M * keep)[:, :, None] * w[None]  # [n_ext, L, n]
-    return z.at[:, cols.reshape(-1)].add(-upd.reshape(z.shape[0], -1))
+def _source(zt, v):
+    return zt @ v
 
 
-def _refine(z, v, s, sp, silv, cov, fs, max_iter=10):
-    """CKC-style refinement: filter <- mean whitened sample at the discharges, while CoV of ISI drops."""
+def _refine(zt, zt_dev, v, s, sp, silv, cov, fs, max_iter=10):
+    """CKC-style refinement: filter <- mean whitened sample at the discharges, while CoV of ISI drops.
+
+    ``zt`` [N, n_ext] numpy (row gathers; no compile per spike count), ``zt_dev`` its device copy.
+    """
     best = (v, s, sp, silv, cov)
     for _ in range(max_iter):
-        w = np.asarray(jnp.mean(z[:, jnp.asarray(best[2])], axis=1))
+        w = zt[best[2]].mean(axis=0)
         w = w / (np.linalg.norm(w) + 1e-12)
-        s2 = np.asarray(z.T @ jnp.asarray(w))
+        s2 = np.asarray(_source(zt_dev, jnp.asarray(w)))
         sp2, sil2 = detect_spikes(s2, fs, flip=False)
         cov2 = cov_isi_np(sp2)
         if len(sp2) < 2 or not (np.isfinite(cov2) and (not np.isfinite(best[4]) or cov2 < best[4])):
