@@ -123,7 +123,9 @@ def _cov_isi_padded(sp, n):
     P = sp.shape[0]
     isi = (sp[1:] - sp[:-1]).astype(jnp.float32)
     v = jnp.arange(P - 1) < (n - 1)
-    med = jnp.nanmedian(jnp.where(v, isi, jnp.nan))
+    k = jnp.maximum(n - 1, 1)
+    srt = jnp.sort(jnp.where(v, isi, jnp.inf))
+    med = 0.5 * (srt[jnp.maximum(k - 1, 0) // 2] + srt[k // 2])
     keep = v & (isi <= 5.0 * med)
     k = keep.sum()
     mean = jnp.where(keep, isi, 0).sum() / jnp.maximum(k, 1)
