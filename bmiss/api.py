@@ -31,6 +31,7 @@ def decompose(rec: Recording | str | Path, method: str = "bmiss", *, progress: b
             raise ValueError("method 'oracle' needs the recording's true MUAPs (a simulated recording)")
         from .decompose import decompose_oracle
 
+        kw.pop("seed", None)  # deterministic: nothing to seed
         return decompose_oracle(rec.emg, rec.fs, rec.true_muaps, **kw)
     if method == "bmiss":
         from .decompose.inversion import decompose_bmiss
