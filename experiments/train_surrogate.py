@@ -100,7 +100,7 @@ def main(argv=None) -> dict:
         log(f"data: {n_all} conductor MUAPs in {gen_s:.1f} s ({1e3 * gen_s / n_all:.2f} ms each)")
         S.atomic_savez(data_path, {"params": P, "elec": E, "gen_s": np.float64(gen_s),
                                    "key": np.array(json.dumps(data_key))})
-    J = None
+    J, jac_s = None, 0.0
     if args.cv_jac_weight:
         jac_path = out / "data_cv_jacobian.npz"
         J = None
@@ -252,7 +252,9 @@ def main(argv=None) -> dict:
         pt = prev.get("training", {})
         meta["training"]["init_from"] = {"weights": str(args.init_from), "training": pt,
                                          "history": prev.get("history")}
-        meta["training"]["total_s"] = round(pt.get("total_s", 0.0) + train_s, 1)
+        same_data = all(pt.get(k) == data_key[k] for k in data_key)  # fine-tuning on the base run's draws
+        extra_s = jac_s if same_data else gen_s
+        meta["training"]["total_s"] = round(pt.get("total_s", 0.0) + extra_s + train_s, 1)
         meta["training"]["total_cpu_s"] = round(pt.get("training_cpu_s", 0.0) + train_cpu_s, 1)
     npz, js = S.save_surrogate(out / "surrogate", model, meta)
     log(f"saved {npz} + {js.name}: val median {val['median']:.4f} p95 {val['p95']:.4f}; "
