@@ -187,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=float, default=20.0, help="seconds")
     s.add_argument("--snr", default="20", help="dB, or 'inf' for noise-free")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--excitation", default="trapezoid:0.3:ramp=2",
-                   help="constant:L | trapezoid:L[:ramp=S] | sinusoid:MEAN:AMP:HZ | file:PATH.npy")
+    s.add_argument("--excitation", default=None,
+                   help="constant:L | trapezoid:L[:ramp=S] | sinusoid:MEAN:AMP:HZ | file:PATH.npy "
+                        "(default trapezoid:0.3 with 2-s ramps)")
     s.add_argument("--n-units", type=int, default=None, help="override the anatomy's pool size")
     s.add_argument("--muap-mode", choices=("fibres", "expected"), default="fibres")
     s.add_argument("--powerline-uv", type=float, default=0.0, help="50 Hz interference amplitude, µV")

@@ -44,13 +44,14 @@ def sample_mu_params(a: Anatomy, n_fibres: np.ndarray, key: jax.Array) -> np.nda
 
 
 def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 20.0, snr_db: float | None = 20.0,
-             seed: int = 0, excitation: str | np.ndarray = "trapezoid:0.3:ramp=2", n_units: int | None = None,
+             seed: int = 0, excitation: str | np.ndarray | None = None, n_units: int | None = None,
              muap_mode: str = "fibres", noise_band_hz: tuple[float, float] | None = None,
              powerline_uv: float = 0.0, tissue_overrides: dict | None = None) -> Recording:
     """Simulate a recording with ground truth (spikes, MUAPs, MU parameters, excitation).
 
     anatomy: shipped name or TOML path. duration_s: s. snr_db: None = noise-free.
-    excitation: spec ("constant:0.3", "trapezoid:0.5:ramp=2", "sinusoid:0.3:0.1:1", "file:x.npy")
+    excitation: spec ("constant:0.3", "trapezoid:0.5:ramp=2", "sinusoid:0.3:0.1:1", "file:x.npy"; default
+    "trapezoid:0.3" with 2-s ramps, shortened to a quarter of short recordings)
     or an array [n_samples] in 0..1. muap_mode: "fibres" (random fibre layout, realistic) or
     "expected" (smooth territory average; the model the inversion uses).
     tissue_overrides: layer values (e.g. ``{"fat_thickness_mm": 4}``) to simulate a conductor
@@ -74,6 +75,8 @@ def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 2
         fibres_min=p.fibres_min, fibres_max=p.fibres_max, isi_cov=p.isi_cov)
     n_fibres = np.round(np.asarray(pool.n_fibres)).astype(np.float64)
     params = sample_mu_params(a, n_fibres, k_par)
+    if excitation is None:  # default: 30 % trapezoid, ramps of 2 s (shorter for short recordings)
+        excitation = f"trapezoid:0.3:ramp={min(2.0, duration_s / 4):g}"
     if isinstance(excitation, str):
         exc_spec = excitation
         exc = motoneurons.parse_excitation(excitation, duration_s, fs)
