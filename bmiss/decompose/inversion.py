@@ -15,8 +15,9 @@ Differences from the reference implementation (see shared/reference.md, section 
 * C^-1 is regularised (eigenvalue floor of the whitening, as cbss);
 * starts come from a Latin-hypercube probe of thousands of MUAPs, picked for contrast AND
   diversity (no two starts whose probe sources correlate);
-* accepted units deflate the search (filters projected off the accepted ones), duplicates are
-  removed blindly (>= 30 % shared discharges);
+* accepted units are peeled off the whitened extended data at every lag of their MUAP, so
+  later rounds search among the remaining units; duplicates are removed blindly (>= 30 %
+  shared discharges);
 * spikes by peak detection + 2-means (as cbss), then optional CKC-style refinement from the
   spike-triggered mean of the whitened data; both results are reported (``meta['units']``).
 """
@@ -103,11 +104,6 @@ def _contrast(s, kind):
     raise ValueError(f"unknown contrast {kind!r}; use skew, kurtosis or logcosh")
 
 
-def _deflate(v, U):
-    v = v - U @ (U.T @ v)
-    return v / (jnp.linalg.norm(v) + 1e-12)
-
-
 @eqx.filter_jit
 def _probe_filters(model: FilterModel, U6, shifts):
     """[n_probe, n_shifts, n_ext] filters; one forward-model call per probe."""
@@ -115,20 +111,18 @@ def _probe_filters(model: FilterModel, U6, shifts):
 
 
 @eqx.filter_jit
-def _scores(V, Ub, z, kind):
-    V = jax.vmap(_deflate, in_axes=(0, None))(V, Ub)
+def _scores(V, z, kind):
     S = V @ z
     return jax.vmap(lambda s: _contrast(s / (jnp.std(s) + 1e-12), kind))(S), S
 
 
 @eqx.filter_jit
-def _optimise(model: FilterModel, u0, Ub, z, kind, n_steps, lr):
+def _optimise(model: FilterModel, u0, z, kind, n_steps, lr):
     """Adam on a batch of starts u0 [K, 7]; returns (best u [K,7], best loss [K])."""
     opt = optax.adam(lr)
 
     def loss(u):
-        v = _deflate(model.filter(u), Ub)
-        s = z.T @ v
+        s = z.T @ model.filter(u)
         return -_contrast(s, kind)
 
     vg = jax.vmap(jax.value_and_grad(loss))
@@ -217,7 +211,7 @@ def decompose_bmiss(rec: Recording, *, anatomy=None, grid=None, ied_mm=None, for
                     n_starts: int = 16, n_steps: int = 30, lr: float = 0.08, contrast: str = "skew",
                     sil_threshold: float = 0.85, min_spikes: int = 10, refine: bool = True,
                     fit_samples: int = 8192, probe_samples: int = 4096, R: int | None = None,
-                    seed: int = 0, progress: bool = True, max_units: int = 128, debug: bool = False) -> Decomposition:
+                    seed: int = 0, progress: bool = True, max_units: int = 128) -> Decomposition:
     """Model-informed decomposition. Returns units with spikes, sources and fitted MU properties.
 
     forward: "conductor" (analytic, expected-potential mode) or "surrogate" (trained network).
@@ -269,10 +263,8 @@ def decompose_bmiss(rec: Recording, *, anatomy=None, grid=None, ied_mm=None, for
     timing["probe_s"] = time.perf_counter() - tp
 
     units: list[_Unit] = []
-    Ub = jnp.zeros((n_ext, 1), jnp.float32)  # filter deflation basis (unused: we peel off instead)
     n_candidates = 0
     bar = tqdm(total=n_rounds, desc="bmiss", disable=not progress, unit="round")
-    hist_last = None
     rounds: list[dict] = []
     empty = 0
     peeled = False
@@ -282,7 +274,7 @@ def decompose_bmiss(rec: Recording, *, anatomy=None, grid=None, ied_mm=None, for
             z_fit, z_probe = jnp.asarray(zt[fit_idx].T), jnp.asarray(zt[probe_idx].T)
             peeled = False
         ts = time.perf_counter()
-        sc, S = _scores(V_probe, Ub, z_probe, contrast)
+        sc, S = _scores(V_probe, z_probe, contrast)
         sc, S = np.asarray(sc), np.asarray(S)
         timing["score_s"] = timing.get("score_s", 0.0) + time.perf_counter() - ts
         order = np.argsort(-sc)
@@ -298,10 +290,10 @@ def decompose_bmiss(rec: Recording, *, anatomy=None, grid=None, ied_mm=None, for
                 break
         u0 = jnp.asarray(U_probe[picked])
         to = time.perf_counter()
-        ubest, lbest, hist_last = _optimise(model, u0, Ub, z_fit, contrast, n_steps, lr)
+        ubest, lbest, _ = _optimise(model, u0, z_fit, contrast, n_steps, lr)
         ubest = np.asarray(ubest)
         timing["optimise_s"] = timing.get("optimise_s", 0.0) + time.perf_counter() - to
-        Vb = np.asarray(jax.vmap(lambda u: _deflate(model.filter(u), Ub))(jnp.asarray(ubest)))
+        Vb = np.asarray(jax.vmap(model.filter)(jnp.asarray(ubest)))
         n_new = 0
         tc = time.perf_counter()
         for k in np.argsort(np.asarray(lbest)):
@@ -312,8 +304,6 @@ def decompose_bmiss(rec: Recording, *, anatomy=None, grid=None, ied_mm=None, for
             sil_model, n_model = silv, len(sp)
             cov = cov_isi_np(sp)
             thk, shk = (np.asarray(x) for x in model.theta(jnp.asarray(ubest[k])))
-            if debug:
-                print(f"r{rnd} k{k} loss {float(lbest[k]):.2f} sil {silv:.2f} n {len(sp)} th {np.round(thk,1)}")
             if len(sp) < min_spikes or silv < min(0.6, sil_threshold):
                 continue
             dup = next((j for j, un in enumerate(units) if _shared_fraction(sp, un.spikes) >= 0.3), None)
