@@ -200,7 +200,7 @@ class Anatomy:
 
     def param_bounds(self) -> dict[str, tuple[float, float]]:
         """Physiological bounds of the fitted MU parameters (physical units), from this anatomy."""
-        m, g = self.muscle, self.grid
+        m = self.muscle
         top = self.muscle_top_mm
         L = m.fibre_length_mm
         half_w = m.width_mm / 2

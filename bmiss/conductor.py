@@ -217,7 +217,7 @@ class Conductor(eqx.Module):
     def muap(self, p: jax.Array, shift_ms: jax.Array | float = 0.0, tissue: Tissue | None = None) -> jax.Array:
         """Expected-potential MUAP [n_channels, T] µV of one MU with parameters ``p`` [6]."""
         tissue = self.tissue if tissue is None else tissue
-        depth, x0, logn = p[0], p[1], p[2]
+        depth, logn = p[0], p[2]
         R = self._territory_radius(logn)
         ky, _ = self._ky_and_layers(tissue)
         d = self._depth_in_muscle(depth + R * self.quad_y, tissue)  # [Nq]
@@ -231,7 +231,7 @@ class Conductor(eqx.Module):
                     tissue: Tissue | None = None, chunk: int = 64) -> jax.Array:
         """Per-fibre MUAP [n_channels, T] µV: round(exp(log_fibres)) fibres (<= ``n_max``) drawn with ``key``."""
         tissue = self.tissue if tissue is None else tissue
-        depth, x0, logn = p[0], p[1], p[2]
+        depth, logn = p[0], p[2]
         R = self._territory_radius(logn)
         ky, _ = self._ky_and_layers(tissue)
         n_max = int(math.ceil(n_max / chunk) * chunk)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from . import anatomy as anatomy_mod

@@ -53,7 +53,7 @@ def run(anatomies, snrs, methods, duration, n_units, seed, method_kw=None, progr
 
 
 def table(rows):
-    head = f"| anatomy | SNR dB | method | found (RoA>=0.9) | oracle-identifiable | yield | false | dup | time s |"
+    head = "| anatomy | SNR dB | method | found (RoA>=0.9) | oracle-identifiable | yield | false | dup | time s |"
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         y = "-" if r["yield_90"] is None else f"{r['yield_90']:.2f}"

@@ -19,7 +19,6 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import equinox as eqx
 import jax

@@ -4,7 +4,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import equinox as eqx
 import jax
 import numpy as np
 import pytest

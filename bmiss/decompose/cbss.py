@@ -192,7 +192,6 @@ def _pool_run(st, zt, Q, tol, *, contrast: str, max_fp_iter: int, max_refine_ite
     """
     fn = partial(_g_gp, contrast=contrast)
     det_fn = jax.vmap(partial(detect_core, d=d, flip=True))
-    B = st["W"].shape[0]
 
     def cond(c):
         st, n_new, n_pass = c
