@@ -22,6 +22,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 from .io import atomic_write
+from .metrics import match_flags
 
 __all__ = [
     "muap_map",
@@ -140,24 +141,6 @@ def smoothed_rate(spikes, fs: float, n_samples: int, *, window_s: float = 0.4,
         out = num / np.where(den > 1e-9, den, np.nan)
     out[~ok] = np.nan
     return out
-
-
-def _match_flags(est: np.ndarray, true: np.ndarray, tol: int) -> tuple[np.ndarray, np.ndarray]:
-    """One-to-one matching of sorted spike trains within ±tol: (est matched?, true matched?)."""
-    em = np.zeros(len(est), bool)
-    tm = np.zeros(len(true), bool)
-    i = j = 0
-    while i < len(est) and j < len(true):
-        d = int(est[i]) - int(true[j])
-        if d < -tol:
-            i += 1
-        elif d > tol:
-            j += 1
-        else:
-            em[i] = tm[j] = True
-            i += 1
-            j += 1
-    return em, tm
 
 
 def _events(ax, rows: Sequence[np.ndarray], offsets: Sequence[float], fs: float, *, colors,
@@ -455,7 +438,7 @@ def decomposition_vs_truth(dec, rec, report: Mapping | None = None, path=None, *
     for k, p in enumerate(pairs):
         i, j, lag = int(p["true"]), int(p["est"]), int(p.get("lag", 0) or 0)
         t, e = true_sp[i], est_sp[j] + lag
-        em, tm = _match_flags(e, t, tol)
+        em, tm = match_flags(e, t, tol)
         y_true = 2 * (n - 1 - k) + 0.95  # first pair on top; pair rows close, pairs separated
         y_est = y_true - 0.9
         c = _COLOURS[k % len(_COLOURS)]

@@ -103,6 +103,25 @@ def _best_lag(est: np.ndarray, true: np.ndarray, max_lag: int, tol: int) -> int:
     return int(lags[order[0]])
 
 
+def match_flags(est: np.ndarray, true: np.ndarray, tol: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two-pointer one-to-one matching of sorted spike trains within ±tol (optimal for intervals
+    of equal width on a line): (est matched? [n_est] bool, true matched? [n_true] bool)."""
+    em = np.zeros(len(est), bool)
+    tm = np.zeros(len(true), bool)
+    i = j = 0
+    while i < len(est) and j < len(true):
+        d = int(est[i]) - int(true[j])
+        if d < -tol:
+            i += 1
+        elif d > tol:
+            j += 1
+        else:
+            em[i] = tm[j] = True
+            i += 1
+            j += 1
+    return em, tm
+
+
 def _count_matches(est: np.ndarray, true: np.ndarray, tol: int) -> int:
     """Maximum one-to-one matching of sorted spike times within ``±tol``.
 
@@ -119,19 +138,7 @@ def _count_matches(est: np.ndarray, true: np.ndarray, tol: int) -> int:
         t_idx = lo[cand == 1]
         if len(np.unique(t_idx)) == len(t_idx):
             return int(len(t_idx))
-    i = j = tp = 0
-    ne, nt = len(est), len(true)
-    while i < ne and j < nt:
-        diff = int(est[i]) - int(true[j])
-        if diff < -tol:
-            i += 1
-        elif diff > tol:
-            j += 1
-        else:
-            tp += 1
-            i += 1
-            j += 1
-    return tp
+    return int(match_flags(est, true, tol)[0].sum())
 
 
 def _score(tp: int, fp: int, fn: int, kind: str) -> float:
