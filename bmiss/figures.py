@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
+from .drive import smoothed_rate  # one definition of the rate smoothing (re-exported)
 from .io import atomic_write
 from .metrics import match_flags
 
@@ -112,35 +113,6 @@ def _grid_layout(n_ch: int, channel_map, grid_shape) -> tuple[np.ndarray, tuple[
 
 def _spikes_list(spikes) -> list[np.ndarray]:
     return [np.unique(np.asarray(s if s is not None else [], np.int64).ravel()) for s in spikes]
-
-
-def smoothed_rate(spikes, fs: float, n_samples: int, *, window_s: float = 0.4,
-                  max_isi_s: float = 0.4) -> np.ndarray:
-    """Smoothed discharge rate (Hz) of one unit, [n_samples], NaN where the unit is silent.
-
-    The instantaneous rate ``fs/ISI`` is held between consecutive spikes (ISIs longer than
-    ``max_isi_s`` count as silence) and smoothed with a Hann window of ``window_s`` seconds
-    (NaN-aware, De Luca / openhdemg style).
-    """
-    sp = np.unique(np.asarray(spikes, np.int64))
-    sp = sp[(sp >= 0) & (sp < n_samples)]
-    out = np.full(n_samples, np.nan)
-    if len(sp) < 2:
-        return out
-    isi = np.diff(sp)
-    rate = np.where(isi <= max_isi_s * fs, fs / isi, np.nan)
-    idr = np.full(n_samples, np.nan)
-    idr[sp[0]:sp[-1]] = np.repeat(rate, isi)  # held from each spike to the next
-    ok = np.isfinite(idr)
-    w = np.hanning(max(3, int(round(window_s * fs)) | 1))
-    from scipy.signal import oaconvolve
-
-    num = oaconvolve(np.where(ok, idr, 0.0), w, mode="same")
-    den = oaconvolve(ok.astype(np.float64), w, mode="same")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = num / np.where(den > 1e-9, den, np.nan)
-    out[~ok] = np.nan
-    return out
 
 
 def _events(ax, rows: Sequence[np.ndarray], offsets: Sequence[float], fs: float, *, colors,
