@@ -4,16 +4,76 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .io import Decomposition, Recording, atomic_write, load_decomposition, load_recording
+import functools
+
+from .io import (BmissFileError, Decomposition, Recording, atomic_write, load_decomposition, load_recording,
+                 recording_fingerprint)
 from .simulate import simulate  # noqa: F401  (re-exported)
 
 METHODS = ("bmiss", "cbss", "oracle")
+
+
+class UserError(ValueError):
+    """A request that cannot be done as asked (bad option, wrong pairing): the CLI shows it in one line."""
+
+
+class RecordingMismatchError(BmissFileError):
+    """A decomposition was given with a recording other than the one it was decomposed from."""
+
+
+def _fingerprinted(fn):
+    """Store the recording's fingerprint in the decomposition's meta (checked by evaluate/export/figures)."""
+    @functools.wraps(fn)
+    def wrapper(rec, *args, **kw):
+        rec = _as_recording(rec)
+        dec = fn(rec, *args, **kw)
+        dec.meta["recording"] = recording_fingerprint(rec)
+        return dec
+
+    return wrapper
+
+
+def check_pair(dec: Decomposition, rec: Recording, *, dec_name: str = "the decomposition",
+               rec_name: str = "the recording") -> None:
+    """Refuse a decomposition paired with a recording it was not decomposed from.
+
+    Decompositions written by ``bmiss.decompose`` carry ``meta["recording"]`` (fs, n_samples,
+    n_channels, sha256 of the float32 EMG) and must match it exactly. Older files without it are
+    checked on fs, the length of the sources and the spike range. Raises
+    :class:`RecordingMismatchError` naming what differs.
+    """
+    diffs = []
+    fp = (dec.meta or {}).get("recording")
+    if isinstance(fp, dict):
+        mine = recording_fingerprint(rec)
+        for k, unit in (("fs", " Hz"), ("n_samples", " samples"), ("n_channels", " channels")):
+            if k in fp and fp[k] != mine[k]:
+                diffs.append(f"{k} {fp[k]:g}{unit} vs {mine[k]:g}{unit}")
+        if not diffs and fp.get("emg_sha256") not in (None, mine["emg_sha256"]):
+            diffs.append("same size but different EMG samples (content hash differs)")
+    else:
+        if abs(float(dec.fs) - float(rec.fs)) > 1e-6 * float(rec.fs):
+            diffs.append(f"fs {dec.fs:g} Hz vs {rec.fs:g} Hz")
+        if dec.sources is not None and getattr(dec.sources, "ndim", 0) == 2:
+            if dec.sources.shape[1] != rec.n_samples:
+                diffs.append(f"n_samples {dec.sources.shape[1]} (length of the sources) vs {rec.n_samples}")
+            if dec.sources.shape[0] != dec.n_units:
+                diffs.append(f"{dec.sources.shape[0]} sources for {dec.n_units} spike trains")
+    hi = max((int(s.max()) for s in dec.spikes if len(s)), default=-1)
+    lo = min((int(s.min()) for s in dec.spikes if len(s)), default=0)
+    if lo < 0 or hi >= rec.n_samples:
+        diffs.append(f"discharges at samples {lo}..{hi}, outside the recording's 0..{rec.n_samples - 1}")
+    if diffs:
+        raise RecordingMismatchError(
+            f"{dec_name} does not belong to {rec_name}: {'; '.join(diffs)}. Pass the recording it was "
+            "decomposed from, or decompose this recording again")
 
 
 def _as_recording(rec) -> Recording:
     return rec if isinstance(rec, Recording) else load_recording(rec)
 
 
+@_fingerprinted
 def decompose(rec: Recording | str | Path, method: str = "bmiss", *, progress: bool = True, **kw) -> Decomposition:
     """Decompose a recording into MU spike trains.
 
@@ -28,7 +88,8 @@ def decompose(rec: Recording | str | Path, method: str = "bmiss", *, progress: b
         return decompose_cbss(rec.emg, rec.fs, progress=progress, **kw)
     if method == "oracle":
         if rec.true_muaps is None:
-            raise ValueError("method 'oracle' needs the recording's true MUAPs (a simulated recording)")
+            raise UserError("method 'oracle' needs the recording's true MUAPs (a simulated recording); "
+                            "use --method cbss or bmiss on measured data")
         from .decompose import decompose_oracle
 
         kw.pop("seed", None)  # deterministic: nothing to seed
@@ -37,7 +98,7 @@ def decompose(rec: Recording | str | Path, method: str = "bmiss", *, progress: b
         from .decompose.inversion import decompose_bmiss
 
         return decompose_bmiss(rec, progress=progress, **kw)
-    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
 def oracle_identifiable(rec: Recording, *, threshold: float = 0.9, oracle: Decomposition | None = None) -> list[int]:
@@ -49,15 +110,24 @@ def oracle_identifiable(rec: Recording, *, threshold: float = 0.9, oracle: Decom
     return [int(r["true"]) for r in m["per_true"] if r["est"] >= 0 and (r["roa"] or 0) >= threshold]
 
 
-def evaluate(dec: Decomposition | str | Path, rec: Recording | str | Path, *, oracle: bool = False, **kw) -> dict:
+def evaluate(dec: Decomposition | str | Path, rec: Recording | str | Path, *, oracle: bool = False,
+             check: bool = True, **kw) -> dict:
     """Score a decomposition against the ground truth of a simulated recording (see metrics.evaluate).
 
     oracle=True also runs the oracle and reports the yield as a fraction of the identifiable MUs.
+    check=True (default) refuses a decomposition of another recording (:func:`check_pair`).
     """
     from . import metrics
 
+    names = (str(dec) if isinstance(dec, (str, Path)) else "the decomposition",
+             str(rec) if isinstance(rec, (str, Path)) else "the recording")
     dec = dec if isinstance(dec, Decomposition) else load_decomposition(dec)
     rec = _as_recording(rec)
+    if not rec.has_truth:
+        raise UserError(f"{names[1]} has no ground truth (true_spikes): evaluate scores decompositions of "
+                        "simulated recordings (bmiss simulate); for measured data see the blind SIL/PNR in bmiss export")
+    if check:
+        check_pair(dec, rec, dec_name=names[0], rec_name=names[1])
     if oracle and rec.true_muaps is not None and "oracle_found" not in kw:
         kw["oracle_found"] = oracle_identifiable(rec)
     if "bounds" not in kw and dec.params is not None and rec.meta.get("anatomy_toml"):
@@ -83,6 +153,7 @@ def export(dec: Decomposition | str | Path, out: str | Path, fmt: str | None = N
     """
     from . import formats, metrics
 
+    dec_name = str(dec) if isinstance(dec, (str, Path)) else "the decomposition"
     dec = dec if isinstance(dec, Decomposition) else load_decomposition(dec)
     out = Path(out)
     if fmt is None:
@@ -91,11 +162,15 @@ def export(dec: Decomposition | str | Path, out: str | Path, fmt: str | None = N
                "csv" if name.endswith(".csv") else "tsv" if name.endswith(".tsv") else
                "json" if name.endswith(".json") else None)
         if fmt is None:
-            raise ValueError(f"cannot infer the export format from {out.name!r}; pass one of {EXPORT_FORMATS}")
+            raise UserError(f"cannot infer the export format from {out.name!r}; pass --format, one of "
+                            f"{', '.join(EXPORT_FORMATS)}")
     if fmt == "openhdemg":
         if rec is None:
-            raise ValueError("openhdemg export needs the recording (--recording REC): the emgfile holds RAW_SIGNAL")
-        return formats.save_openhdemg(out, dec, _as_recording(rec), force=force)
+            raise UserError("openhdemg export needs the recording (--recording REC): the emgfile holds RAW_SIGNAL")
+        rec_name = str(rec) if isinstance(rec, (str, Path)) else "the recording"
+        rec = _as_recording(rec)
+        check_pair(dec, rec, dec_name=dec_name, rec_name=rec_name)
+        return formats.save_openhdemg(out, dec, rec, force=force)
     if fmt == "tsv":
         return formats.save_events_tsv(out, dec, force=force)
     quality = [metrics.unit_quality(dec.sources[i], dec.spikes[i], dec.fs) for i in range(dec.n_units)]
@@ -114,7 +189,8 @@ def export(dec: Decomposition | str | Path, out: str | Path, fmt: str | None = N
         doc = {"method": dec.method, "fs": dec.fs, "n_units": dec.n_units, "units": units, "meta": dec.meta}
         text = json.dumps(metrics._jsonable(doc), indent=1)
         return atomic_write(out, lambda tmp: Path(tmp).write_text(text), force=force)
-    raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
 
 
-__all__ = ["simulate", "decompose", "evaluate", "export", "oracle_identifiable", "METHODS", "EXPORT_FORMATS"]
+__all__ = ["simulate", "decompose", "evaluate", "export", "oracle_identifiable", "check_pair", "UserError",
+           "RecordingMismatchError", "METHODS", "EXPORT_FORMATS"]

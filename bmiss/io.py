@@ -307,3 +307,18 @@ def load_decomposition(path) -> Decomposition:
         meta=json.loads(str(z["meta_json"])) if "meta_json" in z.files else {},
         **opt,
     )
+
+
+# ---------------------------------------------------------------- fingerprint
+def recording_fingerprint(rec: Recording) -> dict:
+    """What identifies a recording, stored in every decomposition's ``meta["recording"]``.
+
+    Returns ``{"fs": Hz, "n_samples", "n_channels", "emg_sha256"}``; the hash is over the EMG as
+    C-ordered float32 bytes (what ``.npz`` recordings store), so a saved and reloaded recording
+    keeps its fingerprint. Costs about 10 ms per 10 MB of EMG.
+    """
+    import hashlib
+
+    emg = np.ascontiguousarray(rec.emg, dtype=np.float32)
+    return {"fs": float(rec.fs), "n_samples": int(emg.shape[1]), "n_channels": int(emg.shape[0]),
+            "emg_sha256": hashlib.sha256(emg.tobytes()).hexdigest()}
