@@ -3,11 +3,17 @@
 Coordinates (mm): ``x`` lateral (across the fibres), ``z`` along the fibres, ``y`` depth below the
 skin surface. The muscle is centred at x = 0 and the fibre midpoints lie at z = 0.
 
-Shipped anatomies live in the top-level ``anatomy/`` folder (``bmiss.anatomy.list_anatomies()``);
-any TOML with the same keys can be passed by path.
+Shipped anatomies are package data in ``bmiss/anatomies/`` (the top-level ``anatomy/`` folder
+holds a README pointing there; ``bmiss.anatomy.list_anatomies()``); any TOML with the same keys
+can be passed by path.  Unknown sections and keys are rejected with a "did you mean" hint.
+
+``[grid] electrode = "GR08MM1305"`` (optional, with ``orientation = 0 | 180``) takes the grid's
+rows, columns, IED, missing electrodes and amplifier channel order (``channel_order``) from
+:mod:`bmiss.electrodes`; :meth:`Anatomy.with_layout` does the same for a recording's layout.
 """
 from __future__ import annotations
 
+import difflib
 import math
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -69,8 +75,15 @@ _SCHEMA: dict[str, dict[str, tuple]] = {
         "missing": (list, None, None, "list of [row, col]"),
         "fs_hz": (float, 500.0, 100000.0, "Hz"),
         "muap_samples": (int, 16, 1024, "samples"),
+        "electrode": (str, None, None, "grid code from bmiss.electrodes, e.g. GR08MM1305 (optional)"),
+        "orientation": (int, 0, 180, "0 or 180 degrees (optional; 180 = connector towards the researcher)"),
+        "channel_order": (list, None, None, "list of [row, col] per channel, amplifier order (optional)"),
     },
 }
+# Optional keys and their defaults (everything else is required).
+_OPTIONAL = {("grid", "missing"): (), ("grid", "electrode"): "", ("grid", "orientation"): 180,
+             ("grid", "channel_order"): ()}
+_TOP_KEYS = ("name", "description")
 
 
 @dataclass(frozen=True)
@@ -128,11 +141,21 @@ class Grid:
     missing: tuple[tuple[int, int], ...]
     fs_hz: float
     muap_samples: int
+    electrode: str = ""  # grid code of the layout ("" = plain grid)
+    orientation: int = 180  # of a named grid, degrees
+    channel_order: tuple[tuple[int, int], ...] = ()  # (row, col) per channel in amplifier order; () = row-major
 
     def electrode_positions(self) -> tuple[np.ndarray, np.ndarray]:
-        """(xz [n_electrodes, 2] mm, rowcol [n_electrodes, 2]) of the present electrodes, row-major."""
-        missing = set(self.missing)
-        rc = np.array([(r, c) for r in range(self.rows) for c in range(self.cols) if (r, c) not in missing])
+        """(xz [n_electrodes, 2] mm, rowcol [n_electrodes, 2]) of the present electrodes.
+
+        Order: ``channel_order`` (the amplifier's) when set, else row-major.  With a monopolar
+        montage, channel k of the forward model is electrode k, so the MUAP channels come out in
+        the recording's order."""
+        if self.channel_order:
+            rc = np.array(self.channel_order, np.int64).reshape(-1, 2)
+        else:
+            missing = set(self.missing)
+            rc = np.array([(r, c) for r in range(self.rows) for c in range(self.cols) if (r, c) not in missing])
         u = (rc[:, 1] - (self.cols - 1) / 2) * self.ied_mm  # across fibres
         v = (rc[:, 0] - (self.rows - 1) / 2) * self.ied_mm  # along fibres
         th = math.radians(self.rotation_deg)
@@ -143,10 +166,14 @@ class Grid:
     def montage_matrix(self) -> tuple[np.ndarray, np.ndarray]:
         """(M [n_channels, n_electrodes], channel rowcol [n_channels, 2]): channels = M @ electrodes.
 
-        Differential montages difference consecutive electrodes along a column (along the fibres);
-        a channel exists only where every electrode it needs is present.
+        Monopolar: one channel per electrode, in ``electrode_positions`` order (the amplifier's
+        when ``channel_order`` is set).  Differential montages difference consecutive electrodes
+        along a column (along the fibres), channels row-major; a channel exists only where every
+        electrode it needs is present.
         """
         _, rc = self.electrode_positions()
+        if self.montage == "monopolar":
+            return np.eye(len(rc), dtype=np.float32), rc.astype(np.int64)
         index = {tuple(p): i for i, p in enumerate(rc.tolist())}
         taps = {"monopolar": [1.0], "single_differential": [-1.0, 1.0],
                 "double_differential": [1.0, -2.0, 1.0]}[self.montage]
@@ -162,6 +189,17 @@ class Grid:
                     mats.append(m)
                     chans.append((r, c))
         return np.array(mats, np.float32), np.array(chans, np.int64)
+
+    def with_layout(self, layout, source: str = "grid") -> "Grid":
+        """This grid with ``layout``'s geometry and channel order (see :meth:`Anatomy.with_layout`)."""
+        ch = dict(rows=int(layout.rows), cols=int(layout.cols), ied_mm=float(layout.ied_mm),
+                  missing=tuple(layout.missing), channel_order=tuple(map(tuple, layout.channel_map.tolist())),
+                  electrode=str(layout.code), orientation=int(layout.orientation or 180))
+        if layout.electrode_diameter_mm:
+            ch["electrode_radius_mm"] = float(layout.electrode_diameter_mm) / 2
+        g = replace(self, **ch)
+        _check_grid(g, source)
+        return g
 
     @property
     def channel_grid_shape(self) -> tuple[int, int]:
@@ -190,8 +228,22 @@ class Anatomy:
         return self.layers.skin_thickness_mm + self.layers.fat_thickness_mm
 
     def with_grid(self, **changes) -> "Anatomy":
-        """Copy with grid fields replaced (e.g. ``rows=8, cols=8, ied_mm=10``); re-validated."""
+        """Copy with grid fields replaced (e.g. ``rows=8, cols=8, ied_mm=10``); re-validated.
+
+        Changing rows, cols or missing without a new ``channel_order`` drops the amplifier order
+        (and electrode code) of a named layout: the grid becomes row-major."""
+        if {"rows", "cols", "missing"} & set(changes) and "channel_order" not in changes:
+            changes = {**changes, "channel_order": (), "electrode": changes.get("electrode", "")}
         a = replace(self, grid=replace(self.grid, **changes))
+        _check_geometry(a, self.source or self.name)
+        return a
+
+    def with_layout(self, layout) -> "Anatomy":
+        """Copy whose grid is ``layout``'s (:class:`bmiss.electrodes.Layout`): rows, columns, IED,
+        missing electrodes, amplifier channel order and (when known) electrode radius; the grid
+        centre, rotation, montage and sampling rate stay.  Re-validated (the grid must lie over
+        the muscle)."""
+        a = replace(self, grid=self.grid.with_layout(layout, source=self.source or self.name))
         _check_geometry(a, self.source or self.name)
         return a
 
@@ -221,22 +273,39 @@ def list_anatomies() -> list[str]:
 
 
 def resolve(name_or_path: str | Path) -> Path:
+    """Path of a shipped anatomy (by name) or of a TOML file.
+
+    A shipped name wins over a folder of the same name in the working directory; a folder
+    given as a path is refused with a clear message."""
     p = Path(name_or_path)
+    shipped = ANATOMY_DIR / f"{p.name}.toml"
+    if p.suffix != ".toml" and len(p.parts) == 1 and shipped.is_file() and not p.is_file():
+        return shipped
+    if p.is_dir():
+        raise AnatomyError(f"anatomy {str(p)!r} is a folder, not a TOML file; give a .toml path or one of "
+                           f"{', '.join(list_anatomies())}")
     if p.suffix == ".toml" or p.exists():
-        if not p.exists():
+        if not p.is_file():
             raise FileNotFoundError(f"anatomy file {p} does not exist; shipped anatomies: {', '.join(list_anatomies())}")
         return p
-    cand = ANATOMY_DIR / f"{name_or_path}.toml"
-    if not cand.exists():
-        raise FileNotFoundError(
-            f"no shipped anatomy named {name_or_path!r}; choose one of {', '.join(list_anatomies())} or give a .toml path")
-    return cand
+    near = difflib.get_close_matches(str(name_or_path), list_anatomies(), n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    raise FileNotFoundError(
+        f"no shipped anatomy named {name_or_path!r}{hint}; choose one of {', '.join(list_anatomies())} or give a "
+        ".toml path")
 
 
-def load(name_or_path: str | Path = "biceps_brachii") -> Anatomy:
-    """Read and validate an anatomy TOML (a shipped name such as ``"biceps_brachii"`` or a path)."""
+def load(name_or_path: "str | Path | Anatomy" = "biceps_brachii") -> Anatomy:
+    """Read and validate an anatomy TOML (a shipped name such as ``"biceps_brachii"`` or a path).
+
+    An :class:`Anatomy` passes through unchanged."""
+    if isinstance(name_or_path, Anatomy):
+        return name_or_path
     path = resolve(name_or_path)
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AnatomyError(f"{path}: cannot read the anatomy file ({e})") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -244,23 +313,50 @@ def load(name_or_path: str | Path = "biceps_brachii") -> Anatomy:
     return from_dict(raw, source=str(path), text=text)
 
 
+def _did_you_mean(word: str, options) -> str:
+    near = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.5)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
 def from_dict(raw: dict, source: str = "<dict>", text: str = "") -> Anatomy:
+    if not isinstance(raw, dict):
+        raise AnatomyError(f"{source}: an anatomy is a TOML table, got {type(raw).__name__}")
+    for k in raw:
+        if k not in _SCHEMA and k not in _TOP_KEYS:
+            kind = "section" if isinstance(raw[k], dict) else "key"
+            raise AnatomyError(f"{source}: unknown {kind} {('[' + k + ']') if kind == 'section' else repr(k)}"
+                               f"{_did_you_mean(k, list(_SCHEMA) + list(_TOP_KEYS))}; allowed sections: "
+                               f"{', '.join('[' + x + ']' for x in _SCHEMA)} and keys {', '.join(_TOP_KEYS)}")
     sections = {}
     for sec, keys in _SCHEMA.items():
         if sec not in raw or not isinstance(raw[sec], dict):
             raise AnatomyError(f"{source}: missing section [{sec}] (needs keys {', '.join(keys)})")
+        unknown = [k for k in raw[sec] if k not in keys]
+        if unknown:
+            k = unknown[0]
+            raise AnatomyError(f"{source}: [{sec}] has unknown key {k!r}{_did_you_mean(k, keys)}; allowed: "
+                               f"{', '.join(keys)}")
+        layout = None
+        if sec == "grid" and raw[sec].get("electrode"):
+            layout = _grid_layout(raw[sec], source)
         vals = {}
         for key, (typ, lo, hi, unit) in keys.items():
             where = f"{source}: [{sec}] {key}"
             if key not in raw[sec]:
-                if key == "missing":
-                    vals[key] = ()
+                if layout is not None and key in _LAYOUT_KEYS:
+                    vals[key] = _LAYOUT_KEYS[key](layout)
+                    continue
+                if (sec, key) in _OPTIONAL:
+                    vals[key] = _OPTIONAL[(sec, key)]
                     continue
                 raise AnatomyError(f"{where} is missing ({unit}" + (f", allowed {lo}..{hi})" if lo is not None else ")"))
             v = raw[sec][key]
             if typ is str:
+                if not isinstance(v, str):
+                    raise AnatomyError(f"{where} = {v!r} must be a string ({unit})")
                 if key == "montage" and v not in MONTAGES:
-                    raise AnatomyError(f"{where} = {v!r} is not a known montage; allowed: {', '.join(MONTAGES)}")
+                    raise AnatomyError(f"{where} = {v!r} is not a known montage{_did_you_mean(v, MONTAGES)}; "
+                                       f"allowed: {', '.join(MONTAGES)}")
             elif typ is list:
                 try:
                     v = tuple((int(a), int(b)) for a, b in v)
@@ -270,12 +366,17 @@ def from_dict(raw: dict, source: str = "<dict>", text: str = "") -> Anatomy:
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or (typ is int and not float(v).is_integer()):
                     raise AnatomyError(f"{where} = {v!r} must be {'an integer' if typ is int else 'a number'} ({unit})")
                 v = typ(v)
-                if not (lo <= v <= hi):
+                if not (lo <= v <= hi) or not math.isfinite(v):
                     raise AnatomyError(f"{where} = {v} is outside the allowed range {lo}..{hi} {unit}")
+                if key == "orientation" and v not in (0, 180):
+                    raise AnatomyError(f"{where} = {v} must be 0 or 180 degrees")
+            if layout is not None and key in _LAYOUT_KEYS and key != "electrode_radius_mm":
+                want = _LAYOUT_KEYS[key](layout)
+                same = (sorted(v) == sorted(want)) if key == "missing" else (v == want)
+                if not same:
+                    raise AnatomyError(f"{where} = {v!r} contradicts electrode {layout.code} "
+                                       f"(orientation {layout.orientation}): expected {want!r}; drop the key or fix it")
             vals[key] = v
-        unknown = set(raw[sec]) - set(keys)
-        if unknown:
-            raise AnatomyError(f"{source}: [{sec}] has unknown key(s) {sorted(unknown)}; allowed: {', '.join(keys)}")
         sections[sec] = vals
     a = Anatomy(
         name=str(raw.get("name", Path(source).stem)),
@@ -291,13 +392,58 @@ def from_dict(raw: dict, source: str = "<dict>", text: str = "") -> Anatomy:
     return a
 
 
+# Grid keys that an ``electrode = CODE`` line fills in (and checks when they are also given).
+_LAYOUT_KEYS = {
+    "rows": lambda lay: int(lay.rows),
+    "cols": lambda lay: int(lay.cols),
+    "ied_mm": lambda lay: float(lay.ied_mm),
+    "missing": lambda lay: tuple(lay.missing),
+    "channel_order": lambda lay: tuple(map(tuple, lay.channel_map.tolist())),
+    "electrode_radius_mm": lambda lay: float(lay.electrode_diameter_mm or 1.0) / 2,
+}
+
+
+def _grid_layout(g: dict, source: str):
+    from . import electrodes
+
+    try:
+        return electrodes.load_layout(g["electrode"], g.get("orientation"))
+    except electrodes.LayoutError as e:
+        raise AnatomyError(f"{source}: [grid] electrode: {e}") from None
+
+
+def _check_grid(g: Grid, source: str) -> None:
+    """Grid-only checks: sizes, missing electrodes and channel order inside the grid."""
+    if g.rows < 1 or g.cols < 1:
+        raise AnatomyError(f"{source}: [grid] {g.rows}x{g.cols} is not a grid (rows and cols must be >= 1)")
+    if not (g.ied_mm > 0 and math.isfinite(g.ied_mm)):
+        raise AnatomyError(f"{source}: [grid] ied_mm = {g.ied_mm} must be a positive number of mm")
+    for r, c in g.missing:
+        if not (0 <= r < g.rows and 0 <= c < g.cols):
+            raise AnatomyError(f"{source}: [grid] missing electrode ({r}, {c}) is outside the {g.rows}x{g.cols} grid")
+    if g.channel_order:
+        seen = set()
+        miss = set(g.missing)
+        for r, c in g.channel_order:
+            if not (0 <= r < g.rows and 0 <= c < g.cols):
+                raise AnatomyError(f"{source}: [grid] channel_order position ({r}, {c}) is outside the "
+                                   f"{g.rows}x{g.cols} grid")
+            if (r, c) in seen or (r, c) in miss:
+                raise AnatomyError(f"{source}: [grid] channel_order lists ({r}, {c}) twice or at a missing electrode")
+            seen.add((r, c))
+        if len(seen) + len(miss) != g.rows * g.cols:
+            raise AnatomyError(f"{source}: [grid] channel_order has {len(seen)} channels and missing has {len(miss)} "
+                               f"electrodes, but a {g.rows}x{g.cols} grid has {g.rows * g.cols} positions: list every "
+                               "position once in one of them")
+    if len(g.missing) >= g.rows * g.cols:
+        raise AnatomyError(f"{source}: [grid] every electrode of the {g.rows}x{g.cols} grid is missing")
+
+
 def _check_geometry(a: Anatomy, source: str) -> None:
     g, m, p = a.grid, a.muscle, a.pool
     if p.fibres_min > p.fibres_max:
         raise AnatomyError(f"{source}: [pool] fibres_min ({p.fibres_min}) must not exceed fibres_max ({p.fibres_max})")
-    for r, c in g.missing:
-        if not (0 <= r < g.rows and 0 <= c < g.cols):
-            raise AnatomyError(f"{source}: [grid] missing electrode ({r}, {c}) is outside the {g.rows}x{g.cols} grid")
+    _check_grid(g, source)
     xz, _ = g.electrode_positions()
     # The grid must lie over the muscle: laterally within the belly (+ one IED of slack), and
     # along the fibres within the fibre extent plus 30 mm (grids often reach over the tendon).

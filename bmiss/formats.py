@@ -1,19 +1,23 @@
 """Other file formats: OTB+ (.otb+), OTBioLab+ .mat exports, openhdemg JSON, BIDS-style events
 and a per-unit summary CSV.
 
-Readers return :class:`bmiss.io.Recording` (EMG in µV, ``[n_channels, n_samples]``).
-:func:`load_any` dispatches on the file suffix; :func:`bmiss.io.load_recording` calls it for
-everything that is not ``.npz``.
+Readers return :class:`bmiss.io.Recording` (EMG in µV, ``[n_channels, n_samples]``) and fill in
+the electrode layout (grid code, orientation, IED, channel map) where the file names its grid.
+:func:`bmiss.io.load_recording` picks the reader by suffix from its registry
+(``bmiss.io.READERS``); this module imports :mod:`bmiss.io`, never the reverse, and none of the
+writers computes quality metrics: they write the values they are given.
 
 Supported inputs
 ----------------
 =================  ===========================================================================
-``.npz``           bmiss recording (:func:`bmiss.io.load_recording`)
+``.npz``           bmiss recording (:func:`bmiss.io.load_recording_npz`)
 ``.otb+``          OT Bioelettronica OTB+ archive (tar: XML description + int16/24 ``.sig``)
-``.mat``           OTBioLab+ MATLAB export (``Data``, ``SamplingFrequency``, ``Description``)
+``.mat``           OTBioLab+ MATLAB export (``Data``, ``SamplingFrequency``, ``Description``),
+                   also a bare ``emg``/``data`` matrix (then pass ``fs``)
 ``.json``          openhdemg emgfile (gzip-compressed JSON, also plain JSON), also ``.json.gz``
 =================  ===========================================================================
 
+Every reader error is a one-line :class:`bmiss.io.BmissFileError` naming the file.
 No pandas at runtime: openhdemg's DataFrames are written and read as pandas
 ``orient='split'`` JSON (``{"columns": [...], "index": [...], "data": [[...], ...]}``) by hand.
 """
@@ -27,12 +31,14 @@ import math
 import re
 import tarfile
 import xml.etree.ElementTree as ET
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .io import BmissFileError, Decomposition, Recording, _need_file, atomic_write
+from . import electrodes as E
+from .io import BmissFileError, Decomposition, Recording, _need_file, atomic_write, load_recording, scalar_fs, warn
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
@@ -40,6 +46,7 @@ __all__ = [
     "load_otbplus",
     "load_mat",
     "save_openhdemg",
+    "save_openhdemg_recording",
     "load_openhdemg",
     "load_openhdemg_decomposition",
     "save_events_tsv",
@@ -49,37 +56,21 @@ __all__ = [
 SUPPORTED_SUFFIXES = (".npz", ".otb+", ".mat", ".json", ".json.gz")
 
 
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    for suf in (".json.gz", ".otb+"):
-        if name.endswith(suf):
-            return suf
-    return path.suffix.lower()
+def load_any(path, **kw) -> Recording:
+    """Read a recording of any supported type (same as :func:`bmiss.io.load_recording`)."""
+    return load_recording(path, **kw)
 
 
-def load_any(path) -> Recording:
-    """Read a recording of any supported type (by suffix, case-insensitive).
-
-    Raises ``FileNotFoundError`` for a missing file and :class:`BmissFileError` for an
-    unsupported suffix (the message lists the supported ones) or an unreadable file.
-    """
-    path = _need_file(path)
-    suf = _suffix(path)
-    if suf == ".npz":
-        from .io import load_recording
-
-        return load_recording(path)
-    if suf == ".otb+":
-        return load_otbplus(path)
-    if suf == ".mat":
-        return load_mat(path)
-    if suf in (".json", ".json.gz"):
-        return load_openhdemg(path)
-    hint = " (.otb4 is not supported yet: export .otb+ or .mat from OTBioLab+)" if suf == ".otb4" else ""
-    raise BmissFileError(
-        f"{path}: unsupported file type {suf or '(no suffix)'!r}{hint}. Supported: "
-        ".npz (bmiss), .otb+ (OT Bioelettronica), .mat (OTBioLab+ export), "
-        ".json / .json.gz (openhdemg)")
+def _layout_for(code: str | None, n_emg: int, orientation, where: str) -> E.Layout | None:
+    """The named grid's layout when it fits the EMG channel count, else None (with a warning)."""
+    if code is None:
+        return None
+    lay = E.load_layout(code, orientation)
+    if lay.n_channels != n_emg:
+        warn(f"{where}: names grid {code} ({lay.n_channels} channels) but holds {n_emg} EMG channels; channel "
+             "positions left unknown (pass --electrode CODE or --grid ROWSxCOLS --ied MM)")
+        return None
+    return lay
 
 
 # =============================================================================== OTB+
@@ -87,6 +78,9 @@ def load_any(path) -> Recording:
 _OTB_NON_EMG_ADAPTERS = ("adaptercontrol", "adapterquaternions")
 _OTB_NON_EMG_CHANNELS = ("quaternion", "bufferchannel", "rampchannel", "loadcellchannel")
 _OTB_GRID_RE = re.compile(r"(\d+)MM(\d{2})(\d{2})", re.IGNORECASE)
+MAX_MEMBER_BYTES = 1 << 31  # 2 GiB: larger .sig members are refused (pass max_member_bytes)
+MAX_XML_BYTES = 16 << 20
+MAX_EXPANSION = 200.0  # real int16 EMG compresses ~2-4x; far more is a decompression bomb
 
 
 def _otb_is_emg(adapter_id: str, ch_id: str) -> bool:
@@ -98,17 +92,22 @@ def _otb_is_emg(adapter_id: str, ch_id: str) -> bool:
     return True
 
 
-def _read_int(raw: bytes, bits: int) -> np.ndarray:
-    if bits == 16:
-        return np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<i2").astype(np.float64)
+def _read_int(raw: bytes, bits: int, n_tot: int, rows: list[int], where: str) -> np.ndarray:
+    """Interleaved little-endian integers -> float32 [len(rows), n_samples] of the chosen channels."""
+    width = {16: 2, 24: 3, 32: 4}.get(bits)
+    if width is None:
+        raise BmissFileError(f"{where}: ad_bits={bits} is not supported (16, 24 or 32)")
+    if n_tot <= 0 or len(raw) % (width * n_tot):
+        raise BmissFileError(
+            f"{where}: {len(raw)} bytes are not a whole number of {n_tot}-channel {bits}-bit samples; "
+            "file truncated or the XML does not describe it")
     if bits == 24:
-        b = np.frombuffer(raw[: len(raw) // 3 * 3], dtype=np.uint8).reshape(-1, 3).astype(np.int32)
-        v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, n_tot, 3)[:, rows].astype(np.int32)
+        v = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
         v = np.where(v >= 1 << 23, v - (1 << 24), v)
-        return v.astype(np.float64)
-    if bits == 32:
-        return np.frombuffer(raw[: len(raw) // 4 * 4], dtype="<i4").astype(np.float64)
-    raise BmissFileError(f"ad_bits={bits} is not supported (16, 24 or 32)")
+        return v.T.astype(np.float32)
+    dt = "<i2" if bits == 16 else "<i4"
+    return np.frombuffer(raw, dtype=dt).reshape(-1, n_tot)[:, rows].T.astype(np.float32)
 
 
 def _otb_parse_device(root: ET.Element, where: str) -> dict:
@@ -116,35 +115,39 @@ def _otb_parse_device(root: ET.Element, where: str) -> dict:
     if dev is None:
         raise BmissFileError(f"{where}: no <Device> element")
     try:
-        fs = float(dev.attrib["SampleFrequency"])
+        fs = scalar_fs(float(dev.attrib["SampleFrequency"]), where)
     except (KeyError, ValueError) as e:
         raise BmissFileError(f"{where}: <Device> has no valid SampleFrequency") from e
-    bits = int(float(dev.attrib.get("ad_bits", dev.attrib.get("AdBits", 16))))
-    chans = []  # (position, adapter_id, channel_id, gain)
-    for ad in dev.iter("Adapter"):
-        a_id = ad.attrib.get("ID", "")
-        a_gain = float(ad.attrib.get("Gain", 1.0))
-        start = int(float(ad.attrib.get("ChannelStartIndex", 0)))
-        for ch in ad.iter("Channel"):
-            c_gain = float(ch.attrib.get("Gain", 1.0))
-            pos = start + int(float(ch.attrib.get("Index", 0)))
-            chans.append((pos, a_id, ch.attrib.get("ID", ""), a_gain * c_gain))
-    total = int(float(dev.attrib.get("DeviceTotalChannels", 0))) or (max(c[0] for c in chans) + 1 if chans else 0)
+    try:
+        bits = int(float(dev.attrib.get("ad_bits", dev.attrib.get("AdBits", 16))))
+        chans = []  # (position, adapter_id, channel_id, gain, index within adapter, adapter number)
+        for k, ad in enumerate(dev.iter("Adapter")):
+            a_id = ad.attrib.get("ID", "")
+            a_gain = float(ad.attrib.get("Gain", 1.0))
+            start = int(float(ad.attrib.get("ChannelStartIndex", 0)))
+            for ch in ad.iter("Channel"):
+                c_gain = float(ch.attrib.get("Gain", 1.0))
+                idx = int(float(ch.attrib.get("Index", 0)))
+                chans.append((start + idx, a_id, ch.attrib.get("ID", ""), a_gain * c_gain, idx, k))
+        total = int(float(dev.attrib.get("DeviceTotalChannels", 0))) or (max(c[0] for c in chans) + 1 if chans else 0)
+    except (TypeError, ValueError) as e:
+        raise BmissFileError(f"{where}: malformed <Device>/<Adapter>/<Channel> attributes ({e})") from None
     return {"fs": fs, "bits": bits, "total": total, "chans": chans, "name": dev.attrib.get("Name", "")}
 
 
-def load_otbplus(path, *, adc_range_v: float = 5.0, sig: int | str | None = None,
-                 emg_only: bool = True) -> Recording:
+def load_otbplus(path, *, adc_range_v: float = 5.0, sig: int | str | None = None, emg_only: bool = True,
+                 orientation: int | None = None, max_member_bytes: int = MAX_MEMBER_BYTES) -> Recording:
     """Read an OT Bioelettronica ``.otb+`` archive.
 
-    Layout (found by suffix, names are free): a tar with one or more ``<name>.sig`` files of
-    interleaved little-endian signed integers (channels fastest, ``ad_bits`` 16 — also 24/32)
-    and, for each, an XML description (``<name>.xml``, else any XML with a ``<Device>``)::
+    Layout (found by suffix, names are free): a tar (possibly gzip-compressed) with one or more
+    ``<name>.sig`` files of interleaved little-endian signed integers (channels fastest,
+    ``ad_bits`` 16, also 24/32) and, for each, an XML description (``<name>.xml``, else any XML
+    with a ``<Device>``)::
 
         <Device Name=.. SampleFrequency="2048" DeviceTotalChannels=".." ad_bits="16">
           <Channels>
             <Adapter ID=".." Gain="150" ChannelStartIndex="0" ..>
-              <Channel ID="HD08MM1305" Index="0" Gain="1" .. />
+              <Channel ID="GR08MM1305" Index="0" Gain="1" .. />
 
     Channel ``k`` of the ``.sig`` is the channel with ``ChannelStartIndex + Index == k``.
 
@@ -158,68 +161,92 @@ def load_otbplus(path, *, adc_range_v: float = 5.0, sig: int | str | None = None
 
     Only EMG channels are kept (``emg_only``): control (buffer/ramp), quaternion and AUX
     channels are dropped.  Several ``.sig`` files with the same length and rate are stacked
-    along channels; otherwise pick one with ``sig`` (index or file name).  The electrode
-    code in a channel ID such as ``HD08MM1305`` gives ``ied_mm`` (8) and the grid size
-    (13 x 5, in ``meta['otb']``); ``grid_shape``/``channel_map`` are NOT set because the
-    electrode numbering of OTB grids is not row-major.
+    along channels; otherwise pick one with ``sig`` (index or file name).
+
+    Geometry: a channel ID naming a known grid (``GR08MM1305``...) gives the layout.  The EMG
+    channel with ``Index = i`` in its adapter is the grid's channel ``i + 1``, placed by the
+    grid's pinout at ``orientation`` (default 180, connector towards the researcher): the
+    recording's ``channel_map`` follows.  An unknown grid code gives ``ied_mm`` only.
+
+    Safety: members larger than ``max_member_bytes`` (default 2 GiB), or expanding more than
+    200x over the archive size (a gzip bomb), are refused before they are read; a truncated
+    archive gives a clear error.
     """
     path = _need_file(path)
+    arch_size = max(path.stat().st_size, 1)
     try:
-        tf = tarfile.open(path, "r:*")
-    except (tarfile.TarError, OSError) as e:
-        raise BmissFileError(f"{path}: not a readable OTB+ archive (expected a tar file: {e})") from e
-    with tf:
-        members = {m.name: m for m in tf.getmembers() if m.isfile()}
-        sigs = sorted(n for n in members if n.lower().endswith(".sig"))
-        xmls = sorted(n for n in members if n.lower().endswith(".xml"))
-        if not sigs:
-            raise BmissFileError(f"{path}: no .sig data file in the OTB+ archive (members: {sorted(members)})")
-        if sig is not None:
-            if isinstance(sig, int):
-                if not 0 <= sig < len(sigs):
-                    raise BmissFileError(f"{path}: sig={sig} but the archive has {len(sigs)} .sig files {sigs}")
-                sigs = [sigs[sig]]
-            else:
-                pick = [n for n in sigs if n == sig or Path(n).name == sig]
-                if not pick:
-                    raise BmissFileError(f"{path}: no .sig named {sig!r}; have {sigs}")
-                sigs = pick
+        with tarfile.open(path, "r:*") as tf:
+            return _load_otbplus_tar(tf, path, arch_size, adc_range_v, sig, emg_only, orientation, max_member_bytes)
+    except BmissFileError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise BmissFileError(f"{path}: not a readable OTB+ archive (expected a tar file; truncated or corrupt? "
+                             f"{type(e).__name__}: {e})") from None
 
-        def parse_xml(name):
-            try:
-                return ET.fromstring(tf.extractfile(members[name]).read())
-            except ET.ParseError as e:
-                raise BmissFileError(f"{path}: {name} is not valid XML ({e})") from e
 
-        blocks, meta_sigs = [], []
-        for s in sigs:
-            stem = s[: -len(".sig")]
-            same = [x for x in xmls if x[: -len(".xml")] == stem]
-            dev = None
-            for x in same + [x for x in xmls if x not in same]:
-                root = parse_xml(x)
-                if root.tag == "Device" or root.find(".//Device") is not None:
-                    dev = _otb_parse_device(root, f"{path}:{x}")
-                    break
-            if dev is None:
-                raise BmissFileError(f"{path}: no XML with a <Device> description for {s} (XML files: {xmls})")
-            raw = tf.extractfile(members[s]).read()
-            vals = _read_int(raw, dev["bits"])
-            n_tot = dev["total"]
-            if n_tot <= 0 or len(vals) % n_tot:
-                raise BmissFileError(
-                    f"{path}: {s} holds {len(vals)} values, not a multiple of DeviceTotalChannels={n_tot}; "
-                    "file truncated or XML does not describe it")
-            data = vals.reshape(-1, n_tot).T  # [n_total, n_samples]
-            keep = [c for c in sorted(dev["chans"]) if c[0] < n_tot and (not emg_only or _otb_is_emg(c[1], c[2]))]
-            if not keep:
-                continue
-            gains = np.array([c[3] for c in keep])
-            gains[gains == 0] = 1.0
-            uv = data[[c[0] for c in keep]] * (adc_range_v / 2.0 ** dev["bits"] * 1e6) / gains[:, None]
-            blocks.append((dev["fs"], uv))
-            meta_sigs.append({"sig": s, "device": dev["name"], "ad_bits": dev["bits"],
-                              "channels": [c[2] for c in keep], "gains": gains.tolist()})
+def _load_otbplus_tar(tf, path, arch_size, adc_range_v, sig, emg_only, orientation, max_member_bytes) -> Recording:
+    members = {m.name: m for m in tf.getmembers() if m.isfile()}
+    sigs = sorted(n for n in members if n.lower().endswith(".sig"))
+    xmls = sorted(n for n in members if n.lower().endswith(".xml"))
+    if not sigs:
+        raise BmissFileError(f"{path}: no .sig data file in the OTB+ archive (members: {sorted(members)})")
+    if sig is not None:
+        if isinstance(sig, int):
+            if not 0 <= sig < len(sigs):
+                raise BmissFileError(f"{path}: sig={sig} but the archive has {len(sigs)} .sig files {sigs}")
+            sigs = [sigs[sig]]
+        else:
+            pick = [n for n in sigs if n == sig or Path(n).name == sig]
+            if not pick:
+                raise BmissFileError(f"{path}: no .sig named {sig!r}; have {sigs}")
+            sigs = pick
+    total = sum(members[n].size for n in sigs + xmls)
+    for n in sigs + xmls:
+        cap = max_member_bytes if n in sigs else MAX_XML_BYTES
+        if members[n].size > cap:
+            raise BmissFileError(f"{path}: member {n} declares {members[n].size} bytes, over the {cap}-byte limit "
+                                 "(pass max_member_bytes=... if it is genuine)")
+    if total > MAX_EXPANSION * arch_size and total > (64 << 20):
+        raise BmissFileError(f"{path}: the archive ({arch_size} bytes) expands to {total} bytes: refusing a likely "
+                             "decompression bomb")
+
+    def read(name: str) -> bytes:
+        f = tf.extractfile(members[name])
+        data = f.read(members[name].size + 1) if f is not None else b""
+        if len(data) != members[name].size:
+            raise BmissFileError(f"{path}: member {name} is truncated ({len(data)} of {members[name].size} bytes)")
+        return data
+
+    def parse_xml(name):
+        try:
+            return ET.fromstring(read(name))
+        except ET.ParseError as e:
+            raise BmissFileError(f"{path}: {name} is not valid XML ({e})") from None
+
+    blocks, meta_sigs, grid_chans = [], [], []
+    for s in sigs:
+        stem = s[: -len(".sig")]
+        same = [x for x in xmls if x[: -len(".xml")] == stem]
+        dev = None
+        for x in same + [x for x in xmls if x not in same]:
+            root = parse_xml(x)
+            if root.tag == "Device" or root.find(".//Device") is not None:
+                dev = _otb_parse_device(root, f"{path}:{x}")
+                break
+        if dev is None:
+            raise BmissFileError(f"{path}: no XML with a <Device> description for {s} (XML files: {xmls})")
+        n_tot = dev["total"]
+        keep = [c for c in sorted(dev["chans"]) if c[0] < n_tot and (not emg_only or _otb_is_emg(c[1], c[2]))]
+        if not keep:
+            continue
+        data = _read_int(read(s), dev["bits"], n_tot, [c[0] for c in keep], f"{path}:{s}")
+        gains = np.array([c[3] for c in keep], np.float64)
+        gains[gains == 0] = 1.0
+        uv = data * (adc_range_v / 2.0 ** dev["bits"] * 1e6 / gains[:, None]).astype(np.float32)
+        blocks.append((dev["fs"], uv))
+        meta_sigs.append({"sig": s, "device": dev["name"], "ad_bits": dev["bits"],
+                          "channels": [c[2] for c in keep], "gains": gains.tolist()})
+        grid_chans += [(c[2], c[4], (s, c[5])) for c in keep]
     if not blocks:
         raise BmissFileError(f"{path}: the OTB+ archive describes no EMG channels")
     fss = {b[0] for b in blocks}
@@ -229,25 +256,75 @@ def load_otbplus(path, *, adc_range_v: float = 5.0, sig: int | str | None = None
             f"{path}: {len(blocks)} .sig files with different rates/lengths {sorted(fss)} / {sorted(lens)}; "
             "choose one with sig=<index or name>")
     emg = np.concatenate([b[1] for b in blocks], 0)
-    ied, grid = None, None
     codes = sorted({c for m in meta_sigs for c in m["channels"]})
+    ied, grid = None, None
     for c in codes:
         m = _OTB_GRID_RE.search(c)
         if m:
             ied, grid = float(int(m.group(1))), [int(m.group(2)), int(m.group(3))]
             break
-    meta = {"source": "otb+", "file": path.name, "adc_range_v": adc_range_v,
+    known = sorted({E.find_code(c) for c, _, _ in grid_chans} - {None})
+    adapters = {a for _, _, a in grid_chans}
+    geo: dict[str, Any] = {}
+    if len(known) == 1 and len(adapters) == 1:
+        lay = _layout_for(known[0], emg.shape[0], orientation, str(path))
+        idx = [i for _, i, _ in grid_chans]
+        if lay is not None and sorted(idx) == list(range(lay.n_channels)):
+            geo = dict(electrode=lay.code, orientation=lay.orientation, ied_mm=lay.ied_mm,
+                       grid_shape=lay.grid_shape, channel_map=lay.channel_map[idx])
+        elif lay is not None:
+            warn(f"{path}: channel Index values of grid {known[0]} are not 0..{lay.n_channels - 1}; channel "
+                 "positions left unknown (pass --electrode)")
+    elif len(known) > 1 or len(adapters) > 1:
+        warn(f"{path}: {len(adapters)} grids ({', '.join(known) or 'unknown codes'}): channel positions left "
+             "unknown; bmiss's model needs one grid")
+    meta = {"source": "otb+", "file": path.name, "adc_range_v": adc_range_v, "units": "uV",
             "otb": {"sigs": meta_sigs, "electrode_codes": codes, "grid_rows_cols": grid}}
     try:
-        return Recording(emg=emg, fs=blocks[0][0], ied_mm=ied, meta=meta)
+        return Recording(emg=emg, fs=blocks[0][0], ied_mm=geo.pop("ied_mm", ied), meta=meta, **geo)
     except BmissFileError as e:
-        raise BmissFileError(f"{path}: {e}") from e
+        raise BmissFileError(f"{path}: {e}") from None
 
 
 # =============================================================================== .mat
-# Columns of an OTBioLab+ export that are not EMG (openhdemg's naming, plus AUX/control).
-_MAT_NON_EMG = re.compile(r"source for decomposition|decomposition of|acquired data|performed path|"
-                          r"\baux|buffer|ramp|load ?cell|quaternion", re.IGNORECASE)
+_UNIT_RE = re.compile(r"\[\s*([^\[\]]*?)\s*\]\s*$")
+_VOLT_TO_UV = {"uv": 1.0, "µv": 1.0, "μv": 1.0, "mv": 1e3, "v": 1e6}
+_AUX_WORDS = ("aux", "force", "torque", "load cell", "loadcell", "trigger", "acceleration", "buffer", "ramp",
+              "quaternion")
+
+
+def _mat_label(label: str) -> dict:
+    """Classify one OTBioLab+ column label by its own fields.
+
+    ``Muscle - INPUT (Channel a->b) - SENSOR (n)[unit]``: the unit is the trailing ``[...]``; the
+    SENSOR field (last ``" - "`` field) tells EMG (a grid code such as ``GR08MM1305``) from
+    auxiliary channels (``AUX ...``, force, torque ...).  The INPUT field may read ``AUX 3``
+    on EMG channels (the amplifier input's name) and is not used to classify.  Whole-label
+    prefixes mark non-channel columns: ``acquired data`` (the force/reference signal),
+    ``performed path`` (the target), ``Decomposition of`` / ``Source for decomposition``.
+    """
+    s = str(label).strip()
+    m = _UNIT_RE.search(s)
+    unit = m.group(1) if m else None
+    body = (s[: m.start()] if m else s).strip()
+    low = body.lower()
+    sensor = body.split(" - ")[-1].strip()
+    code = E.find_code(sensor) or E.find_code(body)
+    if low.startswith(("decomposition of", "source for decomposition")):
+        kind = "decomposition"
+    elif low.startswith("acquired data"):
+        kind = "ref"
+    elif low.startswith(("performed path", "reference path", "target path")):
+        kind = "path"
+    elif code is not None:
+        kind = "emg"
+    elif sensor.lower().startswith(_AUX_WORDS) or any(w in sensor.lower() for w in _AUX_WORDS[1:]):
+        kind = "aux"
+    elif unit is None or unit.replace(" ", "").lower() in _VOLT_TO_UV:
+        kind = "emg"
+    else:
+        kind = "aux"  # a non-voltage unit ([N], [Nm], [%]) is not EMG
+    return {"label": s, "kind": kind, "unit": unit, "code": code, "sensor": sensor}
 
 
 def _mat_get(m: dict, *names):
@@ -257,69 +334,132 @@ def _mat_get(m: dict, *names):
     return None, None
 
 
-def load_mat(path, *, to_uv: float = 1000.0, emg_only: bool = True) -> Recording:
-    """Read an OTBioLab+ ``.mat`` export (what openhdemg's ``emg_from_otb`` reads).
+def _to_uv_factor(unit: str, where: str) -> float:
+    u = str(unit).replace(" ", "").lower()
+    if u not in _VOLT_TO_UV:
+        raise BmissFileError(f"{where}: unknown EMG unit {unit!r}; use uV, mV or V")
+    return _VOLT_TO_UV[u]
 
-    Variables: ``Data`` [n_samples, n_columns] (either orientation accepted; with
-    ``Description`` the axis whose length matches it is the channel axis, otherwise the
-    shorter axis), ``SamplingFrequency`` (Hz; ``fsamp``/``fs`` also accepted) and optional
-    ``Description`` (one label per column).  Columns whose label names a decomposition
-    output (``Source for decomposition``, ``Decomposition of``), the reference signal
-    (``acquired data``, ``performed path``) or an AUX/control channel are dropped when
-    ``emg_only``.  OTBioLab+ exports millivolts: values are multiplied by ``to_uv``
-    (default 1000) to give µV; pass ``to_uv=1`` for files already in µV.
+
+def load_mat(path, *, fs: float | None = None, units: str | None = None, to_uv: float | None = None,
+             emg_only: bool = True, orientation: int | None = None) -> Recording:
+    """Read an OTBioLab+ ``.mat`` export (what openhdemg's ``emg_from_otb`` reads), or a bare
+    EMG matrix.
+
+    Variables: ``Data`` (also ``data``/``EMG``/``emg``) [n_samples, n_columns] (either
+    orientation accepted; with ``Description`` the axis whose length matches it is the channel
+    axis, otherwise the shorter axis), ``SamplingFrequency`` (Hz; ``fsamp``/``fs`` also
+    accepted; ``fs=`` supplies it for files without one) and ``Description`` (one label per
+    column).
+
+    Columns are classified by their label fields (see :func:`_mat_label`): EMG columns are
+    kept, in file order (the amplifier's order); the ``acquired data`` column (else the first
+    force/torque AUX channel) becomes ``ref_signal`` (unit in ``meta["ref_unit"]``); other AUX,
+    target-path and decomposition-output columns are dropped and listed in ``meta``.
+
+    Units: each EMG label's ``[uV]``/``[mV]``/``[V]`` gives its scale to µV.  Without labels
+    the values are taken as mV (OTBioLab+'s export unit) with a warning; ``units="uV"`` (or a
+    factor ``to_uv``) overrides.  A grid code in the labels sets the electrode layout at
+    ``orientation`` (default 180).  MATLAB v7.3 (HDF5) files are not supported.
     """
     path = _need_file(path)
     try:
         from scipy.io import loadmat
 
         m = loadmat(path, simplify_cells=True)
-    except Exception as e:  # noqa: BLE001
-        raise BmissFileError(f"{path}: not a readable MATLAB file ({e})") from e
+    except NotImplementedError:
+        raise BmissFileError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; re-save with "
+                             "save(..., '-v7') or export .mat from OTBioLab+ again") from None
+    except Exception as e:  # noqa: BLE001  (scipy raises many types for a damaged file)
+        raise BmissFileError(f"{path}: not a readable MATLAB file ({type(e).__name__}: {e})") from None
     k, data = _mat_get(m, "Data", "data", "EMG", "emg")
     if data is None:
         have = sorted(x for x in m if not x.startswith("__"))
         raise BmissFileError(f"{path}: no 'Data' variable [n_samples, n_channels] (variables: {have})")
-    data = np.asarray(data, np.float64)
+    data = np.asarray(data)
+    if np.iscomplexobj(data):
+        raise BmissFileError(f"{path}: '{k}' is complex-valued; bmiss needs real EMG")
+    if data.dtype.kind not in "iuf":
+        raise BmissFileError(f"{path}: '{k}' must be a numeric matrix, got {data.dtype}")
+    data = np.asarray(data, np.float32)
     if data.ndim == 1:
         data = data[:, None]
     if data.ndim != 2:
         raise BmissFileError(f"{path}: '{k}' must be 2-D, got shape {data.shape}")
-    _, fs = _mat_get(m, "SamplingFrequency", "fsamp", "FSAMP", "fs", "Fs")
-    if fs is None:
-        raise BmissFileError(f"{path}: no 'SamplingFrequency' variable (Hz)")
-    fs = float(np.asarray(fs, np.float64).ravel()[0])
+    fk, fs_file = _mat_get(m, "SamplingFrequency", "fsamp", "FSAMP", "fs", "Fs")
+    if fs_file is not None:
+        fs_file = scalar_fs(fs_file, f"{path}: '{fk}'")
+        if fs is not None and abs(float(fs) - fs_file) > 1e-9 * fs_file:
+            raise BmissFileError(f"{path}: the file says {fk} = {fs_file:g} Hz but fs = {float(fs):g} Hz was given")
+    elif fs is None:
+        raise BmissFileError(f"{path}: no 'SamplingFrequency' variable; pass the rate: fs=HZ (bmiss ... --fs HZ)")
+    fs = fs_file if fs_file is not None else scalar_fs(fs, f"{path}: fs")
     _, desc = _mat_get(m, "Description", "description")
     labels = None
     if desc is not None:
         if isinstance(desc, str):
             labels = [desc]
         else:
-            labels = [str(np.asarray(d).ravel()[0]) if not isinstance(d, str) else d
+            labels = [d if isinstance(d, str) else str(np.asarray(d).ravel()[0]) if np.asarray(d).size else ""
                       for d in np.asarray(desc, dtype=object).ravel()]
         labels = [s.strip() for s in labels]
-    # orient to [n_channels, n_samples]
+    # orient to [n_columns, n_samples]
     if labels is not None and len(labels) == data.shape[1] != data.shape[0]:
-        emg = data.T
+        cols = data.T
     elif labels is not None and len(labels) == data.shape[0] != data.shape[1]:
-        emg = data
+        cols = data
     else:
-        emg = data.T if data.shape[0] >= data.shape[1] else data
-    if labels is not None and len(labels) != emg.shape[0]:
+        cols = data.T if data.shape[0] >= data.shape[1] else data
+    if labels is not None and len(labels) != cols.shape[0]:
+        warn(f"{path}: {len(labels)} labels for {cols.shape[0]} columns; labels ignored")
         labels = None
-    dropped = []
-    if emg_only and labels is not None:
-        keep = [i for i, s in enumerate(labels) if not _MAT_NON_EMG.search(s)]
-        dropped = [labels[i] for i in range(len(labels)) if i not in set(keep)]
-        emg, labels = emg[keep], [labels[i] for i in keep]
-        if not keep:
-            raise BmissFileError(f"{path}: no EMG channels left after dropping {dropped}")
-    meta = {"source": "mat", "file": path.name, "to_uv": to_uv, "channel_labels": labels,
-            "dropped_columns": dropped}
+    info = [_mat_label(s) for s in labels] if labels is not None else [
+        {"label": None, "kind": "emg", "unit": None, "code": None, "sensor": ""} for _ in range(cols.shape[0])]
+    emg_i = [i for i, d in enumerate(info) if d["kind"] == "emg" or not emg_only]
+    if not emg_i:
+        kinds = sorted({d["kind"] for d in info})
+        raise BmissFileError(f"{path}: no EMG column among {len(info)} (label kinds: {kinds}); EMG labels name a "
+                             "grid code (e.g. GR08MM1305) or a voltage unit")
+    # units -> µV per EMG column
+    if to_uv is not None:
+        scale = np.full(len(emg_i), float(to_uv))
+        unit_note = f"factor {to_uv}"
+    elif units is not None:
+        scale = np.full(len(emg_i), _to_uv_factor(units, str(path)))
+        unit_note = f"{units} (given)"
+    elif all(info[i]["unit"] for i in emg_i):
+        scale = np.array([_to_uv_factor(info[i]["unit"], str(path)) for i in emg_i])
+        unit_note = "from labels"
+    else:
+        scale = np.full(len(emg_i), 1e3)
+        unit_note = "mV (assumed)"
+        warn(f"{path}: no unit in the channel labels; assuming mV (OTBioLab+ export); pass units='uV' if the "
+             "values are already µV")
+    emg = cols[emg_i] * scale[:, None].astype(np.float32)
+    # reference / force channel
+    ref_i = next((i for i, d in enumerate(info) if d["kind"] == "ref"), None)
+    if ref_i is None:
+        ref_i = next((i for i, d in enumerate(info) if d["kind"] == "aux"
+                      and any(w in (d["label"] or "").lower() for w in ("force", "torque"))), None)
+    ref = None if ref_i is None else cols[ref_i]
+    dropped = [info[i]["label"] for i in range(len(info)) if i not in set(emg_i) and i != ref_i]
+    codes = sorted({info[i]["code"] for i in emg_i} - {None})
+    geo: dict[str, Any] = {}
+    if len(codes) == 1:
+        lay = _layout_for(codes[0], len(emg_i), orientation, str(path))
+        if lay is not None:
+            geo = dict(electrode=lay.code, orientation=lay.orientation, ied_mm=lay.ied_mm,
+                       grid_shape=lay.grid_shape, channel_map=lay.channel_map)
+    elif len(codes) > 1:
+        warn(f"{path}: channels of {len(codes)} grids ({', '.join(codes)}); channel positions left unknown")
+    meta = {"source": "mat", "file": path.name, "units": unit_note, "channel_labels": labels and [info[i]["label"]
+            for i in emg_i], "dropped_columns": dropped,
+            "ref_label": None if ref_i is None else info[ref_i]["label"],
+            "ref_unit": None if ref_i is None else info[ref_i]["unit"], "electrode_codes": codes}
     try:
-        return Recording(emg=emg * to_uv, fs=fs, meta=meta)
+        return Recording(emg=emg, fs=fs, ref_signal=ref, meta=meta, **geo)
     except BmissFileError as e:
-        raise BmissFileError(f"{path}: {e}") from e
+        raise BmissFileError(f"{path}: {e}") from None
 
 
 # =============================================================================== openhdemg
@@ -395,8 +535,21 @@ def _fit_length(x: np.ndarray, n: int) -> np.ndarray:
     return np.pad(x, pad)
 
 
+def _extras_json(rec: Recording) -> str:
+    """EXTRAS DataFrame (split JSON): one row with the electrode layout and the ref unit, when known."""
+    cols, row = [], []
+    for k, v in (("electrode", rec.electrode), ("orientation", rec.orientation),
+                 ("ref_unit", rec.meta.get("ref_unit") if rec.ref_signal is not None else None)):
+        if v is not None:
+            cols.append(k)
+            row.append(v)
+    if not cols:
+        return '{"columns":[0],"index":[],"data":[]}'
+    return json.dumps({"columns": cols, "index": [0], "data": [row]}, default=str)
+
+
 def save_openhdemg(path, dec: Decomposition | None, rec: Recording, *, ied_mm: float | None = None,
-                   force: bool = True, compresslevel: int = 4) -> Path:
+                   accuracy: Sequence[float] | None = None, force: bool = True, compresslevel: int = 4) -> Path:
     """Write an openhdemg ``emgfile`` (gzip-compressed JSON) that ``openhdemg.library.emg_from_json``
     opens.
 
@@ -407,20 +560,26 @@ def save_openhdemg(path, dec: Decomposition | None, rec: Recording, *, ied_mm: f
     ===================  ======================================================================
     SOURCE               ``"CUSTOMCSV"`` (a source openhdemg's JSON loader accepts)
     FILENAME             file name of ``path``
-    RAW_SIGNAL           DataFrame [samples x channels], µV (``rec.emg.T``)
-    REF_SIGNAL           DataFrame [samples x 1]: ``rec.excitation * 100`` (% of max, as
-                         openhdemg expects % MVC) or zeros
-    ACCURACY             DataFrame [MUs x 1]: SIL per MU (``dec.sil``, else computed)
+    RAW_SIGNAL           DataFrame [samples x channels], µV (``rec.emg.T``, the file's channel
+                         order; openhdemg's ``sort_rawemg`` with the EXTRAS code sorts it)
+    REF_SIGNAL           DataFrame [samples x 1]: ``rec.ref_signal`` (the recorded force /
+                         reference, in its own unit, e.g. % MVC); else ``rec.excitation * 100``
+                         (a simulation's drive in % of max); else zeros
+    ACCURACY             DataFrame [MUs x 1]: the decomposition's stored SIL (``dec.sil``, the
+                         decomposer's definition), else ``accuracy``, else NaN: nothing is
+                         recomputed here
     IPTS                 DataFrame [samples x MUs]: ``dec.sources.T`` (trimmed/zero-padded
                          to the EMG length)
     MUPULSES             list of int lists (spikes outside the EMG dropped)
     FSAMP, IED           float (IED: ``ied_mm`` or ``rec.ied_mm``; NaN when unknown)
     EMG_LENGTH           int, samples;  NUMBER_OF_MUS int
     BINARY_MUS_FIRING    DataFrame [samples x MUs] of 0/1
-    EXTRAS               empty DataFrame (one column ``0``)
+    EXTRAS               DataFrame: one row ``electrode, orientation, ref_unit`` where known,
+                         else empty (one column ``0``)
     ===================  ======================================================================
 
-    ``dec=None`` writes the EMG with zero MUs.  Written atomically; pandas is not needed.
+    ``dec=None`` writes the EMG with zero MUs.  Written atomically; the gzip header stores the
+    output's own name and no time stamp (never the temporary name); pandas is not needed.
     """
     path = Path(path)
     n = rec.n_samples
@@ -437,15 +596,21 @@ def save_openhdemg(path, dec: Decomposition | None, rec: Recording, *, ied_mm: f
         src = np.zeros((n_mu, n))
     if dec is not None and dec.sil is not None and len(dec.sil) == n_mu:
         acc = np.asarray(dec.sil, np.float64)
+    elif accuracy is not None:
+        acc = np.asarray(accuracy, np.float64).ravel()
+        if len(acc) != n_mu:
+            raise ValueError(f"accuracy has {len(acc)} values for {n_mu} units")
     else:
-        from .metrics import sil as _sil
-
-        acc = np.array([_sil(src[j], spikes[j]) for j in range(n_mu)], np.float64)
+        acc = np.full(n_mu, np.nan)
     binary = np.zeros((n, n_mu), np.int8)
     for j, s in enumerate(spikes):
         binary[s, j] = 1
-    ref = (np.zeros(n) if rec.excitation is None
-           else _fit_length(np.asarray(rec.excitation, np.float64).ravel(), n) * 100.0)
+    if rec.ref_signal is not None:
+        ref = _fit_length(np.asarray(rec.ref_signal, np.float64).ravel(), n)
+    elif rec.excitation is not None:
+        ref = _fit_length(np.asarray(rec.excitation, np.float64).ravel(), n) * 100.0
+    else:
+        ref = np.zeros(n)
     empty = '{"columns":[0],"index":[],"data":[]}'
     emgfile = {
         "SOURCE": json.dumps("CUSTOMCSV"),
@@ -460,23 +625,47 @@ def save_openhdemg(path, dec: Decomposition | None, rec: Recording, *, ied_mm: f
         "EMG_LENGTH": json.dumps(int(n)),
         "NUMBER_OF_MUS": json.dumps(int(n_mu)),
         "BINARY_MUS_FIRING": _split_json(binary, integer=True) if n_mu else empty,
-        "EXTRAS": empty,
+        "EXTRAS": _extras_json(rec),
     }
 
     def w(tmp):
-        with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=compresslevel) as f:
-            json.dump(emgfile, f)
+        with open(tmp, "wb") as raw:
+            # filename/mtime given explicitly: the header must not carry the temporary's name
+            with gzip.GzipFile(filename=path.name, mode="wb", fileobj=raw, compresslevel=compresslevel,
+                               mtime=0) as gz:
+                with _io.TextIOWrapper(gz, encoding="utf-8") as f:
+                    json.dump(emgfile, f)
 
     return atomic_write(path, w, force=force)
 
 
-def _read_openhdemg_dict(path: Path) -> dict:
-    raw = path.read_bytes()
+def save_openhdemg_recording(path, rec: Recording, *, force: bool = True) -> Path:
+    """A recording as an openhdemg emgfile without MUs (``save_openhdemg(path, None, rec)``)."""
+    return save_openhdemg(path, None, rec, force=force)
+
+
+MAX_JSON_BYTES = 1 << 31  # decompressed size limit of an openhdemg file (2 GiB)
+
+
+def _read_openhdemg_dict(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
     try:
-        text = gzip.decompress(raw).decode("utf-8") if raw[:2] == b"\x1f\x8b" else raw.decode("utf-8")
-        d = json.loads(text)
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BmissFileError(f"{path}: not an openhdemg JSON file (gzip-compressed JSON expected: {e})") from e
+        with open(path, "rb") as f:
+            magic = f.read(2)
+            f.seek(0)
+            if magic == b"\x1f\x8b":
+                with gzip.GzipFile(fileobj=f) as gz:
+                    raw = gz.read(max_bytes + 1)
+            else:
+                raw = f.read(max_bytes + 1)
+    except (OSError, EOFError, zlib.error) as e:
+        raise BmissFileError(f"{path}: corrupt or truncated gzip data in an openhdemg file ({type(e).__name__}: "
+                             f"{e})") from None
+    if len(raw) > max_bytes:
+        raise BmissFileError(f"{path}: decompresses to more than {max_bytes} bytes; refusing (a decompression bomb?)")
+    try:
+        d = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BmissFileError(f"{path}: not an openhdemg JSON file (gzip-compressed JSON expected: {e})") from None
     if not isinstance(d, dict) or "SOURCE" not in d:
         raise BmissFileError(f"{path}: not an openhdemg emgfile (no 'SOURCE' key)")
     return d
@@ -491,12 +680,35 @@ def _scalar(v):
     return v
 
 
-def load_openhdemg(path) -> Recording:
+def _extras_layout(d: dict) -> tuple[str | None, int | None]:
+    """(grid code, orientation) written in an EXTRAS DataFrame, if any."""
+    if "EXTRAS" not in d:
+        return None, None
+    try:
+        ex = json.loads(d["EXTRAS"]) if isinstance(d["EXTRAS"], str) else d["EXTRAS"]
+        cols = [str(c).lower() for c in ex.get("columns", [])]
+        rows = ex.get("data", []) or []
+    except (json.JSONDecodeError, AttributeError, TypeError):
+        return None, None
+    code = orient = None
+    for row in rows:
+        for c, v in zip(cols, row if isinstance(row, list) else [row]):
+            if code is None and isinstance(v, str):
+                code = E.find_code(v)
+            if c == "orientation" and orient is None and v in (0, 180, "0", "180"):
+                orient = int(v)
+        if code is None:
+            code = next((E.find_code(c) for c in cols if E.find_code(c)), None)
+    return code, orient
+
+
+def load_openhdemg(path, *, orientation: int | None = None) -> Recording:
     """Read an openhdemg JSON emgfile: RAW_SIGNAL -> ``emg`` [channels, samples] (values as
     stored; files written by bmiss are µV), FSAMP -> ``fs``, IED -> ``ied_mm`` (None if
-    NaN), REF_SIGNAL (% MVC) / 100 -> ``excitation`` when present.  The decomposition in the
-    file is in ``meta['openhdemg']`` (source, filename, n_mus); read it with
-    :func:`load_openhdemg_decomposition`."""
+    NaN), REF_SIGNAL -> ``ref_signal`` (e.g. % MVC).  A grid code in EXTRAS (with an
+    ``orientation`` column, else ``orientation``, default 180) sets the electrode layout.
+    The decomposition in the file is in ``meta['openhdemg']`` (source, filename, n_mus); read
+    it with :func:`load_openhdemg_decomposition`."""
     path = _need_file(path)
     d = _read_openhdemg_dict(path)
     if "RAW_SIGNAL" not in d:
@@ -506,25 +718,34 @@ def load_openhdemg(path) -> Recording:
     try:
         cols, _, raw = _from_split(d["RAW_SIGNAL"])
         cols, raw = _sort_columns(cols, raw)
-        fs = float(_scalar(d["FSAMP"]))
+        if "FSAMP" not in d:
+            raise KeyError("FSAMP")
+        fs = scalar_fs(_scalar(d["FSAMP"]), f"{path}: FSAMP")
         ied = _scalar(d.get("IED"))
-        ied = float(ied) if ied is not None else None
+        ied = float(ied) if isinstance(ied, (int, float)) else None
         if ied is not None and not math.isfinite(ied):
             ied = None
-        exc = None
+        ref = None
         if "REF_SIGNAL" in d:
-            _, _, ref = _from_split(d["REF_SIGNAL"])
-            if ref.shape[0] == raw.shape[0] and ref.shape[1] >= 1 and np.isfinite(ref[:, 0]).all():
-                exc = ref[:, 0] / 100.0
+            _, _, r = _from_split(d["REF_SIGNAL"])
+            if r.shape[0] == raw.shape[0] and r.shape[1] >= 1 and np.isfinite(r[:, 0]).all():
+                ref = r[:, 0]
     except (KeyError, TypeError, ValueError) as e:
-        raise BmissFileError(f"{path}: malformed openhdemg emgfile ({e})") from e
+        raise BmissFileError(f"{path}: malformed openhdemg emgfile ({type(e).__name__}: {e})") from None
+    code, orient = _extras_layout(d)
+    geo: dict[str, Any] = {}
+    lay = _layout_for(code, raw.shape[1], orientation if orientation is not None else orient, str(path))
+    if lay is not None:
+        geo = dict(electrode=lay.code, orientation=lay.orientation, grid_shape=lay.grid_shape,
+                   channel_map=lay.channel_map)
+        ied = ied if ied is not None else lay.ied_mm
     meta = {"source": "openhdemg", "file": path.name,
             "openhdemg": {"source": _scalar(d["SOURCE"]), "filename": _scalar(d.get("FILENAME")),
                           "n_mus": _scalar(d.get("NUMBER_OF_MUS"))}}
     try:
-        return Recording(emg=raw.T, fs=fs, ied_mm=ied, excitation=exc, meta=meta)
+        return Recording(emg=raw.T, fs=fs, ied_mm=ied, ref_signal=ref, meta=meta, **geo)
     except BmissFileError as e:
-        raise BmissFileError(f"{path}: {e}") from e
+        raise BmissFileError(f"{path}: {e}") from None
 
 
 def load_openhdemg_decomposition(path) -> Decomposition:
@@ -533,7 +754,7 @@ def load_openhdemg_decomposition(path) -> Decomposition:
     path = _need_file(path)
     d = _read_openhdemg_dict(path)
     try:
-        fs = float(_scalar(d["FSAMP"]))
+        fs = scalar_fs(_scalar(d["FSAMP"]), f"{path}: FSAMP")
         pulses = _scalar(d.get("MUPULSES", "[]")) or []
         spikes = [np.asarray(p, np.int64).ravel() for p in pulses]
         n_mu = len(spikes)
@@ -550,10 +771,9 @@ def load_openhdemg_decomposition(path) -> Decomposition:
             if acc.shape[0] == n_mu and acc.shape[1] >= 1:
                 sil = acc[:, 0].astype(np.float32)
     except (KeyError, TypeError, ValueError) as e:
-        raise BmissFileError(f"{path}: malformed openhdemg emgfile ({e})") from e
+        raise BmissFileError(f"{path}: malformed openhdemg emgfile ({type(e).__name__}: {e})") from None
     return Decomposition(spikes=spikes, sources=sources, fs=fs, method=f"openhdemg:{_scalar(d['SOURCE'])}",
                          sil=sil, meta={"file": path.name})
-
 
 # =============================================================================== tables
 def save_events_tsv(path, dec: Decomposition, *, force: bool = True) -> Path:
@@ -589,26 +809,23 @@ def save_summary_csv(path, dec: Decomposition, quality: Sequence[dict] | None = 
                      force: bool = True) -> Path:
     """One row per MU: ``unit, n_spikes, rate_hz, cov_isi, sil, pnr_db`` and, when ``dec.params``
     exists, each fitted parameter (physical units) followed by ``<name>_std`` when
-    ``dec.param_std`` exists.  ``quality`` (list of :func:`bmiss.metrics.unit_quality` dicts)
-    is computed from ``dec`` when not given (values stored in ``dec.sil``/``pnr_db``/
-    ``cov_isi`` take precedence).  Missing values are ``n/a``."""
-    from . import metrics
+    ``dec.param_std`` exists.
 
+    ``quality``: one dict per MU (keys as the columns, e.g. from ``bmiss.metrics.unit_quality``),
+    computed by the caller: this writer computes no metric.  Values stored in the decomposition
+    (``dec.sil``/``pnr_db``/``cov_isi``, the decomposer's own definitions) take precedence;
+    ``n_spikes`` is counted.  Missing values are ``n/a``."""
     n_mu = dec.n_units
     if quality is None:
-        quality = []
-        src = None if dec.sources is None else np.asarray(dec.sources)
+        quality = [{} for _ in range(n_mu)]
+    quality = [dict(q) for q in quality]
+    if len(quality) == n_mu:
         for j in range(n_mu):
-            if src is not None and src.ndim == 2 and j < src.shape[0]:
-                q = metrics.unit_quality(src[j], dec.spikes[j], dec.fs)
-            else:
-                q = {"n_spikes": len(dec.spikes[j]), "rate_hz": metrics.discharge_rate(dec.spikes[j], dec.fs),
-                     "cov_isi": metrics.cov_isi(dec.spikes[j]), "sil": None, "pnr_db": None}
+            quality[j]["n_spikes"] = len(dec.spikes[j])
             for key in ("sil", "pnr_db", "cov_isi"):
                 v = getattr(dec, key)
                 if v is not None and j < len(v) and np.isfinite(v[j]):
-                    q[key] = float(v[j])
-            quality.append(q)
+                    quality[j][key] = float(v[j])
     if len(quality) != n_mu:
         raise ValueError(f"quality has {len(quality)} rows for {n_mu} units")
     header = ["unit", "n_spikes", "rate_hz", "cov_isi", "sil", "pnr_db"]

@@ -37,32 +37,93 @@ meta_json              str                          settings, timing (s), channe
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
+import logging
+import math
 import os
 import tempfile
+import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+
+log = logging.getLogger("bmiss")
 
 
 class BmissFileError(ValueError):
     """A file could not be read or does not hold what bmiss needs."""
 
 
+def warn(msg: str) -> None:
+    """One-line warning on stderr (through the ``bmiss`` logger: with no logging configured,
+    Python prints just the message)."""
+    log.warning("warning: %s", msg)
+
+
 # ---------------------------------------------------------------- helpers
+_TMP_MAX_AGE_S = 3600.0  # a foreign, stale temporary older than this is removed
+
+
+def _tmp_prefix(path: Path) -> str:
+    return "." + path.name + "."
+
+
+def _clean_stale_tmps(path: Path) -> None:
+    """Remove temporaries of ``path`` left by a killed writer (SIGKILL, power loss).
+
+    A temporary is ``.NAME.PID.XXXX.SUFFIX.tmp``; it is stale when its process is gone, or,
+    when that cannot be told, when it is older than an hour."""
+    try:
+        entries = list(path.parent.glob(_tmp_prefix(path) + "*.tmp"))
+    except OSError:
+        return
+    now = time.time()
+    for t in entries:
+        rest = t.name[len(_tmp_prefix(path)):]
+        pid_s = rest.split(".", 1)[0]
+        alive = None
+        if pid_s.isdigit():
+            pid = int(pid_s)
+            if pid == os.getpid():
+                continue
+            try:
+                os.kill(pid, 0)
+                alive = True
+            except ProcessLookupError:
+                alive = False
+            except (PermissionError, OSError):
+                alive = None
+        try:
+            old = now - t.stat().st_mtime > _TMP_MAX_AGE_S
+            if alive is False or (alive is None and old):
+                t.unlink()
+        except OSError:
+            pass
+
+
 def atomic_write(path: str | os.PathLike, writer, *, force: bool = True) -> Path:
     """Call ``writer(tmp_path)`` then rename onto ``path``: a crash never leaves half a file.
 
-    ``writer`` receives a temporary path in the same directory (same suffix).
-    With ``force=False`` an existing ``path`` raises ``FileExistsError``.
+    ``writer`` receives a temporary path ``.NAME.PID.XXXX.SUFFIX.tmp`` in the same directory.
+    With ``force=False`` an existing ``path`` raises ``FileExistsError``; a directory at
+    ``path`` is always refused.  On any exception (Ctrl-C included) the temporary is removed.
+    A process killed outright (SIGKILL, power loss) cannot clean up: its temporary is removed by
+    the next write of the same output (once that process is gone).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give a file name for the output")
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; pass --force (force=True) to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=path.suffix + ".tmp")
+    _clean_stale_tmps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_tmp_prefix(path)}{os.getpid()}.",
+                               suffix=path.suffix + ".tmp")
     os.close(fd)
     try:
         writer(tmp)
@@ -93,8 +154,29 @@ def spikes_to_csr(spikes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return flat, offsets
 
 
-def csr_to_spikes(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+def csr_to_spikes(flat: np.ndarray, offsets: np.ndarray, where: str = "spikes") -> list[np.ndarray]:
+    """Inverse of :func:`spikes_to_csr`; checks that the offsets describe ``flat``."""
+    flat = np.asarray(flat)
+    offsets = np.asarray(offsets)
+    if flat.ndim != 1 or offsets.ndim != 1 or len(offsets) < 1 or not np.issubdtype(offsets.dtype, np.integer) \
+            or not np.issubdtype(flat.dtype, np.integer):
+        raise BmissFileError(f"{where}: spike indices and offsets must be 1-D integer arrays")
+    if offsets[0] != 0 or offsets[-1] != len(flat) or (np.diff(offsets) < 0).any():
+        raise BmissFileError(f"{where}: offsets must rise from 0 to {len(flat)} (the number of spikes); "
+                             "the file is inconsistent")
     return [np.asarray(flat[offsets[i]:offsets[i + 1]], np.int64) for i in range(len(offsets) - 1)]
+
+
+def scalar_fs(v, where: str = "fs") -> float:
+    """A sampling rate (Hz) from a number or a one-element array; clear error otherwise."""
+    arr = np.asarray(v)
+    if arr.dtype.kind not in "iuf" or arr.size != 1:
+        what = "empty" if arr.size == 0 else (f"shape {arr.shape}" if arr.size > 1 else f"of type {arr.dtype}")
+        raise BmissFileError(f"{where}: the sampling rate must be one number (Hz), got {what}")
+    fs = float(arr.reshape(()))
+    if not math.isfinite(fs) or fs <= 0:
+        raise BmissFileError(f"{where}: sampling rate fs={fs} Hz is not a positive number")
+    return fs
 
 
 # ---------------------------------------------------------------- recording
@@ -103,6 +185,12 @@ class Recording:
     """An HD-EMG recording, optionally with simulation ground truth.
 
     emg: [n_channels, n_samples] float32, µV.  fs: Hz.
+    Geometry (all optional): ``electrode`` (grid code, e.g. ``"GR08MM1305"``, or
+    ``"row-major"``/``"custom"``), ``orientation`` (0/180 degrees), ``grid_shape`` (rows, cols),
+    ``ied_mm`` and ``channel_map`` [n_channels, 2] (row, col of each channel, amplifier order).
+    A known grid code alone fills in the rest.  ``ref_signal`` [n_samples]: the force/reference
+    channel of a real recording (its unit in ``meta["ref_unit"]``), e.g. for recruitment
+    thresholds; ``excitation`` is the simulated drive (0..1).
     """
 
     emg: np.ndarray
@@ -116,6 +204,9 @@ class Recording:
     param_names: tuple[str, ...] | None = None
     excitation: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    electrode: str | None = None
+    orientation: int | None = None
+    ref_signal: np.ndarray | None = None
 
     @property
     def n_channels(self) -> int:
@@ -133,32 +224,131 @@ class Recording:
     def has_truth(self) -> bool:
         return self.true_spikes is not None
 
+    @property
+    def has_geometry(self) -> bool:
+        """True when the channel positions are known (channel_map and IED)."""
+        return self.channel_map is not None and self.ied_mm is not None
+
     def __post_init__(self):
-        self.emg = np.asarray(self.emg, np.float32)
-        self.fs = float(self.fs)
+        self.emg = _real_array(self.emg, "recording: emg")
+        self.fs = scalar_fs(self.fs, "recording")
         validate_emg(self.emg, self.fs, source="recording")
-        if self.channel_map is not None:
-            self.channel_map = np.asarray(self.channel_map, np.int64)
-            if self.channel_map.shape != (self.n_channels, 2):
-                raise BmissFileError(
-                    f"channel_map has shape {self.channel_map.shape}, expected ({self.n_channels}, 2): "
-                    "one (row, col) per EMG channel")
+        if self.ref_signal is not None:
+            ref = _real_array(self.ref_signal, "recording: ref_signal").ravel()
+            if len(ref) != self.n_samples:
+                raise BmissFileError(f"recording: ref_signal has {len(ref)} samples but the EMG has {self.n_samples}")
+            self.ref_signal = ref
+        self._check_geometry()
+
+    def _check_geometry(self) -> None:
+        from . import electrodes as E
+
+        n = self.n_channels
+        if self.orientation is not None:
+            if isinstance(self.orientation, (bool, np.bool_)) or int(self.orientation) not in E.ORIENTATIONS \
+                    or float(self.orientation) != int(self.orientation):
+                raise BmissFileError(f"recording: orientation {self.orientation!r} must be 0 or 180 degrees")
+            self.orientation = int(self.orientation)
+        if self.ied_mm is not None:
+            v = np.asarray(self.ied_mm)
+            if v.dtype.kind not in "iuf" or v.size != 1 or not (0.5 <= float(v.reshape(())) <= 100):
+                raise BmissFileError(f"recording: ied_mm = {self.ied_mm!r} must be one number in 0.5..100 mm")
+            self.ied_mm = float(v.reshape(()))
         if self.grid_shape is not None:
-            self.grid_shape = (int(self.grid_shape[0]), int(self.grid_shape[1]))
-            if self.channel_map is None:
-                r, c = self.grid_shape
-                if r * c != self.n_channels:
-                    raise BmissFileError(
-                        f"grid_shape {r}x{c} has {r * c} electrodes but the EMG has {self.n_channels} "
-                        "channels; give a channel_map [n_channels, 2] for grids with missing electrodes")
-                self.channel_map = np.stack(np.unravel_index(np.arange(r * c), (r, c)), 1)
+            g = np.asarray(self.grid_shape)
+            if g.shape != (2,) or g.dtype.kind not in "iuf" or not np.all(g == np.round(g)) or (g < 1).any() \
+                    or (g > 256).any():
+                raise BmissFileError(f"recording: grid_shape {self.grid_shape!r} must be two whole numbers "
+                                     "(rows, cols) in 1..256")
+            self.grid_shape = (int(g[0]), int(g[1]))
+        if self.electrode is not None:
+            self.electrode = str(self.electrode)
+            code = E.canonical_code(self.electrode)
+            if code is not None:
+                self.electrode = code
+                if self.channel_map is None:
+                    lay = E.load_layout(code, self.orientation)
+                    if lay.n_channels != n:
+                        raise BmissFileError(f"recording: electrode {code} has {lay.n_channels} channels but the "
+                                             f"EMG has {n}; pass the right --electrode")
+                    self.orientation = lay.orientation
+                    self.channel_map = lay.channel_map
+                    self.grid_shape = self.grid_shape or lay.grid_shape
+                    if self.ied_mm is None:
+                        self.ied_mm = lay.ied_mm
+        if self.channel_map is not None:
+            cm = np.asarray(self.channel_map)
+            if cm.shape != (n, 2) or cm.dtype.kind not in "iuf" or not np.all(cm == np.round(cm)):
+                raise BmissFileError(
+                    f"recording: channel_map has shape {cm.shape}, expected ({n}, 2) integers: one (row, col) "
+                    "per EMG channel")
+            cm = cm.astype(np.int64)
+            if (cm < 0).any():
+                raise BmissFileError("recording: channel_map rows/cols are 0-based and must be >= 0")
+            if self.grid_shape is None:
+                self.grid_shape = (int(cm[:, 0].max()) + 1, int(cm[:, 1].max()) + 1)
+            r, c = self.grid_shape
+            if (cm[:, 0] >= r).any() or (cm[:, 1] >= c).any():
+                raise BmissFileError(f"recording: channel_map has positions outside the {r}x{c} grid_shape")
+            if len(np.unique(cm[:, 0] * c + cm[:, 1])) != n:
+                raise BmissFileError("recording: channel_map puts two channels on the same electrode")
+            self.channel_map = cm
+        elif self.grid_shape is not None:
+            r, c = self.grid_shape
+            if r * c == n:
+                self.channel_map = np.stack(np.unravel_index(np.arange(r * c), (r, c)), 1).astype(np.int64)
+                self.electrode = self.electrode or "row-major"
+            elif (r, c) == (13, 5) and n == 64:
+                lay = E.standard_13x5(self.ied_mm or 8.0)
+                self.channel_map = lay.channel_map
+                self.electrode = self.electrode or "row-major"
+                warn("grid_shape 13x5 with 64 channels and no channel_map: assuming the standard 13x5 grid stored "
+                     "row-major with the empty corner at (0, 0); override with --electrode CODE (e.g. GR08MM1305) "
+                     "or --grid 13x5 --missing r,c")
+            else:
+                raise BmissFileError(
+                    f"recording: grid_shape {r}x{c} has {r * c} electrodes but the EMG has {n} channels; give a "
+                    "channel_map [n_channels, 2] for grids with missing electrodes (or --electrode CODE, or --grid "
+                    "ROWSxCOLS --missing \"r,c;...\")")
+
+    def layout(self):
+        """The recording's :class:`bmiss.electrodes.Layout`, or None without a geometry."""
+        from . import electrodes as E
+
+        return E.layout_of(self)
+
+    def with_layout(self, layout) -> "Recording":
+        """Copy with ``layout``'s geometry (a :class:`bmiss.electrodes.Layout`)."""
+        from dataclasses import replace
+
+        if layout.n_channels != self.n_channels:
+            raise BmissFileError(f"electrode layout {layout.code} has {layout.n_channels} channels but the recording "
+                                 f"has {self.n_channels}")
+        return replace(self, electrode=layout.code, orientation=layout.orientation, grid_shape=layout.grid_shape,
+                       ied_mm=float(layout.ied_mm), channel_map=np.asarray(layout.channel_map),
+                       meta={**self.meta, "layout_source": layout.source})
+
+
+def _real_array(x, where: str) -> np.ndarray:
+    """float32 copy of a real numeric array; complex or non-numeric data is refused (never cast)."""
+    arr = np.asarray(x)
+    if np.iscomplexobj(arr):
+        raise BmissFileError(f"{where} is complex-valued; bmiss needs real EMG (µV). If the imaginary part is "
+                             "meaningless, pass emg.real explicitly")
+    if arr.dtype.kind not in "iuf":
+        raise BmissFileError(f"{where} must be numeric, got dtype {arr.dtype}")
+    return np.asarray(arr, np.float32)
 
 
 def validate_emg(emg: np.ndarray, fs: float, source: str = "EMG") -> None:
     """Raise a clear error for arrays that cannot be an EMG recording."""
+    if np.iscomplexobj(emg):
+        raise BmissFileError(f"{source}: emg is complex-valued; bmiss needs real EMG (µV)")
     if emg.ndim != 2:
         raise BmissFileError(f"{source}: emg must be 2-D [n_channels, n_samples], got shape {emg.shape}")
     n_ch, n_s = emg.shape
+    if n_ch == 0 or n_s == 0:
+        raise BmissFileError(f"{source}: emg is empty (shape {emg.shape})")
     if n_ch > n_s:
         raise BmissFileError(
             f"{source}: emg has {n_ch} channels and {n_s} samples; it looks transposed. "
@@ -172,6 +362,15 @@ def validate_emg(emg: np.ndarray, fs: float, source: str = "EMG") -> None:
 
 
 def save_recording(path, rec: Recording, *, force: bool = True) -> Path:
+    """Write ``rec``; the writer is chosen by suffix (:data:`WRITERS`): ``.npz`` (default, ours)
+    or ``.json``/``.json.gz`` (openhdemg emgfile without MUs)."""
+    suf = _suffix(Path(path))
+    if suf in WRITERS and suf != ".npz":
+        return _resolve(WRITERS[suf])(path, rec, force=force)
+    return save_recording_npz(path, rec, force=force)
+
+
+def save_recording_npz(path, rec: Recording, *, force: bool = True) -> Path:
     arrays: dict[str, Any] = {"emg": rec.emg.astype(np.float32), "fs": np.float64(rec.fs)}
     if rec.grid_shape is not None:
         arrays["grid_shape"] = np.asarray(rec.grid_shape, np.int64)
@@ -179,6 +378,12 @@ def save_recording(path, rec: Recording, *, force: bool = True) -> Path:
         arrays["ied_mm"] = np.float64(rec.ied_mm)
     if rec.channel_map is not None:
         arrays["channel_map"] = np.asarray(rec.channel_map, np.int64)
+    if rec.electrode is not None:
+        arrays["electrode"] = np.asarray(str(rec.electrode))
+    if rec.orientation is not None:
+        arrays["orientation"] = np.int64(rec.orientation)
+    if rec.ref_signal is not None:
+        arrays["ref_signal"] = np.asarray(rec.ref_signal, np.float32)
     if rec.true_spikes is not None:
         arrays["true_spikes"], arrays["true_spikes_offsets"] = spikes_to_csr(rec.true_spikes)
     if rec.true_muaps is not None:
@@ -209,44 +414,166 @@ def _need_file(path) -> Path:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise BmissFileError(f"{path} is a directory, not a file")
     return path
 
 
-def load_recording(path) -> Recording:
-    """Read a recording: our ``.npz`` (or any ``.npz`` with ``emg`` + ``fs``)."""
-    path = _need_file(path)
-    if path.suffix.lower() != ".npz":
-        from . import formats  # other formats (OTB+, .mat, openhdemg JSON)
+# ---------------------------------------------------------------- reader/writer registry
+# Suffix -> "module:function".  Resolved on first use, so this module never imports the
+# format readers (no io <-> formats import cycle); register_reader() adds more.
+READERS: dict[str, str | Callable] = {
+    ".npz": "bmiss.io:load_recording_npz",
+    ".otb+": "bmiss.formats:load_otbplus",
+    ".mat": "bmiss.formats:load_mat",
+    ".json": "bmiss.formats:load_openhdemg",
+    ".json.gz": "bmiss.formats:load_openhdemg",
+}
+WRITERS: dict[str, str | Callable] = {
+    ".npz": "bmiss.io:save_recording_npz",
+    ".json": "bmiss.formats:save_openhdemg_recording",
+    ".json.gz": "bmiss.formats:save_openhdemg_recording",
+}
 
-        return formats.load_any(path)
-    try:
-        z = np.load(path, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001
-        raise BmissFileError(f"{path}: not a readable .npz file ({e})") from e
-    missing = [k for k in ("emg", "fs") if k not in z.files]
-    if missing:
+
+def register_reader(suffix: str, reader: str | Callable) -> None:
+    """Register ``reader(path, **kw) -> Recording`` for files ending in ``suffix``."""
+    READERS[suffix.lower()] = reader
+
+
+def _resolve(entry):
+    if callable(entry):
+        return entry
+    mod, fn = entry.split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suf in sorted(READERS, key=len, reverse=True):
+        if name.endswith(suf):
+            return suf
+    return path.suffix.lower()
+
+
+def load_recording(path, *, electrode=None, orientation=None, fs: float | None = None, **reader_kw) -> Recording:
+    """Read a recording of any supported type, chosen by suffix (:data:`READERS`).
+
+    electrode / orientation: the grid that recorded it (``--electrode``, ``--orientation``);
+    overrides what the file says.  fs: sampling rate (Hz) for files that do not store one
+    (``--fs``); a file that stores another rate is refused.  Other keywords go to the reader.
+    Raises ``FileNotFoundError`` or :class:`BmissFileError` (one line naming the file).
+    """
+    path = _need_file(path)
+    suf = _suffix(path)
+    if suf not in READERS:
+        hint = " (.otb4 is not supported yet: export .otb+ or .mat from OTBioLab+)" if suf == ".otb4" else ""
         raise BmissFileError(
-            f"{path}: a recording .npz needs 'emg' [n_channels, n_samples] and 'fs' (Hz); missing {missing}")
-    truth = None
-    if "true_spikes" in z.files:
-        truth = csr_to_spikes(z["true_spikes"], z["true_spikes_offsets"])
-    meta = json.loads(str(z["meta_json"])) if "meta_json" in z.files else {}
+            f"{path}: unsupported file type {suf or '(no suffix)'!r}{hint}. Supported: "
+            ".npz (bmiss), .otb+ (OT Bioelettronica), .mat (OTBioLab+ export), "
+            ".json / .json.gz (openhdemg)")
+    reader = _resolve(READERS[suf])
+    if fs is not None:
+        reader_kw["fs"] = fs
+    if orientation is not None and electrode is None:
+        reader_kw["orientation"] = orientation
+    rec = reader(path, **reader_kw)
+    if electrode is not None:
+        from . import electrodes as E
+
+        try:
+            rec = rec.with_layout(E.resolve_layout(electrode=electrode, orientation=orientation))
+        except (E.LayoutError, BmissFileError) as e:
+            raise BmissFileError(f"{path}: {e}") from None
+    return rec
+
+
+def _open_npz(path: Path):
+    head = b""
     try:
-        return Recording(
-            emg=z["emg"],
-            fs=float(z["fs"]),
-            grid_shape=tuple(z["grid_shape"]) if "grid_shape" in z.files else None,
-            ied_mm=float(z["ied_mm"]) if "ied_mm" in z.files else None,
-            channel_map=z["channel_map"] if "channel_map" in z.files else None,
-            true_spikes=truth,
-            true_muaps=z["true_muaps"] if "true_muaps" in z.files else None,
-            true_params=z["true_params"] if "true_params" in z.files else None,
-            param_names=tuple(str(s) for s in z["param_names"]) if "param_names" in z.files else None,
-            excitation=z["excitation"] if "excitation" in z.files else None,
-            meta=meta,
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise BmissFileError(f"{path}: cannot read ({e})") from None
+    if head.startswith(b"\x93NUMPY"):
+        raise BmissFileError(f"{path}: a single .npy array, not an .npz archive; save a recording with "
+                             "np.savez(path, emg=EMG, fs=FS)")
+    if not zipfile.is_zipfile(path):
+        raise BmissFileError(f"{path}: not an .npz archive (an .npz is a zip of .npy arrays; this file starts "
+                             f"with {head!r}); save a recording with np.savez(path, emg=EMG, fs=FS)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise BmissFileError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
+
+
+def _npz_get(z, key: str, path: Path):
+    try:
+        return z[key]
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise BmissFileError(f"{path}: array {key!r} holds Python objects; bmiss reads only plain numeric/text "
+                                 "arrays (save numbers, not lists of arrays)") from None
+        raise BmissFileError(f"{path}: array {key!r} is unreadable ({e})") from None
+    except Exception as e:  # noqa: BLE001  (zip/zlib errors of a damaged member)
+        raise BmissFileError(f"{path}: array {key!r} is damaged ({type(e).__name__}: {e})") from None
+
+
+def load_recording_npz(path, *, fs: float | None = None) -> Recording:
+    """Read our ``.npz`` (or any ``.npz`` with ``emg`` + ``fs``).
+
+    A geometry that contradicts the EMG (e.g. ``grid_shape`` 8x10 for 64 channels) is dropped
+    with a one-line warning: blind methods need none, model-based ones then ask for the flags."""
+    path = _need_file(path)
+    with _open_npz(path) as z:
+        files = set(z.files)
+        need = ["emg"] + (["fs"] if fs is None else [])
+        missing = [k for k in need if k not in files]
+        if missing:
+            raise BmissFileError(
+                f"{path}: a recording .npz needs 'emg' [n_channels, n_samples] and 'fs' (Hz); missing {missing}")
+        g = lambda k: _npz_get(z, k, path) if k in files else None  # noqa: E731
+        fs_file = scalar_fs(g("fs"), f"{path}") if "fs" in files else None
+        if fs is not None and fs_file is not None and abs(fs_file - float(fs)) > 1e-9 * fs_file:
+            raise BmissFileError(f"{path}: the file says fs = {fs_file:g} Hz but fs = {fs:g} Hz was given")
+        truth = None
+        if "true_spikes" in files:
+            if "true_spikes_offsets" not in files:
+                raise BmissFileError(f"{path}: has 'true_spikes' but no 'true_spikes_offsets' (CSR offsets [n_units+1])")
+            truth = csr_to_spikes(g("true_spikes"), g("true_spikes_offsets"), where=str(path))
+        try:
+            meta = json.loads(str(g("meta_json"))) if "meta_json" in files else {}
+        except json.JSONDecodeError as e:
+            raise BmissFileError(f"{path}: meta_json is not valid JSON ({e})") from None
+        geo = dict(grid_shape=g("grid_shape"), ied_mm=g("ied_mm"), channel_map=g("channel_map"),
+                   electrode=str(g("electrode")) if "electrode" in files else None,
+                   orientation=g("orientation"))
+        if geo["grid_shape"] is not None:
+            geo["grid_shape"] = tuple(np.asarray(geo["grid_shape"]).ravel().tolist())
+        if geo["orientation"] is not None:
+            o = np.asarray(geo["orientation"])
+            geo["orientation"] = o.reshape(()).item() if o.size == 1 else o.tolist()
+        kw = dict(
+            emg=g("emg"), fs=fs_file if fs_file is not None else fs,
+            true_spikes=truth, true_muaps=g("true_muaps"), true_params=g("true_params"),
+            param_names=tuple(str(s) for s in g("param_names")) if "param_names" in files else None,
+            excitation=g("excitation"), ref_signal=g("ref_signal"), meta=meta,
         )
+    try:
+        return Recording(**kw, **geo)
     except BmissFileError as e:
-        raise BmissFileError(f"{path}: {e}") from e
+        msg = str(e)
+        if not any(w in msg for w in ("grid_shape", "channel_map", "ied_mm", "orientation", "electrode")):
+            raise BmissFileError(f"{path}: {e}") from None
+    # the geometry is unusable: keep the EMG (blind methods need no geometry) and say so
+    warn(f"{path}: electrode geometry ignored ({msg.removeprefix('recording: ')}); model-based methods need "
+         "--electrode CODE or --grid ROWSxCOLS --ied MM")
+    try:
+        rec = Recording(**kw)
+    except BmissFileError as e:
+        raise BmissFileError(f"{path}: {e}") from None
+    rec.meta["geometry_ignored"] = msg
+    return rec
 
 
 # ---------------------------------------------------------------- decomposition
@@ -290,23 +617,30 @@ def save_decomposition(path, dec: Decomposition, *, force: bool = True) -> Path:
 
 def load_decomposition(path) -> Decomposition:
     path = _need_file(path)
-    try:
-        z = np.load(path, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001
-        raise BmissFileError(f"{path}: not a readable .npz file ({e})") from e
-    if "spikes" not in z.files or "sources" not in z.files:
-        raise BmissFileError(f"{path}: not a bmiss decomposition file (needs 'spikes' and 'sources'); "
-                             "did you pass a recording instead?")
-    opt = {k: (z[k] if k in z.files else None) for k in ("filters", "sil", "pnr_db", "cov_isi", "params", "param_std")}
-    return Decomposition(
-        spikes=csr_to_spikes(z["spikes"], z["spikes_offsets"]),
-        sources=z["sources"],
-        fs=float(z["fs"]),
-        method=str(z["method"]),
-        param_names=tuple(str(s) for s in z["param_names"]) if "param_names" in z.files else None,
-        meta=json.loads(str(z["meta_json"])) if "meta_json" in z.files else {},
-        **opt,
-    )
+    with _open_npz(path) as z:
+        files = set(z.files)
+        if "spikes" not in files or "sources" not in files:
+            raise BmissFileError(f"{path}: not a bmiss decomposition file (needs 'spikes' and 'sources'); "
+                                 "did you pass a recording instead?")
+        for k in ("spikes_offsets", "fs", "method"):
+            if k not in files:
+                raise BmissFileError(f"{path}: decomposition file lacks {k!r}; it was not written by bmiss "
+                                     "or is damaged: decompose the recording again")
+        g = lambda k: _npz_get(z, k, path) if k in files else None  # noqa: E731
+        opt = {k: g(k) for k in ("filters", "sil", "pnr_db", "cov_isi", "params", "param_std")}
+        try:
+            meta = json.loads(str(g("meta_json"))) if "meta_json" in files else {}
+        except json.JSONDecodeError as e:
+            raise BmissFileError(f"{path}: meta_json is not valid JSON ({e})") from None
+        return Decomposition(
+            spikes=csr_to_spikes(g("spikes"), g("spikes_offsets"), where=str(path)),
+            sources=g("sources"),
+            fs=scalar_fs(g("fs"), str(path)),
+            method=str(g("method")),
+            param_names=tuple(str(s) for s in g("param_names")) if "param_names" in files else None,
+            meta=meta,
+            **opt,
+        )
 
 
 # ---------------------------------------------------------------- fingerprint
