@@ -3,67 +3,191 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import signal
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
+
+from .anatomy import AnatomyError
+from .api import UserError
+from .io import BmissFileError
+
+# Errors caused by what the user asked for or gave: one line, exit 2. Anything else is a bug in
+# bmiss: traceback, a hint to report it, exit 1 (a blanket ValueError catch would hide bugs).
+# (+ surrogate.SurrogateMismatchError, see _is_user_error: importing flax just for it costs 0.6 s.)
+USER_ERRORS = (UserError, BmissFileError, AnatomyError, FileExistsError,
+               FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+SEED_MAX = 2 ** 32 - 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``bmiss CMD: error: ...``) instead of the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_in(lo: int, hi: int):
+    """argparse type: an integer in [lo, hi]."""
+    def conv(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi}, got {s!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is out of range; allowed {lo}..{hi}")
+        return v
+
+    return conv
+
+
+def _float_in(lo: float, hi: float, *, lo_open: bool = False, unit: str = "", inf_ok: bool = False):
+    """argparse type: a finite float in [lo, hi] ((lo, hi] with lo_open); 'inf'/'none' -> None if inf_ok."""
+    rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]{(' ' + unit) if unit else ''}" + (" or inf" if inf_ok else "")
+
+    def conv(s):
+        if inf_ok and s.strip().lower() in ("inf", "+inf", "none", "noise-free"):
+            return None
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in {rng}, got {s!r}") from None
+        if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo):
+            raise argparse.ArgumentTypeError(f"{s} is out of range; allowed {rng}")
+        return v
+
+    return conv
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _check_outputs(paths, force: bool, inputs=()) -> list[Path]:
+    """Refuse, before any work starts, outputs that cannot or must not be written.
+
+    Refused: an existing file without ``force``; a folder given as a file (even with ``force``);
+    an output that is also an input (``--json v.npz --truth v.npz``); two outputs with one name;
+    an output whose folder cannot be created or written.
+    """
+    ins = [Path(q) for q in inputs if q is not None]
+    seen: list[Path] = []
+    outs = [Path(p) for p in paths]
+    for p in outs:
+        if p.is_dir():
+            raise IsADirectoryError(f"output {p} is a folder; give the path of a file (in it or elsewhere)")
+        for q in ins:
+            if _same_file(p, q):
+                raise UserError(f"output {p} is also an input ({q}); write the output to another file")
+        for q in seen:
+            if _same_file(p, q):
+                raise UserError(f"two outputs would be written to {p}; choose another name")
+        seen.append(p)
+        if p.exists() and not force:
+            raise FileExistsError(f"{p} exists; pass --force to overwrite it, or choose another output")
+        anc = p.absolute().parent
+        while not anc.exists():
+            anc = anc.parent
+        if not anc.is_dir():
+            raise NotADirectoryError(f"cannot write {p}: {anc} is a file, not a folder")
+        if not os.access(anc, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot write {p}: folder {anc} is not writable; choose another output")
+    return outs
 
 
 def _check_out(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+    _check_outputs([path], force)
 
 
-def _parse_grid(s: str | None):
-    if s is None:
-        return None
+def _parse_grid(s):
+    """'13x5' -> (13, 5); None and (rows, cols) pass through. Rows and cols must be >= 1."""
+    if s is None or isinstance(s, tuple):
+        return s
     try:
-        r, c = s.lower().split("x")
-        return int(r), int(c)
+        r, c = (int(v) for v in s.lower().split("x"))
     except ValueError:
-        raise SystemExit(f"--grid must look like ROWSxCOLS (e.g. 13x5), got {s!r}") from None
+        raise UserError(f"--grid must look like ROWSxCOLS (e.g. 13x5), got {s!r}") from None
+    if r < 1 or c < 1 or r * c > 4096:
+        raise UserError(f"--grid {s}: rows and columns must be >= 1 (at most 4096 electrodes), got {r}x{c}")
+    return r, c
 
 
 def cmd_simulate(a) -> int:
     from . import api, io
 
     out = Path(a.out)
-    _check_out(out, a.force)
-    rec = api.simulate(a.anatomy, duration_s=a.duration, snr_db=None if a.snr is None or a.snr.lower() in ("inf", "none") else float(a.snr),
-                       seed=a.seed, excitation=a.excitation, n_units=a.n_units, muap_mode=a.muap_mode,
-                       powerline_uv=a.powerline_uv)
-    io.save_recording(out, rec, force=True)
+    fig_path = out.with_suffix(".png") if a.figures else None
+    _check_outputs([out] + ([fig_path] if fig_path else []), a.force)
+    an = _load_anatomy(a.anatomy)
+    _check_excitation(a.excitation, a.duration, an.grid.fs_hz)
+    rec = api.simulate(an, duration_s=a.duration, snr_db=a.snr, seed=a.seed, excitation=a.excitation,
+                       n_units=a.n_units, muap_mode=a.muap_mode, powerline_uv=a.powerline_uv)
+    io.save_recording(out, rec, force=a.force)
     active = sum(len(s) > 0 for s in rec.true_spikes)
+    snr = "noise-free" if a.snr is None else f"SNR {a.snr:g} dB"
     print(f"wrote {out}: {rec.n_channels} channels x {rec.n_samples} samples at {rec.fs:g} Hz, "
-          f"{len(rec.true_spikes)} MUs ({active} active), SNR {a.snr} dB, {rec.meta['simulate_time_s']} s")
-    if a.figures:
+          f"{len(rec.true_spikes)} MUs ({active} active), {snr}, {rec.meta['simulate_time_s']} s")
+    if fig_path:
         from . import figures
 
-        fig_path = out.with_suffix(".png")
         figures.simulation_overview(rec, path=fig_path)
         print(f"wrote {fig_path}")
     return 0
 
 
+def _load_anatomy(spec):
+    from . import anatomy
+
+    return anatomy.load(spec)
+
+
+def _check_excitation(spec, duration_s: float, fs: float) -> None:
+    """Parse --excitation up front, so a bad spec fails before the simulation, in one line."""
+    if spec is None:
+        return
+    from . import motoneurons
+
+    try:
+        motoneurons.parse_excitation(spec, duration_s, fs)
+    except ValueError as e:  # parse_excitation's ValueErrors are all about the spec it was given
+        raise UserError(f"--excitation {spec}: {e}") from None
+
+
 def cmd_decompose(a) -> int:
     from . import api, io
 
-    rec = io.load_recording(a.recording)
+    grid = _parse_grid(a.grid)
     out = Path(a.out) if a.out else Path(a.recording).with_name(Path(a.recording).stem + f"_{a.method}.npz")
-    _check_out(out, a.force)
+    _check_outputs([out], a.force, inputs=[a.recording])
+    rec = io.load_recording(a.recording)
     kw = {}
     if a.seed is not None:
         kw["seed"] = a.seed
     if a.n_iter is not None:
         kw["n_iter" if a.method == "cbss" else "n_rounds"] = a.n_iter
     if a.method == "bmiss":
-        kw.update(anatomy=a.anatomy, grid=_parse_grid(a.grid), ied_mm=a.ied, forward=a.forward)
+        kw.update(anatomy=a.anatomy, grid=grid, ied_mm=a.ied, forward=a.forward)
     elif any(v is not None for v in (a.anatomy, a.grid, a.ied)) or a.forward != "conductor":
         print("note: --anatomy/--grid/--ied/--forward apply to --method bmiss only; ignored", file=sys.stderr)
     t = time.perf_counter()
     dec = api.decompose(rec, a.method, progress=not a.quiet, **kw)
     for line in dec.meta.get("excluded_channels", []) or []:
         print(f"excluded channel: {line}", file=sys.stderr)
-    io.save_decomposition(out, dec, force=True)
+    if out.exists() and not a.force:  # appeared while decomposing: keep it, and keep the result too
+        alt = _free_name(out)
+        io.save_decomposition(alt, dec, force=False)
+        raise FileExistsError(f"{out} appeared while decomposing and was left as it is; the result was "
+                              f"written to {alt} instead")
+    io.save_decomposition(out, dec, force=a.force)
     print(f"wrote {out}: {dec.n_units} MUs by {a.method} in {time.perf_counter() - t:.1f} s")
     if rec.has_truth and not a.quiet:
         rep = api.evaluate(dec, rec)
@@ -73,14 +197,24 @@ def cmd_decompose(a) -> int:
     return 0
 
 
+def _free_name(path: Path) -> Path:
+    for k in range(1, 1000):
+        alt = path.with_name(f"{path.stem}.{k}{path.suffix}")
+        if not alt.exists():
+            return alt
+    raise FileExistsError(f"no free name next to {path}")
+
+
 def cmd_evaluate(a) -> int:
     from . import api, io, metrics
 
+    if a.json:
+        _check_outputs([a.json], a.force, inputs=[a.decomposition, a.truth])
     rep = api.evaluate(a.decomposition, a.truth, oracle=a.oracle)
     print(metrics.format_report(rep))
     if a.json:
         text = json.dumps(rep, indent=1)
-        io.atomic_write(a.json, lambda tmp: Path(tmp).write_text(text), force=True)
+        io.atomic_write(a.json, lambda tmp: Path(tmp).write_text(text), force=a.force)
         print(f"wrote {a.json}")
     return 0
 
@@ -88,35 +222,44 @@ def cmd_evaluate(a) -> int:
 def cmd_export(a) -> int:
     from . import api
 
+    _check_outputs([a.out], a.force, inputs=[a.decomposition, a.recording])
     p = api.export(a.decomposition, a.out, a.format, rec=a.recording, force=a.force)
     print(f"wrote {p}")
     return 0
 
 
 def cmd_figures(a) -> int:
-    from . import figures, io
+    from . import api, figures, io
 
+    # every input is read and checked before the first PNG is written
     rec = io.load_recording(a.recording)
+    dec = io.load_decomposition(a.decomposition) if a.decomposition else None
+    if dec is not None:
+        api.check_pair(dec, rec, dec_name=a.decomposition, rec_name=a.recording)
+    if a.units is not None and rec.true_muaps is not None:
+        bad = [u for u in a.units if not 0 <= u < len(rec.true_muaps)]
+        if bad:
+            raise UserError(f"--units {' '.join(map(str, bad))}: the recording has MUs 0..{len(rec.true_muaps) - 1}")
     outdir = Path(a.out)
-    outdir.mkdir(parents=True, exist_ok=True)
-    written = []
+    if outdir.exists() and not outdir.is_dir():
+        raise NotADirectoryError(f"--out {outdir} is a file; figures writes several PNGs into a folder")
+    jobs = []
     if rec.true_muaps is not None:
-        written.append(figures.simulation_overview(rec, path=outdir / "overview.png") and outdir / "overview.png")
-        written.append(figures.muap_map(rec.true_muaps, rec.channel_map, rec.grid_shape, rec.fs,
-                                        units=a.units, path=outdir / "muaps.png") and outdir / "muaps.png")
-    written.append(figures.emg_stretch(rec.emg, rec.fs, path=outdir / "emg.png") and outdir / "emg.png")
-    if a.decomposition:
-        dec = io.load_decomposition(a.decomposition)
-        written.append(figures.raster(dec.spikes, dec.fs, excitation=rec.excitation, n_samples=rec.n_samples,
-                                      path=outdir / "raster.png") and outdir / "raster.png")
+        jobs.append(("overview.png", lambda p: figures.simulation_overview(rec, path=p)))
+        jobs.append(("muaps.png", lambda p: figures.muap_map(rec.true_muaps, rec.channel_map, rec.grid_shape, rec.fs,
+                                                             units=a.units, path=p)))
+    jobs.append(("emg.png", lambda p: figures.emg_stretch(rec.emg, rec.fs, path=p)))
+    if dec is not None:
+        jobs.append(("raster.png", lambda p: figures.raster(dec.spikes, dec.fs, excitation=rec.excitation,
+                                                           n_samples=rec.n_samples, path=p)))
         if rec.has_truth:
-            from . import api
-
-            rep = api.evaluate(dec, rec)
-            written.append(figures.decomposition_vs_truth(dec, rec, rep, path=outdir / "vs_truth.png")
-                           and outdir / "vs_truth.png")
-    for w in written:
-        print(f"wrote {w}")
+            rep = api.evaluate(dec, rec, check=False)  # checked above
+            jobs.append(("vs_truth.png", lambda p: figures.decomposition_vs_truth(dec, rec, rep, path=p)))
+    paths = _check_outputs([outdir / name for name, _ in jobs], a.force, inputs=[a.recording, a.decomposition])
+    outdir.mkdir(parents=True, exist_ok=True)
+    for (_, draw), path in zip(jobs, paths):
+        draw(path)
+        print(f"wrote {path}")
     return 0
 
 
@@ -135,15 +278,27 @@ def cmd_demo(a) -> int:
     from . import api, figures, io, metrics
 
     out = Path(a.out)
+    methods = ["bmiss"] if a.bmiss_only else [m for m in ("oracle", "cbss", "bmiss") if m in a.methods]
+    names = ["recording.npz", "simulation.png", "demo_summary.json"]
+    names += [f"{k}_{m}.{e}" for m in methods for k, e in (("decomposition", "npz"), ("report", "json"))]
+    if "bmiss" in methods:
+        names += ["bmiss_vs_truth.png", "bmiss_units.csv"]
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; demo writes its files into a folder")
+    # demo rewrites its own folder (one holding a demo_summary.json); elsewhere it overwrites nothing
+    # without --force
+    ours = a.force or (out / "demo_summary.json").is_file()
+    _check_outputs([out / n for n in names], ours)
+    an = _load_anatomy(a.anatomy)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print(f"[1/4] simulating {a.anatomy}: {a.duration} s, {a.n_units} MUs, SNR {a.snr} dB (seed {a.seed})")
-    rec = api.simulate(a.anatomy, duration_s=a.duration, snr_db=a.snr, seed=a.seed, n_units=a.n_units)
+    snr = "noise-free" if a.snr is None else f"SNR {a.snr:g} dB"
+    print(f"[1/4] simulating {a.anatomy}: {a.duration} s, {a.n_units} MUs, {snr} (seed {a.seed})")
+    rec = api.simulate(an, duration_s=a.duration, snr_db=a.snr, seed=a.seed, n_units=a.n_units)
     io.save_recording(out / "recording.npz", rec)
     figures.simulation_overview(rec, path=out / "simulation.png")
     results = {}
     oracle_found = None
-    methods = ["oracle", "cbss", "bmiss"] if not a.bmiss_only else ["bmiss"]
     for i, m in enumerate(methods):
         print(f"[2/4] decomposing with {m}")
         t = time.perf_counter()
@@ -154,8 +309,7 @@ def cmd_demo(a) -> int:
             oracle_found = api.oracle_identifiable(rec, oracle=dec)
         rep = api.evaluate(dec, rec, oracle_found=oracle_found)
         results[m] = {"summary": rep["summary"], "time_s": round(dt, 2), "property_errors": rep.get("property_errors")}
-        with open(out / f"report_{m}.json", "w") as f:
-            json.dump(rep, f, indent=1)
+        _write_json(out / f"report_{m}.json", rep)
         if m == "bmiss":
             figures.decomposition_vs_truth(dec, rec, rep, path=out / "bmiss_vs_truth.png")
             api.export(dec, out / "bmiss_units.csv", "csv", force=True)
@@ -171,28 +325,42 @@ def cmd_demo(a) -> int:
         for k, v in results["bmiss"]["property_errors"].items():
             if isinstance(v, dict) and "nrmse" in v:
                 print(f"  {k:12s} MAE {v.get('mae', float('nan')):.3g}  nRMSE {v['nrmse']:.3g}")
-    with open(out / "demo_summary.json", "w") as f:
-        json.dump(metrics._jsonable({"config": vars(a), "results": results}), f, indent=1, default=str)
+    config = {k: v for k, v in vars(a).items() if k != "func"}
+    _write_json(out / "demo_summary.json", metrics._jsonable({"config": config, "results": results}))
     print(f"[4/4] figures and files in {out}/ (simulation.png, bmiss_vs_truth.png, bmiss_units.csv, report_*.json)"
           f"; total {time.perf_counter() - t0:.0f} s")
     return 0
 
 
+_DURATION = _float_in(0, 3600, lo_open=True, unit="s")
+_SNR = _float_in(-20, 120, unit="dB", inf_ok=True)
+_SEED = _int_in(0, SEED_MAX)
+_N_UNITS = _int_in(1, 2000)
+
+
+def _write_json(path: Path, obj) -> None:
+    from . import io
+
+    text = json.dumps(obj, indent=1, default=str)
+    io.atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bmiss", description=__doc__)
+    p = _Parser(prog="bmiss", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("simulate", help="simulate an HD-EMG recording with ground truth")
     s.add_argument("--anatomy", default="biceps_brachii", help="shipped anatomy name or TOML path")
-    s.add_argument("--duration", type=float, default=20.0, help="seconds")
-    s.add_argument("--snr", default="20", help="dB, or 'inf' for noise-free")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--duration", type=_DURATION, default=20.0, help="seconds, (0, 3600]")
+    s.add_argument("--snr", type=_SNR, default=20.0, help="dB in [-20, 120], or 'inf' for noise-free")
+    s.add_argument("--seed", type=_SEED, default=0, help=f"0..{SEED_MAX}")
     s.add_argument("--excitation", default=None,
                    help="constant:L | trapezoid:L[:ramp=S] | sinusoid:MEAN:AMP:HZ | file:PATH.npy "
                         "(default trapezoid:0.3 with 2-s ramps)")
-    s.add_argument("--n-units", type=int, default=None, help="override the anatomy's pool size")
+    s.add_argument("--n-units", type=_N_UNITS, default=None, help="override the anatomy's pool size (1..2000)")
     s.add_argument("--muap-mode", choices=("fibres", "expected"), default="fibres")
-    s.add_argument("--powerline-uv", type=float, default=0.0, help="50 Hz interference amplitude, µV")
+    s.add_argument("--powerline-uv", type=_float_in(0, 1e4, unit="µV"), default=0.0,
+                   help="50 Hz interference amplitude, µV, [0, 10000]")
     s.add_argument("--figures", action="store_true", help="also save an overview PNG next to --out")
     s.add_argument("--out", required=True, help="recording .npz to write")
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
@@ -204,10 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", help="decomposition .npz (default: RECORDING_METHOD.npz)")
     d.add_argument("--anatomy", default=None, help="bmiss: anatomy for the forward model (default: the recording's or biceps_brachii)")
     d.add_argument("--grid", default=None, help="bmiss: ROWSxCOLS of the recording's grid (channels row-major)")
-    d.add_argument("--ied", type=float, default=None, help="bmiss: inter-electrode distance, mm")
+    d.add_argument("--ied", type=_float_in(0, 100, lo_open=True, unit="mm"), default=None,
+                   help="bmiss: inter-electrode distance, mm, (0, 100]")
     d.add_argument("--forward", choices=("conductor", "surrogate"), default="conductor", help="bmiss forward model")
-    d.add_argument("--n-iter", type=int, default=None, help="cbss: outer iterations; bmiss: rounds")
-    d.add_argument("--seed", type=int, default=None)
+    d.add_argument("--n-iter", type=_int_in(1, 10000), default=None, help="cbss: outer iterations; bmiss: rounds (1..10000)")
+    d.add_argument("--seed", type=_SEED, default=None, help=f"0..{SEED_MAX}")
     d.add_argument("--quiet", action="store_true")
     d.add_argument("--force", action="store_true")
     d.set_defaults(func=cmd_decompose)
@@ -217,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--truth", required=True, help="the simulated recording .npz")
     e.add_argument("--oracle", action="store_true", help="also report yield as a fraction of the oracle-identifiable MUs")
     e.add_argument("--json", default=None, help="write the full report here")
+    e.add_argument("--force", action="store_true", help="overwrite an existing --json")
     e.set_defaults(func=cmd_evaluate)
 
     x = sub.add_parser("export", help="export a decomposition (openhdemg JSON, CSV, events TSV, JSON)")
@@ -230,8 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("figures", help="MUAP map, raster, EMG stretch (and estimate vs truth)")
     f.add_argument("recording")
     f.add_argument("--decomposition", default=None)
-    f.add_argument("--units", type=int, nargs="*", default=None)
-    f.add_argument("--out", default="figures")
+    f.add_argument("--units", type=_int_in(0, 100000), nargs="*", default=None, help="MUs for the MUAP map")
+    f.add_argument("--out", default="figures", help="folder for the PNGs")
+    f.add_argument("--force", action="store_true", help="overwrite existing PNGs")
     f.set_defaults(func=cmd_figures)
 
     an = sub.add_parser("anatomies", help="list shipped anatomies")
@@ -239,23 +410,61 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("demo", help="simulate -> decompose -> evaluate -> figures on the default anatomy")
     m.add_argument("--anatomy", default="biceps_brachii")
-    m.add_argument("--duration", type=float, default=10.0)
-    m.add_argument("--snr", type=float, default=20.0)
-    m.add_argument("--n-units", type=int, default=60)
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--bmiss-only", action="store_true", help="skip the oracle and cbss comparison")
-    m.add_argument("--out", default="demo_out")
+    m.add_argument("--duration", type=_DURATION, default=10.0, help="seconds, (0, 3600]")
+    m.add_argument("--snr", type=_SNR, default=20.0, help="dB in [-20, 120], or 'inf' for noise-free")
+    m.add_argument("--n-units", type=_N_UNITS, default=60, help="MU pool size (1..2000)")
+    m.add_argument("--seed", type=_SEED, default=0, help=f"0..{SEED_MAX}")
+    m.add_argument("--methods", nargs="+", choices=("oracle", "cbss", "bmiss"), default=["oracle", "cbss", "bmiss"],
+                   help="decomposers to run and compare (default all three)")
+    m.add_argument("--bmiss-only", action="store_true", help="same as --methods bmiss")
+    m.add_argument("--out", default="demo_out", help="folder (a demo's own folder is rewritten)")
+    m.add_argument("--force", action="store_true", help="also overwrite demo-named files in a folder that is not a demo's")
     m.set_defaults(func=cmd_demo)
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename and e.strerror:  # raised by the OS: "[Errno 2] ..." otherwise
+        return f"{e.filename}: {e.strerror}"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _is_user_error(e: BaseException) -> bool:
+    if isinstance(e, USER_ERRORS):
+        return True
+    sur = sys.modules.get("bmiss.surrogate")  # not loaded -> it cannot have raised
+    return sur is not None and isinstance(e, sur.SurrogateMismatchError)
+
+
+def _sigterm(signum, frame):  # kill PID: unwind like Ctrl-C, so temporary files are removed
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command. Exit status: 0 done, 2 user error (one line), 130 interrupted, 1 internal error."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a bad option (2, message already printed)
+        return e.code if isinstance(e.code, int) else 2
+    prev = None
+    if threading.current_thread() is threading.main_thread():
+        prev = signal.signal(signal.SIGTERM, _sigterm)
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"bmiss {args.cmd}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"bmiss {args.cmd}: interrupted; no output was left half-written", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - user errors in one line; bugs keep their traceback
+        if _is_user_error(e):
+            print(f"bmiss {args.cmd}: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        print(f"bmiss {args.cmd}: internal error ({type(e).__name__}): this is a bug in bmiss, not in your input; "
+              "please report it with the command line and the traceback above", file=sys.stderr)
+        return 1
+    finally:
+        if prev is not None:
+            signal.signal(signal.SIGTERM, prev)
 
 
 if __name__ == "__main__":

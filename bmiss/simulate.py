@@ -62,14 +62,16 @@ def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 2
     if tissue_overrides:
         a = a.with_layers(**tissue_overrides)
     fs = a.grid.fs_hz
-    if duration_s <= 0:
+    if not duration_s > 0:  # also refuses NaN
         raise ValueError(f"duration_s must be positive, got {duration_s}")
+    if snr_db is not None and (np.isnan(snr_db) or snr_db == -np.inf):
+        raise ValueError(f"snr_db must be a number of dB, +inf or None (noise-free), got {snr_db}")
     n_samples = int(round(duration_s * fs))
     key = jax.random.PRNGKey(seed)
     k_par, k_fib, k_spk, k_noise = jax.random.split(key, 4)
     p = a.pool
     pool = motoneurons.make_pool(
-        n_units or p.n_units, recruitment_range=p.recruitment_range, recruitment_end=p.recruitment_end,
+        p.n_units if n_units is None else n_units, recruitment_range=p.recruitment_range, recruitment_end=p.recruitment_end,
         min_rate_hz=p.min_rate_hz, peak_rate_first_hz=p.peak_rate_first_hz, peak_rate_last_hz=p.peak_rate_last_hz,
         fibres_min=p.fibres_min, fibres_max=p.fibres_max, isi_cov=p.isi_cov)
     n_fibres = np.round(np.asarray(pool.n_fibres)).astype(np.float64)
