@@ -10,9 +10,6 @@ Notebook API::
 """
 __version__ = "0.1.0"
 
-# Load the ``bmiss.decompose`` subpackage first: the function ``bmiss.decompose`` bound below then
-# keeps the name (later submodule imports only bind on the already-loaded subpackage).
-from . import decompose as _decompose_pkg  # noqa: E402,F401
 from .api import decompose, evaluate, export, simulate  # noqa: E402
 from .io import load_decomposition, load_recording, save_decomposition, save_recording  # noqa: E402
 

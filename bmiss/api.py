@@ -82,23 +82,18 @@ def decompose(rec: Recording | str | Path, method: str = "bmiss", *, progress: b
     "oracle" (separation filters from the recording's TRUE MUAPs: an upper bound, simulation only).
     """
     rec = _as_recording(rec)
-    if method == "cbss":
-        from .decompose import decompose_cbss
+    from . import pipeline
 
-        return decompose_cbss(rec.emg, rec.fs, progress=progress, **kw)
+    if method == "cbss":
+        return pipeline.decompose_cbss(rec.emg, rec.fs, progress=progress, **kw)
     if method == "oracle":
         if rec.true_muaps is None:
-            raise UserError("method 'oracle' needs the recording's true MUAPs (a simulated recording); "
-                            "use --method cbss or bmiss on measured data")
-        from .decompose import decompose_oracle
-
+            raise ValueError("method 'oracle' needs the recording's true MUAPs (a simulated recording)")
         kw.pop("seed", None)  # deterministic: nothing to seed
-        return decompose_oracle(rec.emg, rec.fs, rec.true_muaps, **kw)
+        return pipeline.decompose_oracle(rec.emg, rec.fs, rec.true_muaps, progress=progress, **kw)
     if method == "bmiss":
-        from .decompose.inversion import decompose_bmiss
-
-        return decompose_bmiss(rec, progress=progress, **kw)
-    raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        return pipeline.decompose_bmiss(rec, progress=progress, **kw)
+    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
 def oracle_identifiable(rec: Recording, *, threshold: float = 0.9, oracle: Decomposition | None = None) -> list[int]:

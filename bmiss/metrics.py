@@ -23,10 +23,8 @@ whichever kind was asked for.
 
 Blind quality (no ground truth)
 -------------------------------
-``sil``      silhouette of the spike class against the other source peaks (MUedit/openhdemg).
-``pnr``      pulse-to-noise ratio in dB (openhdemg).
-``cov_isi``  coefficient of variation of the inter-spike intervals.
-See each function for the exact definition used.
+``sil``, ``pnr``, ``cov_isi``, ``discharge_rate`` are defined once, in :mod:`bmiss.quality`
+(re-exported here); the decomposers report the same numbers.
 """
 from __future__ import annotations
 
@@ -34,6 +32,8 @@ import math
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from .quality import SIL_DEFINITION, cov_isi, discharge_rate, ms_to_samples, pnr, sil, tol_samples
 
 __all__ = [
     "tol_samples",
@@ -51,16 +51,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------- RoA
-def _ms_to_samples(ms: float, fs: float) -> int:
-    """Round half up (not banker's rounding): 0.5 ms at 2048 Hz = 1.024 -> 1 sample."""
-    return int(math.floor(ms * fs / 1000.0 + 0.5))
-
-
-def tol_samples(tol_ms: float, fs: float) -> int:
-    """Matching tolerance in samples: ``max(1, round_half_up(tol_ms * fs / 1000))``."""
-    return max(1, _ms_to_samples(tol_ms, fs))
-
-
 def _as_spikes(x) -> np.ndarray:
     a = np.asarray(x if x is not None else [], dtype=np.int64).ravel()
     return np.unique(a)  # sorted, duplicates removed
@@ -179,7 +169,7 @@ def rate_of_agreement(est, true, fs: float, *, tol_ms: float = 0.5, max_lag_ms: 
     """
     e, t = _as_spikes(est), _as_spikes(true)
     tol = tol_samples(tol_ms, fs)
-    max_lag = max(0, _ms_to_samples(max_lag_ms, fs))
+    max_lag = max(0, ms_to_samples(max_lag_ms, fs))
     lag = _best_lag(e, t, max_lag, tol)
     tp = _count_matches(e + lag, t, tol)
     fp, fn = len(e) - tp, len(t) - tp
@@ -269,115 +259,13 @@ def match_units(est_spikes: Sequence, true_spikes: Sequence, fs: float, *, match
 
 
 # ---------------------------------------------------------------------------- blind quality
-def _local_maxima(x: np.ndarray) -> np.ndarray:
-    from scipy.signal import find_peaks
-
-    return find_peaks(x)[0]
-
-
-def sil(source, spikes, *, exclude: int = 1) -> float:
-    """Silhouette (SIL) of a source with the given spikes as the spike class.
-
-    Definition used (MUedit/openhdemg style, spike class given instead of found by 2-means):
-    the source is squared keeping its sign, ``p = s*|s|`` (so negative deflections never
-    look like spikes).  Spike class = ``p`` at the given spikes; noise class = ``p`` at all
-    other local maxima of ``p`` (peaks within ``±exclude`` samples of a spike are left out).
-    With ``W = Σ (spike - mean(spike))²`` and ``B = Σ (spike - mean(noise))²``,
-    ``SIL = (B - W) / max(W, B)``, negated when the spike centroid is not above the noise
-    centroid (a "spike class" below the noise peaks is no unit), so SIL is in [-1, 1].
-    NaN with no spikes or no noise peaks.  Spike values are read at the given samples, not
-    at a nearby peak: pass spikes that sit on the source's peaks.
-    """
-    s = np.asarray(source, np.float64).ravel()
-    sp = _as_spikes(spikes)
-    sp = sp[(sp >= 0) & (sp < len(s))]
-    if len(sp) == 0:
-        return float("nan")
-    p = s * np.abs(s)
-    peaks = _local_maxima(p)
-    if len(peaks):
-        near = np.zeros(len(s) + 2 * exclude + 1, bool)
-        for k in range(-exclude, exclude + 1):
-            near[np.clip(sp + k, 0, len(s) - 1)] = True
-        peaks = peaks[~near[peaks]]
-    if len(peaks) == 0:
-        return float("nan")
-    spike_v, noise_v = p[sp], p[peaks]
-    W = float(np.sum((spike_v - spike_v.mean()) ** 2))
-    B = float(np.sum((spike_v - noise_v.mean()) ** 2))
-    den = max(W, B)
-    if not den > 0:
-        return float("nan")
-    sign = 1.0 if spike_v.mean() > noise_v.mean() else -1.0
-    return float(sign * (B - W) / den)
-
-
-def pnr(source, spikes, fs: float) -> float:
-    """Pulse-to-noise ratio in dB (openhdemg definition).
-
-    The source (as given) is divided by its mean value at the spikes; peaks = normalised
-    values at the spikes; noise = all samples between the first and the last spike except
-    those within ``±w`` samples of a spike, ``w = max(1, round(3 * fs / 2048))`` (3 samples
-    at 2048 Hz).  ``PNR = 10 log10(mean(peak²) / mean(noise²))``.  NaN with < 2 spikes or
-    no noise samples.
-    """
-    s = np.asarray(source, np.float64).ravel()
-    sp = _as_spikes(spikes)
-    sp = sp[(sp >= 0) & (sp < len(s))]
-    if len(sp) < 2:
-        return float("nan")
-    m = s[sp].mean()
-    if m == 0 or not np.isfinite(m):
-        return float("nan")
-    x = s / m
-    w = max(1, _ms_to_samples(3000.0 / 2048.0, fs))
-    mask = np.zeros(len(s), bool)
-    mask[sp[0]:sp[-1] + 1] = True
-    for k in range(-w, w + 1):
-        mask[np.clip(sp + k, 0, len(s) - 1)] = False
-    if not mask.any():
-        return float("nan")
-    num = float(np.mean(x[sp] ** 2))
-    den = float(np.mean(x[mask] ** 2))
-    if den <= 0:
-        return float("inf")
-    return float(10.0 * np.log10(num / den))
-
-
-def _clean_isi(spikes) -> np.ndarray:
-    """ISIs (samples) with intervals > 5x the median dropped (pauses, missed recruitment)."""
-    sp = _as_spikes(spikes)
-    if len(sp) < 2:
-        return np.zeros(0)
-    isi = np.diff(sp).astype(np.float64)
-    return isi[isi <= 5.0 * np.median(isi)]
-
-
-def cov_isi(spikes, fs: float | None = None) -> float:
-    """Coefficient of variation of the ISIs: ``std/mean`` (population std, ddof=0), after
-    dropping ISIs > 5x the median.  Independent of ``fs``.  NaN with < 2 ISIs left."""
-    isi = _clean_isi(spikes)
-    if len(isi) < 2:
-        return float("nan")
-    return float(np.std(isi) / np.mean(isi))
-
-
-def discharge_rate(spikes, fs: float) -> float:
-    """Mean discharge rate in Hz while active: mean of the instantaneous rates ``fs/ISI``
-    over the ISIs kept by the same > 5x-median rule (openhdemg-style).  NaN with < 1 ISI."""
-    isi = _clean_isi(spikes)
-    if len(isi) == 0:
-        return float("nan")
-    return float(np.mean(fs / isi))
-
-
 def unit_quality(source, spikes, fs: float) -> dict:
     """All blind quality numbers for one unit: n_spikes, rate_hz, cov_isi, sil, pnr_db."""
     return {
         "n_spikes": int(len(_as_spikes(spikes))),
         "rate_hz": discharge_rate(spikes, fs),
         "cov_isi": cov_isi(spikes, fs),
-        "sil": sil(source, spikes),
+        "sil": sil(source, spikes, fs),
         "pnr_db": pnr(source, spikes, fs),
     }
 

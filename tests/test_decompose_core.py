@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bmiss.decompose import decompose_cbss, decompose_oracle
-from bmiss.decompose.preprocess import (
+from bmiss.metrics import rate_of_agreement
+from bmiss.pipeline import decompose_cbss, decompose_oracle
+from bmiss.pipeline.prepare import (
     bandpass,
     check_channels,
     extend,
@@ -20,7 +21,8 @@ from bmiss.decompose.preprocess import (
     prepare,
     whiten,
 )
-from bmiss.decompose.spikes import detect_spikes, sil
+from bmiss.pipeline.spikes import detect_spikes
+from bmiss.quality import sil_from_heights
 from bmiss.io import BmissFileError
 
 FS = 2048.0
@@ -61,26 +63,9 @@ def _synth(n_ch=16, n_mu=6, T=30, dur=5.0, fs=FS, snr_db=20.0, seed=1):
     return emg.astype(np.float32), muaps.astype(np.float32), spikes
 
 
-def _roa(est, true, fs=FS, tol=1, max_lag_ms=30.0):
-    """RoA = TP/(TP+FP+FN) within ±tol samples after the best lag (±max_lag_ms)."""
-    try:
-        from bmiss.metrics import rate_of_agreement
-
-        return rate_of_agreement(est, true, fs, tol_ms=0.5, max_lag_ms=max_lag_ms)["roa"]
-    except ImportError:  # pragma: no cover - metrics module not present
-        est, true = np.unique(est), np.unique(true)
-        L = int(round(max_lag_ms * fs / 1000))
-        best = 0
-        for lag in range(-L, L + 1):
-            e = est + lag
-            idx = np.searchsorted(true, e)
-            d = np.full(len(e), np.inf)
-            ok = idx < len(true)
-            d[ok] = np.abs(true[idx[ok]] - e[ok])
-            ok = idx > 0
-            d[ok] = np.minimum(d[ok], np.abs(true[idx[ok] - 1] - e[ok]))
-            best = max(best, int((d <= tol).sum()))
-        return best / (len(est) + len(true) - best)
+def _roa(est, true, fs=FS):
+    """RoA = TP/(TP+FP+FN) within ±0.5 ms after the best lag (±30 ms)."""
+    return rate_of_agreement(est, true, fs, tol_ms=0.5, max_lag_ms=30.0)["roa"]
 
 
 def _match(dec, true_spikes):
@@ -100,7 +85,7 @@ def cbss_result(rec):
     return decompose_cbss(emg, FS, R=14, n_iter=20, progress=False, seed=3)
 
 
-# ---------------------------------------------------------------------------- preprocess
+# ---------------------------------------------------------------------------- prepare
 def test_extension_factor():
     assert extension_factor(64) == 16
     assert extension_factor(2000) == 1
@@ -197,7 +182,7 @@ def test_detect_spikes_and_sil():
     spk = np.array([False, False, False, True, True])
     W = (10 - 10.5) ** 2 + (11 - 10.5) ** 2
     B = (10 - 31 / 30) ** 2 + (11 - 31 / 30) ** 2
-    assert np.isclose(sil(h, spk), (B - W) / max(W, B))
+    assert np.isclose(sil_from_heights(h, spk), (B - W) / max(W, B))
 
 
 # ---------------------------------------------------------------------------- oracle

@@ -1,11 +1,11 @@
-"""Pre-processing for convolutive blind source separation of HD-EMG.
+"""Stage 1 of the pipeline, ``prepare``: channel check, band-pass, extension, ZCA whitening.
 
-Pipeline (Negro et al. 2016; the settings MUedit/openhdemg use, see reference.md §2)::
+Steps (Negro et al. 2016; the settings MUedit/openhdemg use, see reference.md §2)::
 
     check_channels -> bandpass (20-500 Hz) -> extend (R delays) -> whiten (ZCA)
 
-Extended space (shared by :func:`extend`, :func:`muap_to_ext`, the oracle and the BMISS
-method): with ``n_ch`` channels and extension factor ``R`` the extended data has
+Extended space (shared by :func:`extend`, :func:`muap_to_ext`, the oracle and the model
+proposers): with ``n_ch`` channels and extension factor ``R`` the extended data has
 ``n_ch * R`` rows ordered CHANNEL-MAJOR::
 
     x_ext[ch * R + r, t] = x[ch, t - r]          (0 for t - r < 0)
@@ -27,6 +27,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..io import BmissFileError
 
@@ -43,64 +44,6 @@ __all__ = [
     "muap_to_ext",
     "min_samples",
 ]
-
-
-# ---------------------------------------------------------------------------- BLAS threads
-_BLAS_FUNCS = (  # (get, set) symbol pairs of the OpenBLAS builds numpy/scipy ship
-    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-    ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-    ("openblas_get_num_threads", "openblas_set_num_threads"),
-)
-
-
-def _loaded_blas():
-    import ctypes
-    import re
-
-    out = []
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted(set(re.findall(r"(/\S*openblas\S*\.so[.\d]*)", f.read())))
-    except OSError:
-        return out
-    for p in paths:
-        try:
-            lib = ctypes.CDLL(p)
-        except OSError:
-            continue
-        for g, s in _BLAS_FUNCS:
-            if hasattr(lib, g) and hasattr(lib, s):
-                out.append((getattr(lib, g), getattr(lib, s)))
-                break
-    return out
-
-
-class _single_thread_blas:
-    """Run numpy/scipy OpenBLAS calls on one thread inside the block (restored after).
-
-    The float64 covariance/eigh work here is small (a few GFLOP); multi-threaded OpenBLAS
-    gains little on 2 cores but loses 10-50x when the cores are shared with other
-    processes (threads spin at barriers).  No-op where OpenBLAS is not found.
-    """
-
-    def __enter__(self):
-        self._saved = []
-        try:
-            for get, set_ in _loaded_blas():
-                self._saved.append((set_, int(get())))
-                set_(1)
-        except Exception:  # noqa: BLE001 - threading is an optimisation only
-            pass
-        return self
-
-    def __exit__(self, *exc):
-        for set_, n in self._saved:
-            try:
-                set_(n)
-            except Exception:  # noqa: BLE001
-                pass
-        return False
 
 
 # ---------------------------------------------------------------------------- channels
@@ -307,7 +250,7 @@ def whiten(x_ext, *, gram=None) -> Whitened:
     x_ext = np.asarray(x_ext, np.float32)
     n_ext, N = x_ext.shape
     mean = x_ext.mean(axis=1, dtype=np.float64)
-    with _single_thread_blas():
+    with threadpool_limits(1):  # float64 eigh: extra BLAS threads only spin on 2 shared cores
         if gram is None:
             x64 = x_ext.astype(np.float64)
             gram = x64 @ x64.T
@@ -338,7 +281,7 @@ def _whiten_from_x(x32: np.ndarray, R: int) -> Whitened:
     csum = np.cumsum(x64[:, ::-1], axis=1)[:, ::-1]  # csum[:, k] = sum(x[:, k:])
     tail = np.concatenate([np.zeros((n_ch, 1)), np.cumsum(x64[:, ::-1], axis=1)], axis=1)  # sums of last j
     mean = ((csum[:, :1] - tail[:, :R]) / N).reshape(n_ch * R)  # sum(x[:, :N-r]) / N
-    with _single_thread_blas():
+    with threadpool_limits(1):  # float64 eigh: extra BLAS threads only spin on 2 shared cores
         gram = extended_gram(x64, R)
         C = gram / N - np.outer(mean, mean)
         W, d, E, floor = _whitening_matrix(C)
@@ -410,7 +353,7 @@ def prepare(emg, fs: float, *, R: int | None = None, band=(20.0, 500.0)) -> Prep
         raise BmissFileError(
             f"recording too short: {N} samples ({N / fs:.2f} s) for {n_good} channels with extension "
             f"factor R={R}; need at least {need} samples ({need / fs:.2f} s). Use a longer recording "
-            "or a smaller R")
+            "or a smaller extension factor (setting R; CLI --extension-factor)")
     if band is not None:
         x = bandpass(x, fs, float(band[0]), None if band[1] is None else float(band[1]))
     x = x - x.mean(axis=1, keepdims=True)

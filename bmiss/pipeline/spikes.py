@@ -1,4 +1,4 @@
-"""Spike detection on estimated sources (MUedit/openhdemg style), jittable core.
+"""Stages ``source -> spikes``: discharges of a separation source (MUedit/openhdemg style), jittable.
 
 A source ``s`` (one separation filter applied to the whitened data) is turned into a
 discharge train by:
@@ -14,12 +14,9 @@ discharge train by:
    height, Lloyd iterations until the assignment no longer changes); the upper class are
    the discharges.
 
-SIL (MUedit/openhdemg): with ``c_spk``/``c_noise`` the two k-means centroids,
-``W = sum (p_spk - c_spk)^2``, ``B = sum (p_spk - c_noise)^2`` over the spike-class peaks
-and ``SIL = (B - W) / max(W, B)``.
-
-CoV of the ISI: ``std/mean`` (ddof=0) of the inter-spike intervals after dropping
-intervals > 5x the median (same rule as :func:`bmiss.metrics.cov_isi`).
+SIL and CoV of ISI are those of :mod:`bmiss.quality` (``sil_from_heights`` on the two classes;
+``_cov_isi_padded`` is the jittable form of :func:`bmiss.quality.cov_isi`, tested equal).
+The minimum distance ``d`` is :func:`bmiss.quality.min_distance_samples` (round half up).
 
 The jittable core :func:`detect_core` works on padded arrays of static length
 ``max_peaks(n_samples, d)``; :func:`detect_spikes` is the numpy-facing wrapper.
@@ -33,46 +30,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["detect_spikes", "detect_core", "sil", "cov_isi_np", "min_distance_samples", "max_peaks",
-           "KMEANS_MAX_ITER"]
+from ..quality import min_distance_samples, sil_from_heights
+
+__all__ = ["detect_spikes", "detect_core", "min_distance_samples", "max_peaks", "KMEANS_MAX_ITER"]
 
 KMEANS_MAX_ITER = 100
-
-
-def min_distance_samples(fs: float, min_distance_ms: float = 20.0) -> int:
-    return max(1, int(round(min_distance_ms * fs / 1000.0)))
 
 
 def max_peaks(n_samples: int, d: int) -> int:
     """Upper bound on the number of peaks more than ``d`` samples apart."""
     return int(n_samples // (d + 1) + 1)
-
-
-# ---------------------------------------------------------------------------- SIL
-def sil(heights, is_spike, valid=None):
-    """SIL of a 2-class split of peak heights (works on numpy or jax arrays).
-
-    ``heights`` [P]; ``is_spike`` [P] bool (spike class); ``valid`` [P] bool marks real
-    peaks in a padded array (default all).  Centroids are the class means;
-    ``W = sum_spk (h - c_spk)^2``, ``B = sum_spk (h - c_noise)^2``,
-    ``SIL = (B - W) / max(W, B)`` (0 when undefined: an empty class or ``max(W, B) = 0``).
-    """
-    xp = jnp if isinstance(heights, jax.Array) else np
-    h = xp.asarray(heights, dtype=xp.float32 if xp is jnp else np.float64)
-    spk = xp.asarray(is_spike, bool)
-    v = xp.ones(h.shape, bool) if valid is None else xp.asarray(valid, bool)
-    spk = spk & v
-    noi = (~spk) & v
-    n_s = spk.sum()
-    n_n = noi.sum()
-    c_s = xp.where(spk, h, 0).sum() / xp.maximum(n_s, 1)
-    c_n = xp.where(noi, h, 0).sum() / xp.maximum(n_n, 1)
-    Wv = xp.where(spk, (h - c_s) ** 2, 0).sum()
-    Bv = xp.where(spk, (h - c_n) ** 2, 0).sum()
-    den = xp.maximum(Wv, Bv)
-    ok = (n_s > 0) & (n_n > 0) & (den > 0)
-    out = xp.where(ok, (Bv - Wv) / xp.where(den > 0, den, 1), 0.0)
-    return out if xp is jnp else float(out)
 
 
 # ---------------------------------------------------------------------------- core
@@ -158,7 +125,7 @@ def detect_core(source, *, d: int, flip: bool = True):
     valid = jnp.arange(P) < n_peaks
     h = jnp.where(valid, p[jnp.minimum(pidx, N - 1)], 0.0)
     upper = _kmeans2(h, valid) & valid & (n_peaks >= 2)
-    sil_v = sil(h, upper, valid)
+    sil_v = sil_from_heights(h, upper, valid)
     n_spk = upper.sum()
     (pos,) = jnp.nonzero(upper, size=P, fill_value=P - 1)
     sp = jnp.where(jnp.arange(P) < n_spk, pidx[pos], N).astype(jnp.int32)
@@ -186,15 +153,3 @@ def detect_spikes(source, fs: float, *, min_distance_ms: float = 20.0, flip: boo
     info = {"cov_isi": float(out["cov_isi"]) if np.isfinite(float(out["cov_isi"])) else float("nan"),
             "sign": float(out["sign"]), "n_peaks": int(out["n_peaks"]), "c_spike": float(out["c_spike"])}
     return spikes, silv, info
-
-
-def cov_isi_np(spikes) -> float:
-    """CoV of ISI (numpy): std/mean (ddof=0) after dropping ISIs > 5x the median; NaN if < 2."""
-    sp = np.unique(np.asarray(spikes, np.int64))
-    if len(sp) < 3:
-        return float("nan")
-    isi = np.diff(sp).astype(np.float64)
-    isi = isi[isi <= 5.0 * np.median(isi)]
-    if len(isi) < 2:
-        return float("nan")
-    return float(isi.std() / isi.mean())

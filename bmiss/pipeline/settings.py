@@ -1,0 +1,201 @@
+"""Settings of a decomposition: one frozen dataclass for the shared pipeline rules, one per proposer.
+
+Every field has a documented default; :func:`resolve` maps keyword overrides (API ``**kw``, CLI
+flags) onto them and rejects unknown names with the list of valid ones.  The decomposition's
+``meta["settings"]`` records the full resolved settings (:func:`as_dict`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+
+__all__ = ["Rules", "FastICASettings", "OracleSettings", "ModelSettings", "METHOD_RULES", "PROPOSER_SETTINGS",
+           "resolve", "as_dict"]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Rules of the shared stages (prepare, spikes, refine, accept, dedupe, peel, finalize).
+
+    Attributes
+    ----------
+    R : extension factor; ``None`` = ``round(1000 / n_good_channels)`` (16 for 64 channels).
+    band : band-pass corners, Hz (``None``: no filter).
+    min_distance_ms : minimum distance between two discharges of a unit, ms (spikes stage).
+    flip : spikes stage flips a source whose skewness is negative (blind filters have no sign);
+        model and oracle filters have a known sign (False).
+    refine : CKC refinement (``w <- mean whitened sample at the discharges`` while the CoV of
+        ISI decreases), at most ``max_refine_iter`` updates.
+    sil_threshold, min_spikes : accept a unit when ``SIL >= sil_threshold`` and it has
+        ``>= min_spikes`` discharges.  ``accept_all``: keep every candidate (oracle).
+    dedupe : drop duplicates: a unit sharing ``>= dup_threshold`` of its discharges (within
+        ``±dup_tol_ms`` after the best lag within ``±dup_max_lag_ms``) with an accepted unit.
+    keep : which of a duplicate group stays: ``"cov"`` (lowest CoV of ISI, then highest SIL)
+        or ``"sil"`` (highest SIL).
+    peel : subtract each accepted unit's spike-triggered average of the whitened data at its
+        discharges (lags ``±(R + peel_ms)``), so later candidates cannot re-find it at
+        another extension lag.
+    peel_ms : MUAP duration covered by the peel-off window, ms.
+    retime : replace an accepted unit's filter by its best-lag filter (largest-energy row of
+        its spike-triggered average) when that one also passes acceptance: sharper peaks.
+    align : discharge times on the onset of the unit's spike-triggered MUAP (``"onset"``), or
+        on the lag the proposer knows (``"proposer"``, oracle).
+    """
+
+    R: int | None = None
+    band: tuple[float, float] | None = (20.0, 500.0)
+    min_distance_ms: float = 20.0
+    flip: bool = True
+    refine: bool = True
+    max_refine_iter: int = 10
+    sil_threshold: float = 0.9
+    min_spikes: int = 10
+    accept_all: bool = False
+    dedupe: bool = True
+    dup_threshold: float = 0.3
+    dup_tol_ms: float = 0.5
+    dup_max_lag_ms: float = 25.0
+    keep: str = "cov"
+    peel: bool = True
+    peel_ms: float = 50.0
+    retime: bool = True
+    align: str = "onset"
+
+    def __post_init__(self):
+        if self.keep not in ("cov", "sil"):
+            raise ValueError(f"keep must be 'cov' or 'sil', got {self.keep!r}")
+        if self.align not in ("onset", "proposer"):
+            raise ValueError(f"align must be 'onset' or 'proposer', got {self.align!r}")
+        if self.R is not None and int(self.R) < 1:
+            raise ValueError(f"extension factor R must be >= 1, got {self.R}")
+        if self.min_distance_ms <= 0:
+            raise ValueError(f"min_distance_ms must be > 0, got {self.min_distance_ms}")
+
+
+@dataclass(frozen=True)
+class FastICASettings:
+    """Convolutive FastICA (Negro et al. 2016), the ``cbss`` proposer.
+
+    n_iter : candidate filters (outer iterations).
+    contrast : ``"skew"`` (G = x^3/3), ``"logcosh"`` or ``"kurtosis"`` (G = x^4/4).
+    max_fp_iter, tol : fixed point stops at ``|1 - |w_new' w_old|| < tol``, a period-2 cycle,
+        or ``max_fp_iter`` iterations.
+    batch : candidates iterated together (one read of the data serves all of them).
+    deflate_rejected : also deflate the converged filters of rejected candidates.
+    signal_subspace : iterate in the non-floored eigen-directions of the whitening only.
+    seed : used only when start samples run out (tiny recordings); otherwise deterministic.
+    """
+
+    n_iter: int = 50
+    contrast: str = "skew"
+    max_fp_iter: int = 200
+    tol: float = 1e-4
+    batch: int = 16
+    deflate_rejected: bool = True
+    signal_subspace: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.contrast not in ("skew", "logcosh", "kurtosis"):
+            raise ValueError(f"contrast must be one of skew, logcosh, kurtosis; got {self.contrast!r}")
+        if int(self.n_iter) < 1:
+            raise ValueError(f"n_iter must be >= 1, got {self.n_iter}")
+
+
+@dataclass(frozen=True)
+class OracleSettings:
+    """Filters from the TRUE MUAPs (simulation only): the identifiable upper bound.
+
+    n_lags : candidate extension lags per MUAP (largest ``||W b||``); the best SIL is kept.
+    pad : zero padding (samples) of the MUAP before band-passing (default 25 ms).
+    """
+
+    n_lags: int | None = 8
+    pad: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Model-informed proposer (BMISS): filters from forward-model MUAPs fitted by Adam.
+
+    anatomy, grid, ied_mm : the forward model's anatomy (default: the recording's own).
+    forward : ``"conductor"`` (analytic) or ``"surrogate"`` (trained network).
+    n_rounds : propose/accept/peel rounds (stops early after a round with no new unit).
+    n_probe, probe_shifts : Latin-hypercube probe of the parameter space, time shifts (samples).
+    n_starts, n_steps, lr : diverse starts per round, Adam steps and learning rate.
+    contrast : ``"skew"``, ``"kurtosis"`` or ``"logcosh"`` of the source.
+    fit_samples, probe_samples : random data samples the loss / probe scores use.
+    max_units : stop after this many units.
+    """
+
+    anatomy: object = None
+    grid: tuple[int, int] | None = None
+    ied_mm: float | None = None
+    forward: str = "conductor"
+    n_rounds: int = 6
+    n_probe: int = 1024
+    probe_shifts: tuple[float, ...] = (-12.0, -4.0, 4.0, 12.0)
+    n_starts: int = 16
+    n_steps: int = 30
+    lr: float = 0.08
+    contrast: str = "skew"
+    fit_samples: int = 8192
+    probe_samples: int = 4096
+    max_units: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.forward not in ("conductor", "surrogate"):
+            raise ValueError(f"forward must be 'conductor' or 'surrogate', got {self.forward!r}")
+        if self.contrast not in ("skew", "logcosh", "kurtosis"):
+            raise ValueError(f"contrast must be one of skew, logcosh, kurtosis; got {self.contrast!r}")
+
+
+#: shared-rule defaults of each method (what differs is named here, not copied into code)
+METHOD_RULES = {
+    "cbss": Rules(),
+    "bmiss": Rules(sil_threshold=0.85, keep="sil", flip=False),
+    "oracle": Rules(flip=False, refine=False, accept_all=True, dedupe=False, peel=False, retime=False,
+                    align="proposer"),
+}
+PROPOSER_SETTINGS = {"cbss": FastICASettings, "bmiss": ModelSettings, "oracle": OracleSettings}
+
+
+def resolve(method: str, rules: Rules | None = None, settings=None, **kw):
+    """``(rules, proposer settings)`` of ``method`` with keyword overrides applied.
+
+    A keyword goes to the proposer's settings when it names one of its fields, else to
+    :class:`Rules`; an unknown name raises ``ValueError`` listing the valid ones.
+    """
+    if method not in PROPOSER_SETTINGS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(PROPOSER_SETTINGS)}")
+    rules = rules if rules is not None else METHOD_RULES[method]
+    settings = settings if settings is not None else PROPOSER_SETTINGS[method]()
+    pf = {f.name for f in dataclasses.fields(settings)}
+    rf = {f.name for f in dataclasses.fields(rules)}
+    p_kw = {k: v for k, v in kw.items() if k in pf}
+    r_kw = {k: v for k, v in kw.items() if k in rf and k not in pf}
+    bad = [k for k in kw if k not in pf and k not in rf]
+    if bad:
+        names = sorted(pf | rf)
+        hints = [f"{k!r} (did you mean {difflib.get_close_matches(k, names, 1)[0]!r}?)"
+                 if difflib.get_close_matches(k, names, 1) else repr(k) for k in bad]
+        raise ValueError(f"unknown setting(s) for method {method!r}: {', '.join(hints)}; valid: {', '.join(names)}")
+    if "band" in r_kw and r_kw["band"] is not None:
+        r_kw["band"] = tuple(float(b) for b in r_kw["band"])
+    return dataclasses.replace(rules, **r_kw), dataclasses.replace(settings, **p_kw)
+
+
+def as_dict(obj) -> dict:
+    """JSON-ready dict of a settings dataclass (tuples as lists, objects by name)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, tuple):
+            v = list(v)
+        elif not isinstance(v, (int, float, str, bool, list, dict, type(None))):
+            v = getattr(v, "name", str(v))
+        out[f.name] = v
+    return out
+
