@@ -194,7 +194,7 @@ class Grid:
         """This grid with ``layout``'s geometry and channel order (see :meth:`Anatomy.with_layout`)."""
         ch = dict(rows=int(layout.rows), cols=int(layout.cols), ied_mm=float(layout.ied_mm),
                   missing=tuple(layout.missing), channel_order=tuple(map(tuple, layout.channel_map.tolist())),
-                  electrode=str(layout.code), orientation=int(layout.orientation or 180))
+                  electrode=str(layout.code), orientation=180 if layout.orientation is None else int(layout.orientation))
         if layout.electrode_diameter_mm:
             ch["electrode_radius_mm"] = float(layout.electrode_diameter_mm) / 2
         g = replace(self, **ch)

@@ -82,18 +82,37 @@ def decompose(rec: Recording | str | Path, method: str = "bmiss", *, progress: b
     "oracle" (separation filters from the recording's TRUE MUAPs: an upper bound, simulation only).
     """
     rec = _as_recording(rec)
-    from . import pipeline
+    from . import electrodes, pipeline
 
+    # Geometry flags (electrode, orientation, grid, ied_mm, missing) override the file's layout.
+    # Blind methods never need a geometry; bmiss gets the anatomy with the recording's grid
+    # (electrodes.anatomy_for_recording) and refuses, naming the flags, when there is none.
+    geo = {k: kw.pop(k) for k in ("electrode", "orientation", "grid", "ied_mm", "missing") if k in kw}
+    geo = {k: v for k, v in geo.items() if v is not None and v != ()}
+    lay = None
+    if geo and method != "bmiss":
+        lay = electrodes.resolve_layout(rec, electrode=geo.get("electrode"), orientation=geo.get("orientation"),
+                                        grid=geo.get("grid"), ied=geo.get("ied_mm"), missing=geo.get("missing"))
+        if lay is not None and lay.n_channels != rec.n_channels:
+            raise UserError(f"electrode layout {lay.code} has {lay.n_channels} channels but the recording has "
+                            f"{rec.n_channels}")
     if method == "cbss":
-        return pipeline.decompose_cbss(rec.emg, rec.fs, progress=progress, **kw)
-    if method == "oracle":
+        dec = pipeline.decompose_cbss(rec.emg, rec.fs, progress=progress, **kw)
+    elif method == "oracle":
         if rec.true_muaps is None:
             raise ValueError("method 'oracle' needs the recording's true MUAPs (a simulated recording)")
         kw.pop("seed", None)  # deterministic: nothing to seed
-        return pipeline.decompose_oracle(rec.emg, rec.fs, rec.true_muaps, progress=progress, **kw)
-    if method == "bmiss":
-        return pipeline.decompose_bmiss(rec, progress=progress, **kw)
-    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        dec = pipeline.decompose_oracle(rec.emg, rec.fs, rec.true_muaps, progress=progress, **kw)
+    elif method == "bmiss":
+        a = electrodes.anatomy_for_recording(rec, kw.pop("anatomy", None), electrode=geo.get("electrode"),
+                                             orientation=geo.get("orientation"), grid=geo.get("grid"),
+                                             ied=geo.get("ied_mm"), missing=geo.get("missing"))
+        lay = electrodes.layout_of_anatomy(a)
+        dec = pipeline.decompose_bmiss(rec, progress=progress, anatomy=a, **kw)
+    else:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    dec.meta.setdefault("layout", electrodes.layout_meta(rec, lay))
+    return dec
 
 
 def oracle_identifiable(rec: Recording, *, threshold: float = 0.9, oracle: Decomposition | None = None) -> list[int]:

@@ -121,6 +121,41 @@ def _parse_grid(s):
     return r, c
 
 
+def _geometry_args(p, who: str = "") -> None:
+    """--electrode/--orientation/--grid/--ied/--missing: the electrode layout (see README "Electrode layouts")."""
+    p.add_argument("--electrode", default=None, metavar="CODE",
+                   help=f"{who}grid code (GR08MM1305, GR04MM1305, GR10MM0808, GR10MM0804, HD08MM1305, HD04MM1305, "
+                        "HD10MM0808, HD10MM0804) or a channel-map .json/.csv; overrides the file's layout")
+    p.add_argument("--orientation", type=int, choices=(0, 180), default=None,
+                   help="of a named grid, degrees: 180 = connector towards the researcher (default), 0 = turned")
+    if not any(o == "--grid" for act in p._actions for o in act.option_strings):
+        p.add_argument("--grid", default=None, metavar="ROWSxCOLS",
+                       help=f"{who}a plain grid whose channels run row by row (with --ied, --missing)")
+        p.add_argument("--ied", type=_float_in(0, 100, lo_open=True, unit="mm"), default=None,
+                       help="inter-electrode distance, mm, (0, 100]")
+    p.add_argument("--missing", default=None, metavar="'r,c;r,c'",
+                   help="with --grid: 0-based (row, col) of positions without an electrode, e.g. '0,0'")
+
+
+def _geometry_kw(a) -> dict:
+    """The geometry flags given, as keywords for api.decompose / electrodes.resolve_layout."""
+    kw = {"electrode": a.electrode, "orientation": a.orientation, "grid": _parse_grid(a.grid),
+          "ied_mm": a.ied, "missing": a.missing}
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _apply_geometry(rec, a):
+    """``rec`` with the layout that the flags describe (unchanged without flags)."""
+    kw = _geometry_kw(a)
+    if not kw:
+        return rec
+    from . import electrodes
+
+    lay = electrodes.resolve_layout(rec, electrode=kw.get("electrode"), orientation=kw.get("orientation"),
+                                    grid=kw.get("grid"), ied=kw.get("ied_mm"), missing=kw.get("missing"))
+    return rec.with_layout(lay) if lay is not None else rec
+
+
 def cmd_simulate(a) -> int:
     from . import api, io
 
@@ -128,6 +163,13 @@ def cmd_simulate(a) -> int:
     fig_path = out.with_suffix(".png") if a.figures else None
     _check_outputs([out] + ([fig_path] if fig_path else []), a.force)
     an = _load_anatomy(a.anatomy)
+    geo = _geometry_kw(a)
+    if geo:  # simulate through the requested electrode layout instead of the anatomy's grid
+        from . import electrodes
+
+        an = an.with_layout(electrodes.resolve_layout(electrode=geo.get("electrode"), orientation=geo.get("orientation"),
+                                                      grid=geo.get("grid"), ied=geo.get("ied_mm") or an.grid.ied_mm,
+                                                      missing=geo.get("missing")))
     _check_excitation(a.excitation, a.duration, an.grid.fs_hz)
     rec = api.simulate(an, duration_s=a.duration, snr_db=a.snr, seed=a.seed, excitation=a.excitation,
                        n_units=a.n_units, muap_mode=a.muap_mode, powerline_uv=a.powerline_uv)
@@ -165,19 +207,22 @@ def _check_excitation(spec, duration_s: float, fs: float) -> None:
 def cmd_decompose(a) -> int:
     from . import api, io
 
-    grid = _parse_grid(a.grid)
+    _parse_grid(a.grid)  # a bad --grid fails before any work
     out = Path(a.out) if a.out else Path(a.recording).with_name(Path(a.recording).stem + f"_{a.method}.npz")
     _check_outputs([out], a.force, inputs=[a.recording])
-    rec = io.load_recording(a.recording)
-    kw = {}
+    rec = io.load_recording(a.recording, fs=a.fs)
+    if a.method == "oracle" and rec.true_muaps is None:
+        raise UserError(f"--method oracle needs the true MUAPs of a simulated recording; {a.recording} has none "
+                        "(use --method cbss or bmiss)")
+    kw = _geometry_kw(a)  # every method records the layout; bmiss needs one (file or flags)
     if a.seed is not None:
         kw["seed"] = a.seed
     if a.n_iter is not None:
         kw["n_iter" if a.method == "cbss" else "n_rounds"] = a.n_iter
     if a.method == "bmiss":
-        kw.update(anatomy=a.anatomy, grid=grid, ied_mm=a.ied, forward=a.forward)
-    elif any(v is not None for v in (a.anatomy, a.grid, a.ied)) or a.forward != "conductor":
-        print("note: --anatomy/--grid/--ied/--forward apply to --method bmiss only; ignored", file=sys.stderr)
+        kw.update(anatomy=a.anatomy, forward=a.forward)
+    elif a.anatomy is not None or a.forward != "conductor":
+        print("note: --anatomy/--forward apply to --method bmiss only; ignored", file=sys.stderr)
     t = time.perf_counter()
     dec = api.decompose(rec, a.method, progress=not a.quiet, **kw)
     for line in dec.meta.get("excluded_channels", []) or []:
@@ -232,7 +277,7 @@ def cmd_figures(a) -> int:
     from . import api, figures, io
 
     # every input is read and checked before the first PNG is written
-    rec = io.load_recording(a.recording)
+    rec = _apply_geometry(io.load_recording(a.recording, fs=a.fs), a)
     dec = io.load_decomposition(a.decomposition) if a.decomposition else None
     if dec is not None:
         api.check_pair(dec, rec, dec_name=a.decomposition, rec_name=a.recording)
@@ -364,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figures", action="store_true", help="also save an overview PNG next to --out")
     s.add_argument("--out", required=True, help="recording .npz to write")
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
+    _geometry_args(s, "simulate through this ")
     s.set_defaults(func=cmd_simulate)
 
     d = sub.add_parser("decompose", help="decompose a recording into MU spike trains")
@@ -371,9 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--method", choices=("bmiss", "cbss", "oracle"), default="bmiss")
     d.add_argument("--out", help="decomposition .npz (default: RECORDING_METHOD.npz)")
     d.add_argument("--anatomy", default=None, help="bmiss: anatomy for the forward model (default: the recording's or biceps_brachii)")
-    d.add_argument("--grid", default=None, help="bmiss: ROWSxCOLS of the recording's grid (channels row-major)")
+    d.add_argument("--grid", default=None, metavar="ROWSxCOLS",
+                   help="the recording's grid when its channels run row by row (with --ied, --missing)")
     d.add_argument("--ied", type=_float_in(0, 100, lo_open=True, unit="mm"), default=None,
-                   help="bmiss: inter-electrode distance, mm, (0, 100]")
+                   help="inter-electrode distance, mm, (0, 100]")
+    _geometry_args(d, "the recording's ")
+    d.add_argument("--fs", type=_float_in(0, 1e6, lo_open=True, unit="Hz"), default=None,
+                   help="sampling rate, Hz, for files that do not store one (e.g. a bare .mat matrix)")
     d.add_argument("--forward", choices=("conductor", "surrogate"), default="conductor", help="bmiss forward model")
     d.add_argument("--n-iter", type=_int_in(1, 10000), default=None, help="cbss: outer iterations; bmiss: rounds (1..10000)")
     d.add_argument("--seed", type=_SEED, default=None, help=f"0..{SEED_MAX}")
@@ -403,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--units", type=_int_in(0, 100000), nargs="*", default=None, help="MUs for the MUAP map")
     f.add_argument("--out", default="figures", help="folder for the PNGs")
     f.add_argument("--force", action="store_true", help="overwrite existing PNGs")
+    _geometry_args(f, "the recording's ")
+    f.add_argument("--fs", type=_float_in(0, 1e6, lo_open=True, unit="Hz"), default=None,
+                   help="sampling rate, Hz, for files that do not store one")
     f.set_defaults(func=cmd_figures)
 
     an = sub.add_parser("anatomies", help="list shipped anatomies")

@@ -80,8 +80,12 @@ DEFAULT_ORIENTATION = 180  # openhdemg's default: connector towards the research
 CODE_RE = re.compile(r"\b((?:GR|HD)\d{2}MM\d{4})\b", re.IGNORECASE)
 
 
-class LayoutError(ValueError):
-    """An electrode layout cannot be built or does not fit the recording."""
+from .io import BmissFileError  # noqa: E402  (io imports this module only inside functions)
+
+
+class LayoutError(BmissFileError):
+    """An electrode layout cannot be built or does not fit the recording (a user error: the CLI
+    shows it in one line, like every :class:`bmiss.io.BmissFileError`)."""
 
 
 def _cols(*cols) -> list[list[int]]:
@@ -388,7 +392,7 @@ def load_channel_map(path: str | Path, *, ied_mm: float | None = None) -> Layout
 
 def save_channel_map(path: str | Path, layout: Layout, *, force: bool = False) -> Path:
     """Write ``layout`` as a channel-map JSON that :func:`load_layout` reads back."""
-    from .io import atomic_write
+    from .io import atomic_write  # noqa: PLC0415
 
     doc = {"code": layout.code, "rows": layout.rows, "cols": layout.cols, "ied_mm": layout.ied_mm,
            "electrode_diameter_mm": layout.electrode_diameter_mm, "channel_map": layout.channel_map.tolist()}
@@ -462,6 +466,18 @@ def resolve_layout(rec=None, *, electrode=None, orientation=None, grid=None, ied
     if rec is None:
         return None
     return layout_of(rec, ied_mm=ied)
+
+
+def layout_of_anatomy(a) -> Layout:
+    """The electrode layout of an anatomy's grid (electrodes in the forward model's order)."""
+    g = a.grid
+    _, rc = g.electrode_positions()
+    code = g.electrode or "row-major"
+    named = canonical_code(code) is not None
+    return Layout(code=code, rows=g.rows, cols=g.cols, ied_mm=g.ied_mm, channel_map=rc,
+                  orientation=g.orientation if named else None, electrode_diameter_mm=2 * g.electrode_radius_mm,
+                  source=_REGISTRY[code][3] if named else f"anatomy {a.name}", confirmed=True if not named
+                  else _REGISTRY[code][4])
 
 
 def layout_meta(rec, layout: Layout | None = None) -> dict:
@@ -541,5 +557,5 @@ def anatomy_for_recording(rec, anatomy=None, *, electrode=None, orientation=None
 
 __all__ = ["Layout", "LayoutError", "GeometryError", "CODES", "ORIENTATIONS", "DEFAULT_ORIENTATION",
            "load_layout", "load_channel_map", "save_channel_map", "row_major", "standard_13x5", "parse_grid",
-           "parse_missing", "find_code", "canonical_code", "layout_of", "resolve_layout", "layout_meta",
+           "parse_missing", "find_code", "canonical_code", "layout_of", "layout_of_anatomy", "resolve_layout", "layout_meta",
            "anatomy_for_recording"]

@@ -45,7 +45,8 @@ def sample_mu_params(a: Anatomy, n_fibres: np.ndarray, key: jax.Array) -> np.nda
 def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 20.0, snr_db: float | None = 20.0,
              seed: int = 0, excitation: str | np.ndarray | None = None, n_units: int | None = None,
              muap_mode: str = "fibres", noise_band_hz: tuple[float, float] | None = None,
-             powerline_uv: float = 0.0, tissue_overrides: dict | None = None) -> Recording:
+             powerline_uv: float = 0.0, tissue_overrides: dict | None = None, electrode=None,
+             orientation: int | None = None) -> Recording:
     """Simulate a recording with ground truth (spikes, MUAPs, MU parameters, excitation).
 
     anatomy: shipped name or TOML path. duration_s: s. snr_db: None = noise-free.
@@ -53,11 +54,18 @@ def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 2
     "trapezoid:0.3" with 2-s ramps, shortened to a quarter of short recordings)
     or an array [n_samples] in 0..1. muap_mode: "fibres" (random fibre layout, realistic) or
     "expected" (smooth territory average; the model the inversion uses).
+    electrode / orientation: a grid code (e.g. "GR08MM1305", orientation 0|180), a channel-map file or a
+    :class:`bmiss.electrodes.Layout` that replaces the anatomy's grid; the EMG channels then come
+    in that layout's amplifier order (``channel_map`` says where each sits).
     tissue_overrides: layer values (e.g. ``{"fat_thickness_mm": 4}``) to simulate a conductor
     that differs from the anatomy file (model-mismatch experiments).
     """
     t0 = time.perf_counter()
     a = anatomy if isinstance(anatomy, Anatomy) else anatomy_mod.load(anatomy)
+    if electrode is not None:  # a named grid / channel-map file / Layout replaces the anatomy's grid
+        from . import electrodes
+
+        a = a.with_layout(electrodes.resolve_layout(electrode=electrode, orientation=orientation))
     a_nominal = a  # what a user would describe; the overrides are the "real tissue" that differs
     if tissue_overrides:
         a = a.with_layers(**tissue_overrides)
@@ -101,6 +109,12 @@ def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 2
         "units": "uV", "param_units": dict(zip(PARAM_NAMES, ("mm", "mm", "ln(fibres)", "mm", "m/s", "mm"))),
         "simulate_time_s": round(time.perf_counter() - t0, 3), **noise_info,
     }
+    geo = {}
+    if a.grid.electrode and a.grid.montage == "monopolar":
+        from .electrodes import canonical_code
+
+        named = canonical_code(a.grid.electrode) is not None
+        geo = {"electrode": a.grid.electrode, "orientation": a.grid.orientation if named else None}
     return Recording(emg=noisy, fs=fs, grid_shape=a.grid.channel_grid_shape, ied_mm=a.grid.ied_mm,
-                     channel_map=rc, true_spikes=spikes, true_muaps=M, true_params=params,
+                     channel_map=rc, **geo, true_spikes=spikes, true_muaps=M, true_params=params,
                      param_names=PARAM_NAMES, excitation=exc, meta=meta)
