@@ -1,4 +1,5 @@
-"""Figures: every function draws, writes a non-empty image atomically, and leaves nothing behind on failure."""
+"""Figures: every function draws its data inside the visible axes (a blank plot fails), writes a
+non-empty image atomically, and leaves nothing behind on failure."""
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
@@ -63,6 +64,41 @@ def _check_png(path):
     assert path.read_bytes()[:8] == PNG_MAGIC
     leftovers = [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]
     assert not leftovers
+    import matplotlib.image
+
+    img = matplotlib.image.imread(path)[..., :3]
+    assert img.std() > 0.02  # not one flat colour
+
+
+def _visible(ax, min_ptp: float = 0.0) -> list[np.ndarray]:
+    """The drawn polylines of ``ax`` (lines and line collections), cut to the view limits.
+
+    Keeps those with a point inside the axes and a y range > ``min_ptp`` (data units): what a
+    reader sees. A blank plot, or data scaled outside the limits, gives an empty list.
+    """
+    segs = [np.column_stack([np.atleast_1d(ln.get_xdata()), np.atleast_1d(ln.get_ydata())]) for ln in ax.lines]
+    for c in ax.collections:
+        if hasattr(c, "get_segments"):
+            segs += [np.asarray(sg) for sg in c.get_segments()]
+    (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+    out = []
+    for sg in segs:
+        sg = np.asarray(sg, float).reshape(-1, 2)
+        inside = sg[(sg[:, 0] >= x0) & (sg[:, 0] <= x1) & (sg[:, 1] >= y0) & (sg[:, 1] <= y1)]
+        if len(inside) and np.ptp(inside[:, 1]) >= min_ptp:
+            out.append(inside)
+    return out
+
+
+def test_visible_catches_a_blank_plot():
+    fig = F._new_figure((3, 2))
+    ax = fig.add_subplot()
+    assert _visible(ax) == []
+    ax.plot([0, 1], [0, 1])
+    ax.set_ylim(5, 6)  # data outside the view: still blank to a reader
+    assert _visible(ax) == []
+    ax.set_ylim(0, 1)
+    assert len(_visible(ax, min_ptp=0.5)) == 1
 
 
 # ------------------------------------------------------------------ each function writes a PNG
@@ -72,6 +108,8 @@ def test_muap_map(rec, tmp_path):
     assert isinstance(fig, Figure)
     assert len(fig.axes) == 3  # 3 units, fewer than the default 4
     _check_png(p)
+    for ax in fig.axes:  # one waveform per channel, each with a visible deflection
+        assert len([sg for sg in _visible(ax) if len(sg) >= 20 and np.ptp(sg[:, 1]) > 0]) >= rec.n_channels
     # default choice: largest first
     assert fig.axes[0].get_title().startswith("MU 1 ")
     fig = F.muap_map(rec.true_muaps, rec.channel_map, rec.grid_shape, rec.fs, units=[2], same_scale=False)
@@ -93,6 +131,9 @@ def test_raster(rec, tmp_path):
     fig = F.raster(rec.true_spikes, rec.fs, rec.excitation, path=p, title="toy")
     _check_png(p)
     assert len(fig.axes) == 2  # raster + excitation twin
+    n_spikes = sum(len(s) for s in rec.true_spikes)
+    assert len(_visible(fig.axes[0])) == n_spikes  # one tick per discharge, all inside the view
+    assert any(len(sg) > 1000 and np.ptp(sg[:, 1]) > 0.4 for sg in _visible(fig.axes[1]))  # the 0..0.5 ramp
     p2 = tmp_path / "raster_rates.png"
     fig = F.raster(rec.true_spikes + [np.array([], np.int64)], rec.fs, None, path=p2, rates=True,
                    n_samples=rec.n_samples)
@@ -109,8 +150,10 @@ def test_smoothed_rate_constant_train():
 
 def test_emg_stretch(rec, tmp_path):
     p = tmp_path / "emg.png"
-    F.emg_stretch(rec.emg, rec.fs, start_s=0.5, length_s=0.5, path=p)
+    fig = F.emg_stretch(rec.emg, rec.fs, start_s=0.5, length_s=0.5, path=p)
     _check_png(p)
+    traces = [sg for sg in _visible(fig.axes[0]) if len(sg) >= int(0.5 * FS) - 1 and np.ptp(sg[:, 1]) > 0]
+    assert len(traces) >= 11  # every channel, the whole half second, not flat
     F.emg_stretch(rec.emg, rec.fs, channels=[3, 1], length_s=5.0)  # clipped at the end
     with pytest.raises(ValueError):
         F.emg_stretch(rec.emg, rec.fs, start_s=10.0)
@@ -120,13 +163,15 @@ def test_decomposition_vs_truth(rec, dec, tmp_path):
     p = tmp_path / "dvt.png"
     fig = F.decomposition_vs_truth(dec, rec, _report_by_hand(), path=p)
     _check_png(p)
+    drawn = sum(len(s) for s in (rec.true_spikes[0], dec.spikes[1], rec.true_spikes[1], dec.spikes[0]))
+    assert len(_visible(fig.axes[0])) >= drawn  # a tick per discharge of both matched pairs
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels[:2] == ["true 0", "est 1  RoA 0.89"]
     assert labels[2:] == ["true 1", "est 0  RoA 0.93, lag -2"]
 
 
 def test_decomposition_vs_truth_with_evaluate(rec, dec, tmp_path):
-    metrics = pytest.importorskip("bmiss.metrics")
+    from bmiss import metrics  # bmiss's own module: a broken import must fail, not skip
     report = metrics.evaluate(dec, rec)
     p = tmp_path / "dvt2.png"
     fig = F.decomposition_vs_truth(dec, rec, report, path=p)
@@ -145,6 +190,7 @@ def test_snr_yield(tmp_path):
     fig = F.snr_yield(res, path=p)
     _check_png(p)
     ax = fig.axes[0]
+    assert sum(len(sg) for sg in _visible(ax)) >= 5  # 3 + 2 finite points inside the view
     assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "20", "30"]  # numeric order
     assert np.isnan(ax.get_lines()[1].get_ydata()[2])  # missing value -> gap
     F.snr_yield({"a": {"low": 1, "high": 3}})  # categorical labels
@@ -154,6 +200,8 @@ def test_simulation_overview(rec, tmp_path):
     p = tmp_path / "overview.png"
     fig = F.simulation_overview(rec, path=p)
     _check_png(p)
+    counts = [len(_visible(ax)) for ax in fig.axes]
+    assert counts[0] >= rec.n_channels and sum(len(s) for s in rec.true_spikes) in counts
     assert "toy" in fig._suptitle.get_text()
     bare = Recording(emg=rec.emg, fs=rec.fs)  # no truth, no grid
     F.simulation_overview(bare, path=tmp_path / "bare.png")
