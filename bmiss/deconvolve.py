@@ -1,0 +1,565 @@
+"""Sparse-prior deconvolution of multichannel EMG into discharge trains (greedy matching pursuit).
+
+Model: ``X = sum_i M_i * s_i + noise`` with X ``[n_ch, N]`` (µV), M_i the MUAP template of unit i
+``[n_ch, T]`` (µV, sample ``j`` is the EMG at ``discharge - onset + j``) and s_i a sparse,
+non-negative train of discharges with amplitudes near 1, no two of one unit closer than its
+refractory time. We minimise ``||X - sum_i M_i * s_i||^2 + lambda * ||s||_0`` under those
+constraints, starting from the filter-stage trains.
+
+Why matching pursuit and not FISTA: the L1 relaxation spreads one discharge over neighbouring
+samples and shrinks its amplitude, so a post-step has to re-pick peaks and the refractory rule is
+not convex; an L0 penalty with a greedy solver keeps every accepted discharge a single sample
+with an amplitude in a narrow band around 1, and each accept/remove decision is one exact
+change of the squared error that can be tested against the noise level.
+
+Each decision uses, for unit i at sample t, the matched filter on the residual R::
+
+    c_i(t) = <R, M_i shifted to t>,   E_i = ||M_i||^2,   a = c_i(t) / E_i
+
+* **add** a discharge where a lies in ``amp_range`` and ``c_i(t) >= kappa * sigma_i``. The
+  squared error then falls by ``2 a c - a^2 E`` (= ``c^2/E`` at the optimum). ``sigma_i`` is the
+  robust (MAD) std of ``c_i`` over the whole residual: the matched-filter output of noise plus
+  every unmodelled unit, so lambda = ``kappa^2 sigma_i^2 / E_i`` comes from the noise level of
+  the recording, not from a hand-set value. ``kappa`` defaults to ``sqrt(2 ln N)``, the expected
+  maximum of N Gaussian samples, i.e. about one false alarm per unit per recording for Gaussian
+  noise, before the amplitude test removes most of those.
+* **remove** a discharge whose leave-one-out score ``c_loo = c_i(t) + a E_i`` (the residual with
+  this discharge put back) is both small in amplitude (``c_loo < remove_amp * E_i``) and not
+  significant (``c_loo < kappa_remove * sigma_i``): the EMG does not hold the MUAP there.
+* accepted discharges are subtracted and the matched filters recomputed, so a discharge hidden
+  under a superimposed MUAP of another unit (the filter stage misses those) becomes visible once
+  the other is removed. Within one round only non-overlapping (``|dt| >= T``) changes are made.
+
+Units whose own input discharges are barely above the noise (median leave-one-out ``z`` below
+``kappa + detect_margin``) and units that share most discharges with another unit (duplicates)
+are left unchanged: their templates cannot carry evidence.
+
+Matched filters are FFT correlations (scipy.fft, float32): one round costs about
+n_units x n_ch x N log N. Everything is numpy/scipy.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import scipy.fft as sfft
+import scipy.signal
+
+from .io import atomic_write
+
+__all__ = ["DeconvResult", "Whitener", "background_whitener", "deconvolve", "deconvolve_recording", "model_emg",
+           "residual_psd", "variance_explained", "save_deconv_json"]
+
+
+@dataclass
+class DeconvResult:
+    """Output of :func:`deconvolve`.
+
+    spikes        list[int64 array]: discharges per unit (0-based samples), sorted
+    amplitudes    list[float array]: amplitude of each discharge (1 for kept input discharges)
+    added         list[int64 array]: discharges that were not in the input
+    removed       list[int64 array]: input discharges that were dropped
+    frozen        [n_units] bool: units left unchanged (low detectability or duplicate)
+    sigma         [n_units] matched-filter noise level (robust std of c_i), µV^2
+    energy        [n_units] template energy E_i = ||M_i||^2, µV^2
+    detectability [n_units] median leave-one-out z of the input discharges
+    ve_before, ve_after        fraction of EMG variance explained by the input / output trains
+    ve_unit_before, ve_unit_after  [n_units] variance explained by each unit alone (its
+                  contribution's energy minus the cross term, see :func:`variance_explained`)
+    psd_freqs_hz, psd_before, psd_after   Welch PSD of the residual (mean over channels), µV^2/Hz
+    settings      dict of the thresholds used (kappa, sigma source, refractory, ...)
+    timing_s      seconds spent
+    """
+
+    spikes: list
+    amplitudes: list
+    added: list
+    removed: list
+    frozen: np.ndarray
+    sigma: np.ndarray
+    energy: np.ndarray
+    detectability: np.ndarray
+    ve_before: float
+    ve_after: float
+    ve_unit_before: np.ndarray
+    ve_unit_after: np.ndarray
+    psd_freqs_hz: np.ndarray
+    psd_before: np.ndarray
+    psd_after: np.ndarray
+    settings: dict = field(default_factory=dict)
+    timing_s: float = 0.0
+
+    def summary(self) -> dict:
+        """JSON-ready per-unit and overall report (counts, variance explained)."""
+        units = []
+        for i in range(len(self.spikes)):
+            units.append({
+                "unit": i, "n_input": int(len(self.spikes[i]) - len(self.added[i]) + len(self.removed[i])),
+                "n_output": int(len(self.spikes[i])), "added": int(len(self.added[i])),
+                "removed": int(len(self.removed[i])), "frozen": bool(self.frozen[i]),
+                "detectability_z": float(self.detectability[i]),
+                "ve_before": float(self.ve_unit_before[i]), "ve_after": float(self.ve_unit_after[i])})
+        return {"n_added": int(sum(len(a) for a in self.added)),
+                "n_removed": int(sum(len(r) for r in self.removed)),
+                "ve_before": float(self.ve_before), "ve_after": float(self.ve_after),
+                "n_frozen": int(np.sum(self.frozen)), "settings": self.settings,
+                "timing_s": round(float(self.timing_s), 3), "units": units}
+
+
+# ------------------------------------------------------------------ building blocks
+def _check(emg, muaps, spikes, onset):
+    X = np.asarray(emg, np.float32)
+    M = np.asarray(muaps, np.float32)
+    if X.ndim != 2:
+        raise ValueError(f"emg must be [n_channels, n_samples], got shape {X.shape}")
+    if M.ndim != 3 or M.shape[1] != X.shape[0]:
+        raise ValueError(f"muaps must be [n_units, n_channels={X.shape[0]}, T], got shape {M.shape}")
+    if len(spikes) != M.shape[0]:
+        raise ValueError(f"got {len(spikes)} spike trains for {M.shape[0]} templates: one train per template")
+    if not 0 <= onset < M.shape[2]:
+        raise ValueError(f"onset must lie in [0, T={M.shape[2]}) samples, got {onset}")
+    if not np.all(np.isfinite(M)) or not np.all(np.isfinite(X)):
+        raise ValueError("emg and muaps must be finite (no NaN/inf)")
+    N = X.shape[1]
+    sp = [np.unique(np.asarray(s, np.int64).ravel()) for s in spikes]
+    sp = [s[(s >= 0) & (s < N)] for s in sp]
+    return X, M, sp
+
+
+def _add_template(R: np.ndarray, tpl: np.ndarray, t: int, onset: int, scale: float) -> None:
+    """R[:, t - onset + j] += scale * tpl[:, j], clipped to the recording."""
+    N, T = R.shape[1], tpl.shape[1]
+    a, b = t - onset, t - onset + T
+    lo, hi = max(a, 0), min(b, N)
+    if hi > lo:
+        R[:, lo:hi] += scale * tpl[:, lo - a:hi - a]
+
+
+def model_emg(muaps, spikes, n_samples: int, *, onset: int = 0, amplitudes=None) -> np.ndarray:
+    """sum_i M_i * s_i: ``[n_ch, n_samples]`` float32 µV (template sample ``onset`` at the discharge)."""
+    M = np.asarray(muaps, np.float32)
+    Y = np.zeros((M.shape[1], n_samples), np.float32)
+    for i, s in enumerate(spikes):
+        amp = np.ones(len(s)) if amplitudes is None else np.asarray(amplitudes[i], np.float64)
+        for t, a in zip(np.asarray(s, np.int64), amp):
+            _add_template(Y, M[i], int(t), onset, float(a))
+    return Y
+
+
+class _MatchedFilter:
+    """FFT correlations with, and synthesis from, all templates at once.
+
+    ``__call__(R)`` gives c_i(t) = sum_{ch,j} R[ch, t - onset + j] M_i[ch, j], ``[U, N]``;
+    ``synth(trains, amps)`` gives sum_i M_i * s_i, ``[C, N]`` (same onset convention).
+    """
+
+    def __init__(self, M: np.ndarray, N: int, onset: int):
+        self.U, self.C, self.T = M.shape
+        self.N, self.onset = N, onset
+        self.nfft = sfft.next_fast_len(N + self.T, real=True)
+        self.Mf = sfft.rfft(M, n=self.nfft, axis=-1, workers=-1).astype(np.complex64)  # [U, C, F]
+        self._idx = (np.arange(N) - onset) % self.nfft
+
+    def __call__(self, R: np.ndarray) -> np.ndarray:
+        Rf = sfft.rfft(R, n=self.nfft, axis=-1, workers=-1).astype(np.complex64)  # [C, F]
+        # One unit at a time: a broadcast einsum over [U, C, F] falls back to a slow batched
+        # matmul and a huge temporary; this is U passes of C x F multiply-adds.
+        Cf = np.empty((self.U, Rf.shape[1]), np.complex64)
+        for u in range(self.U):
+            Cf[u] = (np.conj(self.Mf[u]) * Rf).sum(axis=0)
+        corr = sfft.irfft(Cf, n=self.nfft, axis=-1, workers=-1)  # corr[u, tau] = sum R[n + tau] M[n]
+        # c(t) = corr[t - onset]; negative lags wrap around to the end of the FFT buffer.
+        return corr[:, self._idx].astype(np.float64)
+
+    def synth(self, trains: Sequence, amps: Sequence | None = None) -> np.ndarray:
+        S = np.zeros((self.U, self.nfft), np.float32)
+        for u, s in enumerate(trains):
+            s = np.asarray(s, np.int64)
+            a = np.ones(len(s)) if amps is None else np.asarray(amps[u], np.float64)
+            # template sample 0 goes to t - onset; for t < onset it wraps to the buffer's end, and the
+            # circular convolution carries the rest of the template on to samples 0.. as it should
+            np.add.at(S[u], (s - self.onset) % self.nfft, a)
+        Sf = sfft.rfft(S, axis=-1, workers=-1).astype(np.complex64)
+        Yf = np.zeros((self.C, Sf.shape[1]), np.complex64)
+        for u in range(self.U):
+            Yf += self.Mf[u] * Sf[u]
+        y = sfft.irfft(Yf, n=self.nfft, axis=-1, workers=-1)
+        # the buffer is >= N + T long: nothing from the end of the recording wraps into [0, N)
+        return y[:, :self.N].astype(np.float32)
+
+
+def _autocorr(M: np.ndarray) -> np.ndarray:
+    """A_i(d) = sum_{ch,j} M_i[ch, j] M_i[ch, j + d] for d in -(T-1)..T-1: ``[U, 2T - 1]``."""
+    U, C, T = M.shape
+    nfft = sfft.next_fast_len(2 * T, real=True)
+    F = sfft.rfft(M.astype(np.float64), n=nfft, axis=-1)
+    a = sfft.irfft((np.abs(F) ** 2).sum(axis=1), n=nfft, axis=-1)
+    return np.concatenate([a[:, nfft - (T - 1):], a[:, :T]], axis=1) if T > 1 else a[:, :1]
+
+
+def _robust_std(x: np.ndarray, axis=-1) -> np.ndarray:
+    med = np.median(x, axis=axis, keepdims=True)
+    return 1.4826 * np.median(np.abs(x - med), axis=axis)
+
+
+def _local_max(c: np.ndarray, idx: np.ndarray, half: int) -> np.ndarray:
+    """Which of idx are maxima of c within ±half samples."""
+    if len(idx) == 0:
+        return np.zeros(0, bool)
+    lo = np.maximum(idx - half, 0)
+    hi = np.minimum(idx + half + 1, len(c))
+    # Windows are short (1 ms); a loop over the few candidates is cheaper than a full max filter.
+    return np.array([c[i] >= c[a:b].max() for i, a, b in zip(idx, lo, hi)], bool)
+
+
+def _shared_fraction(a: np.ndarray, b: np.ndarray, max_lag: int, tol: int = 1) -> float:
+    """Largest fraction of the shorter train within ±tol of the other after a lag in ±max_lag."""
+    if len(a) == 0 or len(b) == 0:
+        return 0.0
+    d = (b[None, :] - a[:, None]).ravel() if len(a) * len(b) <= 4_000_000 else np.zeros(0)
+    d = d[np.abs(d) <= max_lag + tol]
+    if len(d) == 0:
+        return 0.0
+    h = np.bincount(d + max_lag + tol, minlength=2 * (max_lag + tol) + 1)
+    k = np.convolve(h, np.ones(2 * tol + 1, int), mode="same")
+    return float(k.max() / min(len(a), len(b)))
+
+
+def variance_explained(X: np.ndarray, R: np.ndarray) -> float:
+    """1 - ||R||^2 / ||X||^2 (fraction of EMG energy explained by the model X - R)."""
+    ex = float(np.sum(np.square(X, dtype=np.float64)))
+    return 1.0 - float(np.sum(np.square(R, dtype=np.float64))) / ex if ex > 0 else float("nan")
+
+
+def _unit_ve(X, R, c, A, spikes, amps) -> np.ndarray:
+    """Per unit: (||R + Y_i||^2 - ||R||^2) / ||X||^2, the EMG energy unit i explains given the rest.
+
+    With Y_i = sum_k a_k M_i(t - t_k): 2 sum_k a_k c_i(t_k) + sum_{k,l} a_k a_l A_i(t_k - t_l)
+    (c = matched filter on R, A = template autocorrelation, own discharges closer than T interact).
+    """
+    ex = float(np.sum(np.square(X, dtype=np.float64)))
+    T = (A.shape[1] + 1) // 2
+    out = np.zeros(len(spikes))
+    for i, (s, a) in enumerate(zip(spikes, amps)):
+        s = np.asarray(s, np.int64)
+        a = np.asarray(a, np.float64)
+        if len(s) == 0:
+            continue
+        quad = float(np.sum(a * a)) * A[i, T - 1]
+        for lag in range(1, len(s)):
+            d = s[lag:] - s[:-lag]
+            near = d < T
+            if not near.any():
+                break
+            quad += 2.0 * float(np.sum(a[lag:][near] * a[:-lag][near] * A[i, T - 1 + d[near]]))
+        out[i] = (2.0 * float(np.sum(a * c[i, s])) + quad) / ex
+    return out
+
+
+def residual_psd(R: np.ndarray, fs: float, nperseg: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Welch PSD of the residual averaged over channels: (freqs Hz [F], psd µV^2/Hz [F])."""
+    f, p = scipy.signal.welch(np.asarray(R, np.float64), fs=fs, nperseg=min(nperseg, R.shape[1]), axis=-1)
+    return f, p.mean(axis=0)
+
+
+class Whitener:
+    """LTI whitening of the background: multichannel prediction-error filter, then spatial ZCA.
+
+    ``apply(x)`` maps [..., n_ch, n] data (EMG or templates) to e(t) = W (x(t) - sum_k A_k x(t-k)).
+    Being linear and time-invariant it commutes with the convolution ``M * s``, so deconvolving
+    whitened EMG with whitened templates (``pad=order`` keeps their tails) is exact.
+    """
+
+    def __init__(self, A: np.ndarray, W: np.ndarray):
+        self.A = A  # [order, n_ch, n_ch]
+        self.W = W  # [n_ch, n_ch]
+
+    @property
+    def order(self) -> int:
+        return int(self.A.shape[0])
+
+    def apply(self, x: np.ndarray, *, pad: int = 0) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        if pad:
+            x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+        y = x.copy()
+        for k in range(self.order):
+            y[..., k + 1:] -= np.matmul(self.A[k], x[..., :-(k + 1)])  # BLAS; einsum is 10x slower here
+        return np.matmul(self.W, y).astype(np.float32)
+
+
+def background_whitener(R: np.ndarray, *, order: int = 8, max_samples: int = 81920) -> Whitener:
+    """Fit a :class:`Whitener` to the background: the residual R [n_ch, N] of the input trains.
+
+    The residual is noise plus every unit the decomposition did not find; it is strongly
+    correlated across channels and in time, so a matched filter on raw EMG sees little of a small
+    unit. A multichannel autoregressive model of ``order`` lags (least squares, lightly ridge
+    regularised) removes the temporal correlation, and the ZCA of the prediction error (eigenvalues
+    floored at the mean of the smaller half, MUedit's regularisation of the extended covariance)
+    the spatial one. On a 20 dB biceps simulation (cbss units, STA templates) order 8 raised the
+    median matched-filter z of the units' own discharges 1.3-3x over spatial whitening alone.
+    The order is lowered for short recordings (at least 20 samples per coefficient).
+    """
+    R = np.asarray(R, np.float64)
+    C, n = R.shape
+    if n > max_samples:
+        R = R[:, :max_samples]
+        n = max_samples
+    R = R - R.mean(axis=1, keepdims=True)
+    order = int(max(0, min(order, n // (20 * C))))
+    if order > 0:
+        Z = np.concatenate([R[:, order - k - 1:n - k - 1] for k in range(order)], 0)  # lags 1..order
+        G = Z @ Z.T
+        G[np.diag_indices_from(G)] += 1e-6 * np.trace(G) / len(G)
+        A = np.linalg.solve(G, Z @ R[:, order:].T).T.reshape(C, order, C).transpose(1, 0, 2)
+        e = Whitener(A, np.eye(C)).apply(R).astype(np.float64)[:, order:]
+    else:
+        A = np.zeros((0, C, C))
+        e = R
+    cov = e @ e.T / e.shape[1]
+    w, V = np.linalg.eigh(cov)
+    floor = max(float(np.mean(w[: max(1, len(w) // 2)])), 1e-12)
+    W = (V * np.maximum(w, floor) ** -0.5) @ V.T
+    return Whitener(A, W)
+
+
+# ------------------------------------------------------------------ the solver
+def deconvolve(emg, muaps, spikes: Sequence, fs: float, *, onset: int = 0, refractory_ms: float = 20.0,
+               kappa: float | None = None, amp_range: tuple[float, float] = (0.7, 1.3),
+               remove: bool = True, remove_amp: float = 0.3, kappa_remove: float = 2.0,
+               detect_margin: float = 4.0, duplicate_fraction: float = 0.3, max_rounds: int = 20,
+               whiten: bool = True, ar_order: int = 8, support=None, progress: bool = False) -> DeconvResult:
+    """Refine discharge trains by greedy sparse deconvolution of the EMG (see module docstring).
+
+    Parameters
+    ----------
+    emg : [n_channels, n_samples] µV, filtered as the templates were (same band-pass).
+    muaps : [n_units, n_channels, T] µV templates; sample ``onset`` is the discharge.
+    spikes : initial discharge trains (0-based samples), one per template.
+    fs : sampling rate, Hz.
+    onset : samples of template before the discharge (``Templates.onset``; 0 for true MUAPs).
+    refractory_ms : no two discharges of a unit closer than this (ms). 20 ms allows up to 50 Hz.
+    kappa : detection threshold in matched-filter noise stds; default ``sqrt(2 ln N)``.
+    amp_range : allowed amplitude of an added discharge relative to the template.
+    remove : also remove input discharges that the EMG does not support.
+    remove_amp, kappa_remove : removal needs c_loo < remove_amp * E and c_loo < kappa_remove * sigma.
+    detect_margin : units with median input z below kappa + detect_margin are left unchanged.
+    duplicate_fraction : units sharing at least this fraction of discharges with a unit of higher
+        detectability are left unchanged and kept out of the model (they would explain the same
+        MUAP twice).
+    max_rounds : add/remove rounds (each recomputes the matched filters).
+    whiten : solve in the background-whitened domain (:func:`background_whitener`): the squared
+        error becomes the Mahalanobis norm of the residual under a stationary Gaussian background.
+        On a 20 dB biceps simulation this raised the median matched-filter z of true discharges
+        5-10x over the raw EMG, so it is the default.
+    ar_order : lags of the multichannel prediction-error filter of the whitener.
+    support : optional [n_units, 2] int, each template's measured support [start, stop) in samples
+        relative to the discharge (``Templates.support``); the whitened template is zeroed outside.
+    progress : tqdm bar over rounds.
+
+    Returns
+    -------
+    DeconvResult
+    """
+    t_start = time.perf_counter()
+    X, M, sp = _check(emg, muaps, spikes, onset)
+    U, C, T = M.shape
+    N = X.shape[1]
+    refr = max(1, int(math.floor(refractory_ms * fs / 1000.0 + 0.5)))
+    if kappa is None:
+        kappa = math.sqrt(2.0 * math.log(N))
+    amin, amax = amp_range
+    if not 0 < amin <= 1 <= amax:
+        raise ValueError(f"amp_range must satisfy 0 < low <= 1 <= high, got {amp_range}")
+    E = np.sum(np.square(M, dtype=np.float64), axis=(1, 2))
+    if np.any(E <= 0):
+        raise ValueError("a template is all zeros: drop that unit before deconvolving")
+    amps = [np.ones(len(s)) for s in sp]
+    mf0 = _MatchedFilter(M, N, onset)  # original domain, for the report
+    R0 = X - mf0.synth(sp)  # residual of the input trains
+    M_orig = M
+    if whiten:
+        wh = background_whitener(R0, order=ar_order)
+        X = wh.apply(X)
+        M = wh.apply(M, pad=wh.order)
+        T = M.shape[2]
+        if support is not None:
+            # Crop in the whitened domain: outside its measured support a STA template is averaged
+            # background, and whitening turns that into white noise of energy ~ n_ch*T/n_discharges
+            # that inflates E and biases every amplitude low (median own amplitude 0.3-0.6 instead
+            # of ~1 on cbss units). Cropping the raw template instead would create edges that the
+            # prediction-error filter amplifies.
+            j = np.arange(T) - onset
+            for i, (lo, hi) in enumerate(np.asarray(support, np.int64).reshape(U, 2)):
+                M[i][:, (j < lo) | (j >= hi + wh.order)] = 0.0
+        mf = _MatchedFilter(M, N, onset)
+        R = X - mf.synth(sp)
+    else:
+        if support is not None:
+            raise ValueError("support cropping needs whiten=True (a raw-domain crop leaves edges)")
+        mf = mf0
+        R = R0.copy()
+    E = np.sum(np.square(M, dtype=np.float64), axis=(1, 2))
+    c = mf(R)
+    sigma = np.maximum(_robust_std(c), 1e-12)
+
+    # Detectability of each unit from its own input discharges (leave-one-out).
+    det = np.array([float(np.median((c[i, s] + E[i]) / sigma[i])) if len(s) else 0.0 for i, s in enumerate(sp)])
+    # Amplitude of the unit's own discharges relative to its template (~1 for a clean template;
+    # below 1 where the template still carries averaging noise): added discharges must look like
+    # the unit's own, so the amplitude band is taken around this value.
+    aref = np.array([float(np.clip(np.median((c[i, s] + E[i]) / E[i]), 0.5, 1.5)) if len(s) else 1.0
+                     for i, s in enumerate(sp)])
+    frozen = det < kappa + detect_margin
+    # Duplicates: the less detectable of two units that share discharges is taken out of the model.
+    order = np.argsort(-det)
+    for a_i, i in enumerate(order):
+        for j in order[:a_i]:
+            if not frozen[j] and _shared_fraction(sp[j], sp[i], T) >= duplicate_fraction:
+                frozen[i] = True
+                for t in sp[i]:  # put it back: its MUAP is already explained by unit j
+                    _add_template(R, M[i], int(t), onset, 1.0)
+                break
+    out_model = ~frozen
+
+    added = [[] for _ in range(U)]
+    removed = [[] for _ in range(U)]
+    trains = [list(map(int, s)) for s in sp]
+    tamps = [list(a) for a in amps]
+    half = max(1, int(round(1e-3 * fs)))  # candidates must be the best score within ±1 ms
+
+    it = range(max_rounds)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="deconvolve", leave=False)
+    for _ in it:
+        c = mf(R)
+        cands = []  # (gain, kind, unit, t, amp)
+        for i in np.flatnonzero(out_model):
+            ci = c[i]
+            tr = np.asarray(trains[i], np.int64)
+            # --- additions
+            Ei = aref[i] * E[i]  # expected c of one of the unit's own discharges
+            ok = np.flatnonzero((ci >= kappa * sigma[i]) & (ci >= amin * Ei) & (ci <= amax * Ei))
+            ok = ok[_local_max(ci, ok, half)]
+            if len(ok) and len(tr):
+                pos = np.searchsorted(tr, ok)
+                prev = tr[np.maximum(pos - 1, 0)]
+                nxt = tr[np.minimum(pos, len(tr) - 1)]
+                far = (np.abs(ok - prev) >= refr) & (np.abs(nxt - ok) >= refr)
+                ok = ok[far]
+            for t in ok:
+                a = float(np.clip(ci[t] / Ei, amin, amax)) * aref[i]
+                cands.append((2 * a * ci[t] - a * a * E[i], 0, int(i), int(t), a))
+            # --- removals (and the refractory rule on the input trains)
+            if remove and len(tr):
+                ta = np.asarray(tamps[i])
+                loo = ci[tr] + ta * E[i]
+                bad = (loo < remove_amp * Ei) & (loo < kappa_remove * sigma[i])
+                close = np.flatnonzero(np.diff(tr) < refr)
+                for k in close:  # of two discharges too close, the weaker one goes
+                    bad[k if loo[k] < loo[k + 1] else k + 1] = True
+                for k in np.flatnonzero(bad):
+                    # error change when removing: ||R + aM||^2 - ||R||^2 = 2 a c + a^2 E = 2 a loo - a^2 E
+                    gain = -(2 * ta[k] * loo[k] - ta[k] ** 2 * E[i])
+                    cands.append((max(gain, 0.0), 1, int(i), int(tr[k]), float(ta[k])))
+        if not cands:
+            break
+        cands.sort(key=lambda x: -x[0])
+        taken: list[int] = []  # times changed this round (any unit): changes must not overlap
+        taken_arr = np.zeros(0, np.int64)
+        n_done = 0
+        for gain, kind, i, t, a in cands:
+            if len(taken_arr) and np.min(np.abs(taken_arr - t)) < T:
+                continue
+            tr = trains[i]
+            if kind == 0:
+                k = int(np.searchsorted(tr, t))
+                if (k > 0 and t - tr[k - 1] < refr) or (k < len(tr) and tr[k] - t < refr):
+                    continue
+                tr.insert(k, t)
+                tamps[i].insert(k, a)
+                _add_template(R, M[i], t, onset, -a)
+                added[i].append(t)
+            else:
+                k = int(np.searchsorted(tr, t))
+                if k >= len(tr) or tr[k] != t:
+                    continue
+                tr.pop(k)
+                tamps[i].pop(k)
+                _add_template(R, M[i], t, onset, a)
+                if t in added[i]:
+                    added[i].remove(t)
+                else:
+                    removed[i].append(t)
+            taken.append(t)
+            taken_arr = np.asarray(taken, np.int64)
+            n_done += 1
+        if n_done == 0:
+            break
+
+    out_sp = [np.asarray(tr, np.int64) for tr in trains]
+    out_amp = [np.asarray(a, np.float64) for a in tamps]
+    # Report on every unit (frozen ones included) against the input model.
+    X0 = np.asarray(emg, np.float32)
+    R_after = X0 - mf0.synth(out_sp, out_amp)
+    A = _autocorr(M_orig)
+    f, p0 = residual_psd(R0, fs)
+    _, p1 = residual_psd(R_after, fs)
+    res = DeconvResult(
+        spikes=out_sp, amplitudes=out_amp,
+        added=[np.sort(np.asarray(a, np.int64)) for a in added],
+        removed=[np.sort(np.asarray(r, np.int64)) for r in removed],
+        frozen=frozen, sigma=sigma, energy=E, detectability=det,
+        ve_before=variance_explained(X0, R0), ve_after=variance_explained(X0, R_after),
+        ve_unit_before=_unit_ve(X0, R0, mf0(R0), A, sp, amps),
+        ve_unit_after=_unit_ve(X0, R_after, mf0(R_after), A, out_sp, out_amp),
+        psd_freqs_hz=f, psd_before=p0, psd_after=p1,
+        settings={"solver": "greedy matching pursuit (L0, refractory)", "kappa": float(kappa),
+                  "kappa_rule": "sqrt(2 ln N)" if kappa == math.sqrt(2.0 * math.log(N)) else "given",
+                  "sigma": "MAD of the matched filter on the residual", "refractory_ms": refractory_ms,
+                  "amp_range": list(amp_range), "remove": remove, "remove_amp": remove_amp,
+                  "kappa_remove": kappa_remove, "detect_margin": detect_margin,
+                  "duplicate_fraction": duplicate_fraction, "onset": int(onset), "T": int(T),
+                  "whiten": bool(whiten), "ar_order": int(wh.order) if whiten else None},
+    )
+    res.timing_s = time.perf_counter() - t_start
+    return res
+
+
+def deconvolve_recording(emg, spikes: Sequence, fs: float, *, band: tuple[float, float] | None = (20.0, 500.0),
+                         template_kw: dict | None = None, **kw) -> tuple[DeconvResult, object]:
+    """Templates by spike-triggered averaging (``bmiss.templates``), then :func:`deconvolve`.
+
+    emg: [n_channels, n_samples] µV as recorded; it is band-passed with the same zero-phase filter
+    the templates use (``band``, Hz) before deconvolving. Returns (result, templates).
+    """
+    from . import templates as tpl_mod
+
+    tk = dict(template_kw or {})
+    tk.setdefault("band", band)
+    tpl = tpl_mod.spike_triggered_muaps(emg, list(spikes), fs, **tk)
+    x = np.asarray(emg, np.float64)
+    if tpl.band is not None:
+        x = tpl_mod._bandpass(x, fs, tpl.band)
+    else:
+        x = x - x.mean(axis=1, keepdims=True)
+    kw.setdefault("support", tpl.support)
+    return deconvolve(x, tpl.muaps, spikes, fs, onset=tpl.onset, **kw), tpl
+
+
+def save_deconv_json(path, result: DeconvResult, *, force: bool = False) -> Path:
+    """Write :meth:`DeconvResult.summary` plus the residual PSDs (freq_hz, µV^2/Hz) as JSON."""
+    doc = result.summary()
+    doc["units_fields"] = {"ve_before": "fraction of EMG energy", "ve_after": "fraction of EMG energy",
+                           "detectability_z": "matched-filter noise stds"}
+    doc["residual_psd"] = {"freq_hz": np.round(result.psd_freqs_hz, 3).tolist(),
+                           "before_uv2_per_hz": [float(f"{v:.5g}") for v in result.psd_before],
+                           "after_uv2_per_hz": [float(f"{v:.5g}") for v in result.psd_after]}
+    text = json.dumps(doc, indent=1)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), force=force)
