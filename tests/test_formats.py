@@ -4,13 +4,17 @@ import io
 import json
 import tarfile
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from bmiss import electrodes as E
 from bmiss import formats as F
 from bmiss.io import BmissFileError, Decomposition, Recording, load_recording
 
 FS = 2048.0
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture
@@ -78,7 +82,8 @@ def test_openhdemg_round_trip(tmp_path, rec, dec):
     r2 = F.load_openhdemg(p)
     np.testing.assert_allclose(r2.emg, rec.emg, rtol=1e-6)
     assert r2.fs == FS and r2.ied_mm == 4.0
-    np.testing.assert_allclose(r2.excitation, rec.excitation, atol=1e-6)
+    # a simulation's drive goes out as REF_SIGNAL in % of max and comes back as the reference signal
+    np.testing.assert_allclose(r2.ref_signal, rec.excitation * 100, atol=1e-4)
     assert r2.meta["openhdemg"]["n_mus"] == 3
     # through the generic loaders
     assert load_recording(p).n_channels == 6 and F.load_any(p).n_samples == rec.n_samples
@@ -93,7 +98,7 @@ def test_openhdemg_no_mus_and_unknown_ied(tmp_path):
     r = Recording(emg=rng.standard_normal((4, 2000)), fs=FS)
     p = F.save_openhdemg(tmp_path / "e.json.gz", None, r)
     r2 = F.load_any(p)
-    assert r2.ied_mm is None and r2.excitation is not None and np.all(r2.excitation == 0)
+    assert r2.ied_mm is None and r2.ref_signal is not None and np.all(r2.ref_signal == 0)
     assert F.load_openhdemg_decomposition(p).n_units == 0
 
 
@@ -110,7 +115,10 @@ def test_events_tsv(tmp_path, dec):
 
 
 def test_summary_csv(tmp_path, dec):
-    p = F.save_summary_csv(tmp_path / "s.csv", dec)
+    quality = [{"rate_hz": FS / 200, "cov_isi": 0.0, "sil": 0.5, "pnr_db": 20.0},
+               {"rate_hz": FS / 170, "cov_isi": 0.0, "sil": 0.5, "pnr_db": 21.0},
+               {"rate_hz": 1.0, "cov_isi": None, "sil": 0.5, "pnr_db": 5.0}]
+    p = F.save_summary_csv(tmp_path / "s.csv", dec, quality)
     rows = list(csv.DictReader(open(p)))
     assert list(rows[0]) == ["unit", "n_spikes", "rate_hz", "cov_isi", "sil", "pnr_db",
                              "depth_mm", "depth_mm_std", "cv_m_s", "cv_m_s_std"]
@@ -121,6 +129,18 @@ def test_summary_csv(tmp_path, dec):
     assert float(rows[0]["cov_isi"]) == pytest.approx(0.0)
     assert float(rows[1]["depth_mm"]) == 12.0 and float(rows[2]["cv_m_s_std"]) == pytest.approx(0.3)
     assert rows[2]["cov_isi"] == "n/a"  # 2 spikes -> 1 ISI
+    assert rows[2]["sil"] == "0.5"  # no stored value (NaN) -> the caller's
+    # without quality the writer computes nothing: only counts and stored values
+    rows = list(csv.DictReader(open(F.save_summary_csv(tmp_path / "t.csv", dec))))
+    assert rows[0]["rate_hz"] == "n/a" and float(rows[0]["sil"]) == pytest.approx(0.95) and rows[2]["sil"] == "n/a"
+
+
+def test_writers_do_not_import_metrics():
+    import inspect
+
+    src = inspect.getsource(F)
+    for imp in ("from . import metrics", "from .metrics", "from .quality", "from . import quality"):
+        assert imp not in src  # writers take precomputed quality values
 
 
 # ------------------------------------------------------------------ OTB+
@@ -200,7 +220,8 @@ def test_mat_round_trip(tmp_path):
     r = F.load_any(p)
     assert r.n_channels == 8 and r.n_samples == n and r.fs == 2048.0
     np.testing.assert_allclose(r.emg, emg_mv.T * 1000.0, rtol=1e-5)  # mV -> µV
-    assert r.meta["dropped_columns"] == ["Source for decomposition 1", "acquired data"]
+    assert r.meta["dropped_columns"] == ["Source for decomposition 1"]
+    np.testing.assert_allclose(r.ref_signal, extra[:, 1], rtol=1e-5)  # 'acquired data' is the reference
     # no Description, already [channels, samples], already µV
     p2 = tmp_path / "plain.mat"
     savemat(p2, {"Data": emg_mv.T, "SamplingFrequency": 4096})
@@ -231,3 +252,200 @@ def test_unknown_suffix_and_missing(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(BmissFileError, match="openhdemg"):
         F.load_any(bad)
+
+
+# ------------------------------------------------------------------ OTBioLab+ .mat, real labels
+def _otb_label(i, code="GR08MM1305", unit="uV"):
+    return f"Vastus Lateralis - AUX 3 (Channel {i + 1}->{i + 1}) - {code} ({i + 1})[{unit}]"
+
+
+def test_mat_otbiolab_labels(tmp_path):
+    """EMG labels contain 'AUX 3' (the input's name): they are still EMG; units from the labels."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    emg_uv = rng.standard_normal((n, 64)) * 20
+    force = np.linspace(0, 30, n)
+    dec_col = rng.standard_normal(n)
+    desc = np.array([_otb_label(i) for i in range(64)]
+                    + ["acquired data[ %(MVC)]", "performed path[ %(MVC)]", "Decomposition of Vastus (1)"],
+                    dtype=object)
+    p = tmp_path / "export.mat"
+    savemat(p, {"Data": np.hstack([emg_uv, force[:, None], force[:, None], dec_col[:, None]]),
+                "SamplingFrequency": 2048.0, "Description": desc})
+    r = F.load_any(p)
+    assert r.n_channels == 64 and r.fs == 2048.0
+    np.testing.assert_allclose(r.emg, emg_uv.T, rtol=1e-5)  # [uV] labels: no x1000
+    np.testing.assert_allclose(r.ref_signal, force, rtol=1e-5)
+    assert r.meta["ref_unit"] == "%(MVC)" and r.meta["units"] == "from labels"
+    assert r.meta["dropped_columns"] == ["performed path[ %(MVC)]", "Decomposition of Vastus (1)"]
+    assert r.electrode == "GR08MM1305" and r.orientation == 180 and r.ied_mm == 8.0
+    np.testing.assert_array_equal(r.channel_map, E.load_layout("GR08MM1305", 180).channel_map)
+    r0 = F.load_mat(p, orientation=0)
+    np.testing.assert_array_equal(r0.channel_map, E.load_layout("GR08MM1305", 0).channel_map)
+    # mV labels are scaled; a force AUX channel is kept as the reference when no 'acquired data'
+    desc2 = np.array([_otb_label(i, unit="mV") for i in range(64)] + ["Force - AUX 1 - AUX  Force[N]"], dtype=object)
+    p2 = tmp_path / "mv.mat"
+    savemat(p2, {"Data": np.hstack([emg_uv / 1000, force[:, None]]), "SamplingFrequency": 2048, "Description": desc2})
+    r2 = F.load_any(p2)
+    np.testing.assert_allclose(r2.emg, emg_uv.T, rtol=1e-4)
+    np.testing.assert_allclose(r2.ref_signal, force, rtol=1e-5)
+    assert r2.meta["ref_unit"] == "N"
+
+
+@pytest.mark.parametrize("fs,msg", [(np.zeros(0), "empty"), (np.array([2048.0, 4096.0]), "shape"),
+                                    (-1.0, "positive")])
+def test_mat_bad_fs(tmp_path, fs, msg):
+    from scipy.io import savemat
+
+    p = tmp_path / "f.mat"
+    savemat(p, {"Data": np.zeros((3000, 4)), "SamplingFrequency": fs})
+    with pytest.raises(BmissFileError, match=msg) as e:
+        F.load_any(p)
+    assert str(p) in str(e.value)
+
+
+def test_mat_without_fs_and_complex(tmp_path):
+    from scipy.io import savemat
+
+    p = tmp_path / "bare.mat"
+    savemat(p, {"emg": np.ones((3000, 4))})
+    with pytest.raises(BmissFileError, match="--fs"):
+        F.load_any(p)
+    r = load_recording(p, fs=4096, electrode=None)
+    assert r.fs == 4096 and r.n_channels == 4
+    c = tmp_path / "c.mat"
+    savemat(c, {"Data": np.ones((3000, 4)) * (1 + 1j), "SamplingFrequency": 2048})
+    with pytest.raises(BmissFileError, match="complex"):
+        F.load_any(c)
+    junk = tmp_path / "junk.mat"
+    junk.write_bytes(b"MATLAB 5.0 MAT-file" + b"\0" * 200)
+    with pytest.raises(BmissFileError, match=str(junk.name)):
+        F.load_any(junk)
+
+
+def test_real_gr10mm0808_recording():
+    """The real 64-channel GR10MM0808 recording (10,240 Hz, no fs in the file) through the reader."""
+    path = REAL / "scd_example_gr10mm0808_10240hz.mat"
+    if not REAL.is_dir():
+        pytest.skip(f"real-data folder {REAL} is absent (see shared/data/README.md)")
+    with pytest.raises(BmissFileError, match="no 'SamplingFrequency'"):
+        load_recording(path)
+    r = load_recording(path, fs=10240, electrode="GR10MM0808")
+    assert r.emg.shape == (64, 102401) and r.fs == 10240.0 and r.duration_s == pytest.approx(10.0, abs=1e-3)
+    assert r.electrode == "GR10MM0808" and r.orientation == 180 and r.ied_mm == 10.0 and r.grid_shape == (8, 8)
+    np.testing.assert_array_equal(r.channel_map[:8], [[7 - k, 0] for k in range(8)])  # channel 1 bottom-left, up
+    np.testing.assert_array_equal(r.channel_map[8], [7, 1])
+    assert np.isfinite(r.emg).all() and 10 < float(np.median(r.emg.std(1))) < 1000  # µV (mV x 1000)
+    from bmiss.electrodes import anatomy_for_recording
+
+    a = anatomy_for_recording(r, "tibialis_anterior")
+    assert a.grid.fs_hz == 10240.0 and a.grid.channel_order == tuple(map(tuple, r.channel_map.tolist()))
+
+
+# ------------------------------------------------------------------ OTB+ with a known pinout
+def _otb_archive(path, sig_bytes, xml, mode="w"):
+    with tarfile.open(path, mode) as tf:
+        for name, data in (("rec.sig", sig_bytes), ("rec.xml", xml.encode())):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return path
+
+
+def _pinout_xml(code, n_tot, index_order):
+    ch = "\n".join(f'<Channel ID="{code}" Index="{i}" Gain="1"/>' for i in index_order)
+    return (f'<Device Name="QUATTROCENTO" SampleFrequency="2048" DeviceTotalChannels="{n_tot}" ad_bits="16">'
+            f'<Channels><Adapter ID="AdapterQuattrocento" Gain="1" ChannelStartIndex="0">{ch}</Adapter>'
+            f'<Adapter ID="AdapterControl" Gain="1" ChannelStartIndex="64"><Channel ID="BufferChannel" Index="0"/>'
+            '</Adapter></Channels></Device>')
+
+
+@pytest.mark.parametrize("orientation", [180, 0])
+def test_otbplus_known_pinout(tmp_path, orientation):
+    """Hand-made archive: .sig channel k carries the constant 100*(k+1); its grid channel is k+1."""
+    n = 512
+    raw = np.zeros((n, 65), "<i2")
+    raw[:, :64] = 100 * np.arange(1, 65)
+    p = _otb_archive(tmp_path / "k.otb+", raw.tobytes(), _pinout_xml("GR08MM1305", 65, range(64)))
+    r = F.load_otbplus(p, orientation=orientation, adc_range_v=2.0 ** 16 / 1e6)  # 1 count = 1 µV
+    from test_electrodes import GR08MM1305_0, GR08MM1305_180
+
+    table = np.array(GR08MM1305_180 if orientation == 180 else GR08MM1305_0)
+    assert r.n_channels == 64 and r.electrode == "GR08MM1305" and r.orientation == orientation
+    for k in range(64):
+        number = int(round(r.emg[k, 0] / 100))  # which grid channel this row carries
+        assert tuple(r.channel_map[k]) == tuple(np.argwhere(table == number)[0])
+
+
+def test_otbplus_bomb_and_truncation(tmp_path):
+    class Zeros(io.RawIOBase):  # 80 MB of zeros, streamed: never in memory at once
+        def __init__(self, n):
+            self.left = n
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            k = min(len(b), self.left)
+            b[:k] = bytes(k)
+            self.left -= k
+            return k
+
+    bomb = tmp_path / "bomb.otb+"
+    size = 80 << 20
+    with tarfile.open(bomb, "w:gz", compresslevel=1) as tf:
+        ti = tarfile.TarInfo("rec.sig")
+        ti.size = size
+        tf.addfile(ti, io.BufferedReader(Zeros(size)))
+        x = _pinout_xml("GR08MM1305", 65, range(64)).encode()
+        ti = tarfile.TarInfo("rec.xml")
+        ti.size = len(x)
+        tf.addfile(ti, io.BytesIO(x))
+    assert bomb.stat().st_size < size / 200
+    with pytest.raises(BmissFileError, match="decompression bomb"):
+        F.load_otbplus(bomb)
+    with pytest.raises(BmissFileError, match="over the"):
+        F.load_otbplus(bomb, max_member_bytes=1 << 20)
+    raw = np.ones((2048, 65), "<i2")
+    good = _otb_archive(tmp_path / "good.otb+", raw.tobytes(), _pinout_xml("GR08MM1305", 65, range(64)))
+    cut = tmp_path / "cut.otb+"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(BmissFileError, match="cut.otb"):
+        F.load_otbplus(cut)
+
+
+# ------------------------------------------------------------------ openhdemg hardening / layout
+def test_openhdemg_corrupt_gzip_and_header(tmp_path, rec, dec):
+    p = F.save_openhdemg(tmp_path / "x.json", dec, rec)
+    raw = p.read_bytes()
+    flg = raw[3]
+    name = raw[10:raw.index(b"\0", 10)] if flg & 0x08 else b""
+    assert b".tmp" not in name and b"x.json" in name or name == b""
+    assert raw[4:8] == b"\0\0\0\0"  # no time stamp
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(raw[:10] + bytes(range(256)) * 4)
+    with pytest.raises(BmissFileError, match="bad.json"):
+        F.load_openhdemg(bad)
+    short = tmp_path / "short.json.gz"
+    short.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(BmissFileError, match="short.json.gz"):
+        F.load_any(short)
+
+
+def test_openhdemg_layout_and_ref_signal(tmp_path):
+    rng = np.random.default_rng(7)
+    n = 2500
+    r = Recording(emg=rng.standard_normal((64, n)) * 30, fs=FS, electrode="GR08MM1305", orientation=0,
+                  ref_signal=np.linspace(0, 40, n), meta={"ref_unit": "%MVC"})
+    p = F.save_openhdemg(tmp_path / "l.json", None, r)
+    d = json.loads(gzip.decompress(p.read_bytes()))
+    ex = json.loads(d["EXTRAS"])
+    assert ex["columns"] == ["electrode", "orientation", "ref_unit"] and ex["data"] == [["GR08MM1305", 0, "%MVC"]]
+    ref = json.loads(d["REF_SIGNAL"])["data"]
+    assert ref[-1][0] == pytest.approx(40.0)  # the recorded reference, not zeros
+    r2 = F.load_openhdemg(p)
+    assert r2.electrode == "GR08MM1305" and r2.orientation == 0 and r2.ied_mm == 8.0
+    np.testing.assert_array_equal(r2.channel_map, r.channel_map)
+    np.testing.assert_allclose(r2.ref_signal, r.ref_signal, rtol=1e-6)
