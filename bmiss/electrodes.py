@@ -454,7 +454,12 @@ def resolve_layout(rec=None, *, electrode=None, orientation=None, grid=None, ied
             raise LayoutError("give either --electrode or --grid/--missing, not both")
         return load_layout(electrode, orientation, ied_mm=ied)
     if orientation is not None:
-        raise LayoutError("--orientation applies to a named grid: add --electrode CODE")
+        code = canonical_code(getattr(rec, "electrode", None) or "") if rec is not None else None
+        if code is None or rec.channel_map is None:
+            raise LayoutError("--orientation applies to a named grid: add --electrode CODE")
+        if grid is not None or missing:
+            raise LayoutError("--orientation applies to a named grid, not to --grid/--missing")
+        return reorient(rec, orientation, ied_mm=ied)
     if grid is not None:
         if ied is None:
             ied = getattr(rec, "ied_mm", None) if rec is not None else None
@@ -478,6 +483,21 @@ def layout_of_anatomy(a) -> Layout:
                   orientation=g.orientation if named else None, electrode_diameter_mm=2 * g.electrode_radius_mm,
                   source=_REGISTRY[code][3] if named else f"anatomy {a.name}", confirmed=True if not named
                   else _REGISTRY[code][4])
+
+
+def reorient(rec, orientation, *, ied_mm: float | None = None) -> Layout:
+    """The recording's named-grid layout turned to ``orientation``, keeping which grid channel
+    each stored channel carries (the file's own channel permutation survives)."""
+    code = canonical_code(rec.electrode)
+    old = load_layout(code, rec.orientation if rec.orientation is not None else DEFAULT_ORIENTATION)
+    new = load_layout(code, orientation, ied_mm=ied_mm)
+    number = {tuple(p): k for k, p in enumerate(old.channel_map.tolist())}
+    try:
+        idx = [number[tuple(p)] for p in np.asarray(rec.channel_map).tolist()]
+    except KeyError:
+        raise LayoutError(f"the recording's channel map is not a {code} layout; pass --electrode {code} "
+                          f"--orientation {orientation}") from None
+    return Layout(**{**new.__dict__, "channel_map": new.channel_map[idx]})
 
 
 def layout_meta(rec, layout: Layout | None = None) -> dict:

@@ -475,15 +475,13 @@ def load_recording(path, *, electrode=None, orientation=None, fs: float | None =
     reader = _resolve(READERS[suf])
     if fs is not None:
         reader_kw["fs"] = fs
-    if orientation is not None and electrode is None:
-        reader_kw["orientation"] = orientation
     rec = reader(path, **reader_kw)
-    if electrode is not None:
+    if electrode is not None or orientation is not None:
         from . import electrodes as E
 
         try:
-            rec = rec.with_layout(E.resolve_layout(electrode=electrode, orientation=orientation))
-        except (E.LayoutError, BmissFileError) as e:
+            rec = rec.with_layout(E.resolve_layout(rec, electrode=electrode, orientation=orientation))
+        except BmissFileError as e:
             raise BmissFileError(f"{path}: {e}") from None
     return rec
 

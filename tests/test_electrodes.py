@@ -210,3 +210,17 @@ def test_layout_changes_the_muaps_by_permutation():
     order = [idx[tuple(x)] for x in E.load_layout("GR08MM1305").channel_map.tolist()]
     np.testing.assert_allclose(m_gr, m_rm[order], rtol=1e-4, atol=1e-4 * np.abs(m_rm).max())
     assert not np.allclose(m_gr, m_rm)  # the order really differs
+
+
+def test_orientation_flag_alone_turns_a_named_grid():
+    rec = _rec(electrode="GR08MM1305")  # orientation 180 by default
+    lay = E.resolve_layout(rec, orientation=0)
+    np.testing.assert_array_equal(lay.channel_map, E.load_layout("GR08MM1305", 0).channel_map)
+    # a file's own channel permutation is kept: stored channel k still carries the same grid channel
+    perm = np.random.default_rng(1).permutation(64)
+    shuffled = Recording(emg=rec.emg, fs=rec.fs, electrode="GR08MM1305", orientation=180,
+                         channel_map=E.load_layout("GR08MM1305", 180).channel_map[perm])
+    lay = E.resolve_layout(shuffled, orientation=0)
+    np.testing.assert_array_equal(lay.channel_map, E.load_layout("GR08MM1305", 0).channel_map[perm])
+    with pytest.raises(E.LayoutError, match="--electrode CODE"):
+        E.resolve_layout(_rec(), orientation=0)
