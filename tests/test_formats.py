@@ -449,3 +449,34 @@ def test_openhdemg_layout_and_ref_signal(tmp_path):
     assert r2.electrode == "GR08MM1305" and r2.orientation == 0 and r2.ied_mm == 8.0
     np.testing.assert_array_equal(r2.channel_map, r.channel_map)
     np.testing.assert_allclose(r2.ref_signal, r.ref_signal, rtol=1e-6)
+
+
+# ------------------------------------------------------------------ the command line on real-style exports
+def test_cli_decomposes_exports_without_flags(tmp_path, capsys):
+    """An OTBioLab+ .mat and an OTB+ file that name their grid need no geometry flags; a bare file
+    sent to bmiss is refused with the flags named."""
+    from scipy.io import savemat
+
+    from bmiss.cli import main
+    from bmiss.io import load_decomposition
+
+    rng = np.random.default_rng(9)
+    n = 4096
+    mat = tmp_path / "export.mat"
+    desc = np.array([_otb_label(i) for i in range(64)] + ["acquired data[ %(MVC)]"], dtype=object)
+    savemat(mat, {"Data": np.hstack([rng.standard_normal((n, 64)) * 20, np.linspace(0, 30, n)[:, None]]),
+                  "SamplingFrequency": 2048.0, "Description": desc})
+    raw = rng.integers(-2000, 2000, (n, 65)).astype("<i2")
+    otb = _otb_archive(tmp_path / "rec.otb+", raw.tobytes(), _pinout_xml("GR08MM1305", 65, range(64)))
+    for src in (mat, otb):
+        out = tmp_path / (src.stem + "_cbss.npz")
+        assert main(["decompose", str(src), "--method", "cbss", "--n-iter", "2", "--quiet", "--out", str(out)]) == 0
+        lay = load_decomposition(out).meta["layout"]
+        assert lay["electrode"] == "GR08MM1305" and lay["orientation"] == 180 and lay["ied_mm"] == 8.0
+        assert lay["channel_map"] == E.load_layout("GR08MM1305").channel_map.tolist()
+    bare = tmp_path / "bare.npz"
+    np.savez(bare, emg=rng.standard_normal((64, n)).astype(np.float32), fs=FS)
+    capsys.readouterr()
+    assert main(["decompose", str(bare), "--method", "bmiss", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--electrode CODE" in err[0] and "--grid ROWSxCOLS --ied MM" in err[0]
