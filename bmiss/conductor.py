@@ -118,21 +118,30 @@ class Conductor(eqx.Module):
     end_jitter_mm: float = eqx.field(static=True)
     onset_ms: float = eqx.field(static=True)  # neuromuscular delay before the IAP starts at the IZ
     n_src: int = eqx.field(static=True)
+    centre_x_mm: float = eqx.field(static=True, default=0.0)  # grid centre (rotation pivot), mm
+    centre_z_mm: float = eqx.field(static=True, default=0.0)
+    period_x_mm: float = eqx.field(static=True, default=_PERIOD_MM)  # period of the sum across the fibres
 
     @classmethod
     def from_anatomy(cls, a: Anatomy, *, fs: float | None = None, n_samples: int | None = None,
-                     onset_ms: float = 1.0, k_factor: float = 9.0, dtype=jnp.float32) -> "Conductor":
+                     onset_ms: float = 1.0, k_factor: float = 9.0, dtype=jnp.float32, period_x_mm: float = _PERIOD_MM,
+                     quadrature: tuple[int, int] = (4, 8)) -> "Conductor":
         """Static geometry (frequency grids, electrode filter, montage) for ``a``'s grid.
 
         ``k_factor``: keep spatial frequencies |k| < k_factor / (depth of the muscle surface).
+        ``period_x_mm``: period of the Fourier sum across the fibres (256 mm by default; 128 mm halves
+        the cost and changes MUAPs of a grid a few cm wide by < 1e-3, see tests/test_conductor.py).
+        ``quadrature``: (radial, angular) points of the territory quadrature (expected mode).
         """
         g = a.grid
         fs = float(fs or g.fs_hz)
         T = int(n_samples or g.muap_samples)
         dk = 2 * np.pi / _PERIOD_MM
+        dkx = 2 * np.pi / period_x_mm
         kmax = min(k_factor / max(a.muscle_top_mm, 0.5), np.pi / _SRC_DZ)
         m = int(np.ceil(kmax / dk))
-        kx = dk * np.arange(-m, m + 1)
+        mx = int(np.ceil(kmax / dkx))
+        kx = dkx * np.arange(-mx, mx + 1)
         kz = dk * np.arange(0, m + 1)
         kk = np.hypot(kx[:, None], kz[None, :])
         kr = kk * g.electrode_radius_mm
@@ -142,7 +151,7 @@ class Conductor(eqx.Module):
         M, _ = g.montage_matrix()
         n_src = int(round(_PERIOD_MM / _SRC_DZ))
         zs = (np.arange(n_src) - n_src // 2) * _SRC_DZ
-        qx, qy = _disc_quadrature()
+        qx, qy = _disc_quadrature(*quadrature)
         f = lambda v: jnp.asarray(v, dtype)  # noqa: E731
         return cls(
             tissue=Tissue.from_anatomy(a, dtype),
@@ -151,7 +160,26 @@ class Conductor(eqx.Module):
             quad_x=f(qx), quad_y=f(qy),
             density=float(a.muscle.mu_fibre_density_per_mm2), iz_jitter_mm=float(a.muscle.iz_jitter_mm),
             end_jitter_mm=float(a.muscle.end_jitter_mm), onset_ms=float(onset_ms), n_src=n_src,
+            centre_x_mm=float(g.centre_x_mm), centre_z_mm=float(g.centre_z_mm), period_x_mm=float(period_x_mm),
         )
+
+    def placed(self, rotation_deg=0.0, dz_mm=0.0, dx_mm=0.0) -> "Conductor":
+        """Copy with the grid turned by ``rotation_deg`` (degrees, about its centre, same sense as the
+        anatomy's ``[grid] rotation_deg``) and moved by ``dz_mm`` along / ``dx_mm`` across the fibres.
+
+        Differentiable in all three (the electrode positions are leaves); a fitted placement maps
+        back to the anatomy as ``rotation_deg += rotation_deg``, ``centre_z_mm += dz_mm``,
+        ``centre_x_mm += dx_mm``.
+        """
+        th = jnp.deg2rad(jnp.asarray(rotation_deg, self.ex.dtype))
+        u, v = self.ex - self.centre_x_mm, self.ez - self.centre_z_mm
+        ex = self.centre_x_mm + dx_mm + u * jnp.cos(th) - v * jnp.sin(th)
+        ez = self.centre_z_mm + dz_mm + u * jnp.sin(th) + v * jnp.cos(th)
+        return eqx.tree_at(lambda c: (c.ex, c.ez), self, (ex, ez))
+
+    def with_times(self, t_ms) -> "Conductor":
+        """Copy that samples MUAPs at ``t_ms`` [T] (ms relative to the discharge; may start < 0)."""
+        return eqx.tree_at(lambda c: c.t_ms, self, jnp.asarray(t_ms, self.t_ms.dtype))
 
     # ------------------------------------------------------------------ pieces
     @property
@@ -202,7 +230,7 @@ class Conductor(eqx.Module):
         A = px @ F  # [Ne, Nkz]
         A = A * jnp.exp(1j * self.kz[None, :] * (self.ez[:, None] - iz)) * self.kz_weight
         S = self._source_spectrum(cv, length / 2 + iz, length / 2 - iz, shift_ms)  # [T, Nkz]
-        dk = (2 * np.pi / _PERIOD_MM) ** 2 / (4 * np.pi**2)
+        dk = (2 * np.pi / _PERIOD_MM) * (2 * np.pi / self.period_x_mm) / (4 * np.pi**2)
         phi = jnp.real(A @ S.T) * (dk * _SOURCE_GAIN)  # [Ne, T]
         return self.montage @ phi
 
