@@ -506,6 +506,10 @@ def main(argv=None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         print(f"bmiss {args.cmd}: interrupted; no output was left half-written", file=sys.stderr)
+        if argv is None:  # the console command: JAX/XLA threads stopped mid-computation can segfault
+            sys.stdout.flush()  # during interpreter shutdown, so leave at once (temporaries are gone)
+            sys.stderr.flush()
+            os._exit(130)
         return 130
     except Exception as e:  # noqa: BLE001 - user errors in one line; bugs keep their traceback
         if _is_user_error(e):
