@@ -206,5 +206,20 @@ def export(dec: Decomposition | str | Path, out: str | Path, fmt: str | None = N
     raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
 
 
-__all__ = ["simulate", "decompose", "evaluate", "export", "oracle_identifiable", "check_pair", "UserError",
+def fit(rec: Recording | str | Path, *, anatomy=None, electrode=None, progress: bool = True, **kw):
+    """Fit the subject-specific forward model to a recording (see :func:`bmiss.fit.fit`).
+
+    Returns a :class:`bmiss.fit.SubjectFit`: ``.anatomy`` (the fitted subject, usable as
+    ``anatomy=`` / ``--anatomy`` after ``.save_toml(path)``), ``.subject`` (value, std) per
+    subject-level parameter, per-unit parameters, observed and model MUAPs, explained variance.
+    kw: decomposition, units, min_sil, max_cov, min_discharges, max_units, band, n_starts, n_steps, seed, ...
+    """
+    from . import fit as fit_mod
+
+    src = str(rec) if not isinstance(rec, Recording) else ""
+    rec = _as_recording(rec)
+    return fit_mod.fit(rec, anatomy=anatomy, electrode=electrode, progress=progress, source=src, **kw)
+
+
+__all__ = ["simulate", "decompose", "evaluate", "export", "fit", "oracle_identifiable", "check_pair", "UserError",
            "RecordingMismatchError", "METHODS", "EXPORT_FORMATS"]

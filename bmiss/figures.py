@@ -598,3 +598,33 @@ def simulation_overview(rec, path=None, *, title: str | None = None, length_s: f
         title = "   ".join(bits)
     fig.suptitle(title, fontsize=11)
     return _finish(fig, path)
+
+
+def fit_muaps(fit, rec=None, units: Sequence[int] | None = None, path=None, *, max_units: int = 4) -> Figure:
+    """Observed (spike-triggered, black) vs fitted model (red) MUAPs on the grid for a few units.
+
+    fit: :class:`bmiss.fit.SubjectFit`.  rec: the recording (for its channel map; optional).
+    units: indices into the fitted units (default: the ``max_units`` largest).  Each panel's title
+    gives the unit's explained variance; all channels of a panel share one amplitude scale.
+    """
+    obs = np.asarray(fit.templates.muaps, np.float64)
+    mod = np.asarray(fit.model_muaps, np.float64)
+    cm_src = getattr(rec, "channel_map", None) if rec is not None else None
+    shape_src = getattr(rec, "grid_shape", None) if rec is not None else None
+    if shape_src is None:
+        shape_src = fit.anatomy.grid.channel_grid_shape
+    cm, shape = _grid_layout(obs.shape[1], cm_src, shape_src)
+    if units is None:
+        units = _largest_units(obs, max_units)
+    units = [int(u) for u in np.atleast_1d(units)]
+    n = max(len(units), 1)
+    R, C = shape
+    fig = _new_figure((min(max(1.6, 0.42 * C + 0.5) * n, 16), max(2.5, 0.36 * R + 0.9) + 0.35))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, u in zip(axes, units):
+        upc = _uv_per_cell(obs[[u]])
+        _draw_muap_grid(ax, obs[u], cm, shape, fit.templates.fs, uv_per_cell=upc, color="k", lw=0.9)
+        _draw_muap_grid(ax, mod[u], cm, shape, fit.templates.fs, uv_per_cell=upc, color="#c0392b", lw=0.7)
+        ax.set_title(f"unit {int(fit.unit_index[u])}: EV {fit.explained_variance[u]:.2f}", fontsize=9)
+    fig.suptitle(f"observed (black) vs fitted model (red) MUAPs; overall EV {fit.overall_ev:.3f}", fontsize=10)
+    return _finish(fig, path)
