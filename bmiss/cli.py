@@ -219,6 +219,8 @@ def cmd_decompose(a) -> int:
         kw["seed"] = a.seed
     if a.n_iter is not None:
         kw["n_iter" if a.method == "cbss" else "n_rounds"] = a.n_iter
+    if a.extension_factor is not None:
+        kw["R"] = a.extension_factor
     if a.method == "bmiss":
         kw.update(anatomy=a.anatomy, forward=a.forward)
     elif a.anatomy is not None or a.forward != "conductor":
@@ -426,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling rate, Hz, for files that do not store one (e.g. a bare .mat matrix)")
     d.add_argument("--forward", choices=("conductor", "surrogate"), default="conductor", help="bmiss forward model")
     d.add_argument("--n-iter", type=_int_in(1, 10000), default=None, help="cbss: outer iterations; bmiss: rounds (1..10000)")
+    d.add_argument("--extension-factor", type=_int_in(1, 256), default=None, metavar="R",
+                   help="delayed copies per channel before whitening (1..256; default: about 1000 / n_channels)")
     d.add_argument("--seed", type=_SEED, default=None, help=f"0..{SEED_MAX}")
     d.add_argument("--quiet", action="store_true")
     d.add_argument("--force", action="store_true")
