@@ -63,6 +63,12 @@ _PERIOD_MM = 256.0  # period of the truncated Fourier sums in x and z
 _SRC_DZ = 0.5  # source sampling along the fibre, mm (0.25 changes MUAPs by ~1% at 2.3x the cost)
 
 
+def _check_iap(kind: str) -> str:
+    if kind not in IAP_SHAPES:
+        raise ValueError(f"unknown IAP shape {kind!r}; choose one of {IAP_SHAPES}")
+    return kind
+
+
 class Tissue(eqx.Module):
     """Global tissue parameters (differentiable). Thickness mm, conductivity S/m."""
 
@@ -95,6 +101,23 @@ def _rosenfalck_slope(zeta):
     return _ROSENFALCK_A * jnp.exp(-zc) * (3 * zc**2 - zc**3)
 
 
+# A second IAP shape for model-mismatch simulations: V(ζ) = B ζ² exp(-ζ/λ) - 90 mV with λ = 0.7 mm
+# (a shorter, more symmetric depolarisation than Rosenfalck's), B set for the same 129-mV peak
+# (Rosenfalck's 96 · 27 e^-3). Not a published model: it only has to differ from the inversion's.
+_GAMMA2_LAMBDA = 0.7
+_GAMMA2_B = 96 * 27 * math.exp(-3) * math.exp(2) / (4 * _GAMMA2_LAMBDA**2)
+IAP_SHAPES = ("rosenfalck", "gamma2")
+
+
+def _iap_slope(kind: str, zeta):
+    if kind == "rosenfalck":
+        return _rosenfalck_slope(zeta)
+    if kind == "gamma2":
+        zc = jnp.maximum(zeta, 0.0)
+        return _GAMMA2_B * jnp.exp(-zc / _GAMMA2_LAMBDA) * (2 * zc - zc**2 / _GAMMA2_LAMBDA)
+    raise ValueError(f"unknown IAP shape {kind!r}; choose one of {IAP_SHAPES}")
+
+
 class Conductor(eqx.Module):
     """Volume conductor bound to one anatomy's grid. Build with ``Conductor.from_anatomy``.
 
@@ -121,17 +144,20 @@ class Conductor(eqx.Module):
     centre_x_mm: float = eqx.field(static=True, default=0.0)  # grid centre (rotation pivot), mm
     centre_z_mm: float = eqx.field(static=True, default=0.0)
     period_x_mm: float = eqx.field(static=True, default=_PERIOD_MM)  # period of the sum across the fibres
+    iap: str = eqx.field(static=True, default="rosenfalck")  # intracellular action potential shape
 
     @classmethod
     def from_anatomy(cls, a: Anatomy, *, fs: float | None = None, n_samples: int | None = None,
                      onset_ms: float = 1.0, k_factor: float = 9.0, dtype=jnp.float32, period_x_mm: float = _PERIOD_MM,
-                     quadrature: tuple[int, int] = (4, 8)) -> "Conductor":
+                     quadrature: tuple[int, int] = (4, 8), iap: str = "rosenfalck") -> "Conductor":
         """Static geometry (frequency grids, electrode filter, montage) for ``a``'s grid.
 
         ``k_factor``: keep spatial frequencies |k| < k_factor / (depth of the muscle surface).
         ``period_x_mm``: period of the Fourier sum across the fibres (256 mm by default; 128 mm halves
         the cost and changes MUAPs of a grid a few cm wide by < 1e-3, see tests/test_conductor.py).
         ``quadrature``: (radial, angular) points of the territory quadrature (expected mode).
+        ``iap``: intracellular action potential shape, ``IAP_SHAPES`` ("rosenfalck" is the model; the
+        others exist to simulate recordings the inversion's model did not make).
         """
         g = a.grid
         fs = float(fs or g.fs_hz)
@@ -161,6 +187,7 @@ class Conductor(eqx.Module):
             density=float(a.muscle.mu_fibre_density_per_mm2), iz_jitter_mm=float(a.muscle.iz_jitter_mm),
             end_jitter_mm=float(a.muscle.end_jitter_mm), onset_ms=float(onset_ms), n_src=n_src,
             centre_x_mm=float(g.centre_x_mm), centre_z_mm=float(g.centre_z_mm), period_x_mm=float(period_x_mm),
+            iap=_check_iap(iap),
         )
 
     def placed(self, rotation_deg=0.0, dz_mm=0.0, dx_mm=0.0) -> "Conductor":
@@ -214,7 +241,7 @@ class Conductor(eqx.Module):
         w_r = ndtr(z / eps0) * ndtr((right_mm - z) / epse)
         w_l = ndtr(-z / eps0) * ndtr((z + left_mm) / epse)
         # ∂V/∂z of each travelling wave, windowed to its half of the fibre.
-        psi = -_rosenfalck_slope(front - z) * w_r + _rosenfalck_slope(front + z) * w_l  # [T, Nz]
+        psi = -_iap_slope(self.iap, front - z) * w_r + _iap_slope(self.iap, front + z) * w_l  # [T, Nz]
         nk = self.kz.shape[0]
         spec = jnp.fft.rfft(psi, axis=1)[:, :nk]
         # the grid starts at z = -n/2 dz and kz = m 2π/(n dz): that offset is the phase (-1)^m.

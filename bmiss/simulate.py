@@ -1,7 +1,9 @@
 """Simulate an HD-EMG recording with ground truth: anatomy -> MU pool -> MUAPs -> spikes -> EMG."""
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import replace
 
 import jax
 import numpy as np
@@ -42,11 +44,50 @@ def sample_mu_params(a: Anatomy, n_fibres: np.ndarray, key: jax.Array) -> np.nda
     return np.stack([depth, x, np.log(n_fibres), iz, cv, L], 1).astype(np.float32)
 
 
+MUAP_FAMILIES = ("conductor", "hermite")
+
+
+def hermite_muaps(params: np.ndarray, a: Anatomy, key: jax.Array, fs: float, T: int) -> np.ndarray:
+    """Non-physical MUAPs [n_units, n_channels, T] µV: Hermite-Rodriguez waveforms with smooth maps.
+
+    Each unit gets an order-1 or -2 Hermite-Rodriguez function (Lo Conte et al. 1994 use this family
+    to describe MUAP shapes) of width 0.8-2.5 ms, a Gaussian amplitude map over the electrode plane
+    centred at the unit's (x, IZ) position (widths 6-20 mm across, 15-50 mm along the fibres) and a
+    delay growing linearly with the distance from the IZ along the fibres (3-6 mm/ms), so that
+    it resembles a propagating MUAP without coming from any volume conductor. The peak amplitude
+    grows with the fibre count like the conductor's does (∝ fibres^0.9, 100 µV at 300 fibres).
+    """
+    n = params.shape[0]
+    xz, _ = a.grid.electrode_positions()
+    M, _ = a.grid.montage_matrix()
+    k = jax.random.split(key, 7)
+    u = lambda i: np.asarray(jax.random.uniform(k[i], (n,)))  # noqa: E731
+    order = np.where(u(0) < 0.5, 1, 2)
+    width_ms = 0.8 + 1.7 * u(1)
+    sx = 6 + 14 * u(2)
+    sz = 15 + 35 * u(3)
+    speed = 3 + 3 * u(4)
+    amp = 100.0 * (np.exp(params[:, 2]) / 300.0) ** 0.9 * (0.5 + u(5))
+    t_ms = np.arange(T) / fs * 1e3
+    out = np.zeros((n, M.shape[0], T), np.float32)
+    for i in range(n):
+        dx = xz[:, 0] - params[i, 1]
+        dz = xz[:, 1] - params[i, 3]
+        gain = np.exp(-0.5 * (dx / sx[i]) ** 2 - 0.5 * (dz / sz[i]) ** 2)
+        delay = 4.0 + np.abs(dz) / speed[i]  # ms
+        x = (t_ms[None, :] - delay[:, None]) / width_ms[i]
+        hr = x * np.exp(-x**2) if order[i] == 1 else (2 * x**2 - 1) * np.exp(-x**2)
+        e = amp[i] * gain[:, None] * hr / np.abs(hr).max()
+        out[i] = (M @ e).astype(np.float32)
+    return out
+
+
 def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 20.0, snr_db: float | None = 20.0,
              seed: int = 0, excitation: str | np.ndarray | None = None, n_units: int | None = None,
              muap_mode: str = "fibres", noise_band_hz: tuple[float, float] | None = None,
              powerline_uv: float = 0.0, tissue_overrides: dict | None = None, electrode=None,
-             orientation: int | None = None) -> Recording:
+             orientation: int | None = None, muap_family: str = "conductor", iap: str = "rosenfalck",
+             grid_rotation_deg: float = 0.0, muscle_overrides: dict | None = None) -> Recording:
     """Simulate a recording with ground truth (spikes, MUAPs, MU parameters, excitation).
 
     anatomy: shipped name or TOML path. duration_s: s. snr_db: None = noise-free.
@@ -59,7 +100,17 @@ def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 2
     in that layout's amplifier order (``channel_map`` says where each sits).
     tissue_overrides: layer values (e.g. ``{"fat_thickness_mm": 4}``) to simulate a conductor
     that differs from the anatomy file (model-mismatch experiments).
+
+    Model-mismatch options (the recording's meta keeps the NOMINAL anatomy, which is what an
+    inversion reads; the hidden values are in ``meta["hidden_truth"]``):
+    muap_family: "conductor" (the volume conductor) or "hermite" (non-physical Hermite-Rodriguez
+    waveforms with smooth amplitude maps, :func:`hermite_muaps`). iap: intracellular action potential
+    shape of the conductor (``bmiss.conductor.IAP_SHAPES``). grid_rotation_deg: the real grid is turned by
+    this much relative to the fibres. muscle_overrides: real [muscle] values (e.g. short fibres,
+    ``{"fibre_length_mm": 35, "end_jitter_mm": 1}``).
     """
+    if muap_family not in MUAP_FAMILIES:
+        raise ValueError(f"unknown muap_family {muap_family!r}; choose one of {MUAP_FAMILIES}")
     t0 = time.perf_counter()
     a = anatomy if isinstance(anatomy, Anatomy) else anatomy_mod.load(anatomy)
     if electrode is not None:  # a named grid / channel-map file / Layout replaces the anatomy's grid
@@ -69,6 +120,10 @@ def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 2
     a_nominal = a  # what a user would describe; the overrides are the "real tissue" that differs
     if tissue_overrides:
         a = a.with_layers(**tissue_overrides)
+    if muscle_overrides:
+        a = replace(a, muscle=replace(a.muscle, **muscle_overrides))
+    if grid_rotation_deg:
+        a = replace(a, grid=replace(a.grid, rotation_deg=float(a.grid.rotation_deg + grid_rotation_deg)))
     fs = a.grid.fs_hz
     if not duration_s > 0:  # also refuses NaN
         raise ValueError(f"duration_s must be positive, got {duration_s}")
@@ -95,8 +150,11 @@ def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 2
         if exc.shape != (n_samples,):
             raise ValueError(f"excitation array must have shape ({n_samples},) for {duration_s} s at {fs} Hz, "
                              f"got {exc.shape}")
-    cond = Conductor.from_anatomy(a)
-    M = np.asarray(muaps(cond, params, mode=muap_mode, key=k_fib, n_max=int(p.fibres_max)))
+    if muap_family == "hermite":
+        M = hermite_muaps(params, a, k_fib, fs, a.grid.muap_samples)
+    else:
+        cond = Conductor.from_anatomy(a, iap=iap)
+        M = np.asarray(muaps(cond, params, mode=muap_mode, key=k_fib, n_max=int(p.fibres_max)))
     spikes = motoneurons.spike_trains(pool, exc, fs, k_spk)
     clean = emg_mod.synthesize(M, spikes, n_samples)
     noisy, noise_info = emg_mod.add_noise(clean, fs, k_noise, snr_db=snr_db, band_hz=noise_band_hz,
@@ -104,7 +162,11 @@ def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 2
     _, rc = a.grid.montage_matrix()
     meta = {
         "kind": "simulation", "anatomy": a.name, "anatomy_source": a.source, "anatomy_toml": anatomy_mod.to_toml(a_nominal),
-        "tissue_overrides": tissue_overrides or {}, "seed": seed, "duration_s": duration_s,
+        "tissue_overrides": tissue_overrides or {}, "muscle_overrides": muscle_overrides or {},
+        "muap_family": muap_family, "iap": iap, "grid_rotation_deg": float(grid_rotation_deg),
+        "hidden_truth": {"layers": dataclasses.asdict(a.layers), "muscle": dataclasses.asdict(a.muscle),
+                         "grid_rotation_deg": float(a.grid.rotation_deg), "grid_centre_z_mm": float(a.grid.centre_z_mm)},
+        "seed": seed, "duration_s": duration_s,
         "excitation": exc_spec, "muap_mode": muap_mode, "n_units": len(spikes), "montage": a.grid.montage,
         "units": "uV", "param_units": dict(zip(PARAM_NAMES, ("mm", "mm", "ln(fibres)", "mm", "m/s", "mm"))),
         "simulate_time_s": round(time.perf_counter() - t0, 3), **noise_info,
