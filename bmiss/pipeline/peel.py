@@ -6,6 +6,10 @@ visible to a filter at another lag.  Peel-off subtracts the unit's spike-trigger
 (STA) of ``z`` over lags ``-half..half`` (``half = R + peel_ms``) at each of its discharges,
 in place, and updates the activity ``||z(t)||^2`` in the touched windows.  Discharges whose
 window does not lie inside the record are left out of both the average and the subtraction.
+With ``rules.peel_floor > 0`` only lags whose STA energy stands above that multiple of the
+noise floor of such a mean (``E||mean of k white vectors||^2 = n / k``) are subtracted:
+subtracting a noise average at a unit's few discharges would itself plant a spurious
+"unit" at those times, at a lag beyond the duplicate rule's reach.
 
 The same STA gives the unit's best-lag filter (``retime``): its row of largest energy is the
 extended lag at which the unit is seen with the best SNR (the oracle's ``max ||W b||``); that
@@ -61,10 +65,14 @@ def sta_best_lag(zt, starts, n_ok, *, half: int, d: int, flip: bool = True):
 
 
 @partial(jax.jit, donate_argnums=(0, 3))
-def subtract(zt, starts, n_ok, act, sta):
+def subtract(zt, starts, n_ok, act, sta, floor):
     """Peel-off: subtract ``sta`` [L, n] at every window (same ``starts`` as
-    :func:`sta_best_lag`), in place (buffer donation).  Returns ``(zt, act)``."""
+    :func:`sta_best_lag`), in place (buffer donation).  Lags whose STA energy is at most
+    ``floor`` times the energy of a mean of ``n_ok`` white vectors (``n / n_ok``) are noise
+    and left alone (``floor = 0``: subtract every lag).  Returns ``(zt, act)``."""
     L, n = sta.shape
+    keep = jnp.sum(sta * sta, axis=1) > floor * n / jnp.maximum(n_ok, 1)
+    sta = jnp.where(keep[:, None], sta, 0.0)
 
     def sub(i, c):
         zz, aa = c

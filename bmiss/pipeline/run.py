@@ -73,7 +73,7 @@ def _peel_and_retime(ws: Workspace, unit: Unit, log: dict) -> None:
     starts, n_ok = window_starts(unit.peaks, ws.N, ws.peel_half, ws.P)
     sta, w_s, s_s, det_s, lag = sta_best_lag(ws.zt, starts, n_ok, half=ws.peel_half, d=ws.d, flip=rules.flip)
     if rules.peel:
-        ws.zt, ws.act = subtract(ws.zt, starts, n_ok, ws.act, sta)
+        ws.zt, ws.act = subtract(ws.zt, starts, n_ok, ws.act, sta, jnp.float32(rules.peel_floor))
     n_s, sil_s = int(det_s["n_spikes"]), float(det_s["sil"])
     if rules.retime and verdict(n_s, sil_s, rules) == "accepted":
         # best-lag filter: its peaks sit `lag` samples after the old ones

@@ -37,6 +37,8 @@ class Rules:
         discharges (lags ``±(R + peel_ms)``), so later candidates cannot re-find it at
         another extension lag.
     peel_ms : MUAP duration covered by the peel-off window, ms.
+    peel_floor : subtract only the lags whose STA energy exceeds this multiple of the noise
+        floor of a mean of the unit's discharges (0: every lag).
     retime : replace an accepted unit's filter by its best-lag filter (largest-energy row of
         its spike-triggered average) when that one also passes acceptance: sharper peaks.
     align : discharge times on the onset of the unit's spike-triggered MUAP (``"onset"``), or
@@ -59,6 +61,7 @@ class Rules:
     keep: str = "cov"
     peel: bool = True
     peel_ms: float = 50.0
+    peel_floor: float = 0.0
     retime: bool = True
     align: str = "onset"
 
@@ -155,7 +158,7 @@ class ModelSettings:
 #: shared-rule defaults of each method (what differs is named here, not copied into code)
 METHOD_RULES = {
     "cbss": Rules(),
-    "bmiss": Rules(sil_threshold=0.85, keep="sil", flip=False),
+    "bmiss": Rules(sil_threshold=0.85, keep="sil", flip=False, peel_floor=3.0),
     "oracle": Rules(flip=False, refine=False, accept_all=True, dedupe=False, peel=False, retime=False,
                     align="proposer"),
 }
