@@ -207,7 +207,8 @@ def drive_correlation(drive: NeuralDrive | np.ndarray, reference, fs: float | No
     trim_s: seconds dropped at both ends (default: half the Hann window, where the smoothing
     is one-sided). max_lag_s: if > 0, also search the best lag within ±max_lag_s (the force
     lags the drive physiologically; the simulated excitation does not).
-    Returns ``{"r": ..., "lag_s": ..., "n": ...}``.
+    Returns ``{"r": ..., "lag_s": ..., "n": ...}``; ``lag_s > 0`` means the reference lags
+    behind the drive (as force does), searched on a 10-ms grid.
     """
     d = drive.drive_pps if isinstance(drive, NeuralDrive) else np.asarray(drive, np.float64)
     fs = drive.fs if isinstance(drive, NeuralDrive) else fs
@@ -229,7 +230,8 @@ def drive_correlation(drive: NeuralDrive | np.ndarray, reference, fs: float | No
         if r > best[0]:
             best = (r, lag)
     r = best[0] if np.isfinite(best[0]) else float("nan")
-    return {"r": r, "lag_s": best[1] / fs, "n": int(len(d) - 2 * k)}
+    # loop lag L compares drive(t + L) with ref(t); report the reference's delay behind the drive
+    return {"r": r, "lag_s": -best[1] / fs, "n": int(len(d) - 2 * k)}
 
 
 # ------------------------------------------------------------------ writers
