@@ -134,6 +134,7 @@ def main(argv=None) -> int:
         row = {"time_s": round(dt, 1), **_unit_table(dec, rec.fs),
                "extension_R": (dec.meta.get("settings") or {}).get("R"),
                "timing_s": dec.meta.get("timing_s"),
+               **{k: dec.meta.get(k) for k in ("n_candidates", "n_rejected_sil", "n_rejected_spikes", "n_duplicates")},
                "layout": {k: dec.meta.get("layout", {}).get(k) for k in ("electrode", "orientation", "ied_mm")}}
         out["methods"][m] = row
         print(f"[{m}] {dec.n_units} units in {dt:.1f} s; median SIL {row['median_sil']}, PNR {row['median_pnr_db']} dB, "
