@@ -51,6 +51,7 @@ import scipy.fft as sfft
 import scipy.signal
 
 from .io import atomic_write
+from .quality import shared_fraction
 
 __all__ = ["DeconvResult", "Whitener", "background_whitener", "deconvolve", "deconvolve_recording", "model_emg",
            "residual_psd", "variance_explained", "save_deconv_json"]
@@ -215,19 +216,6 @@ def _local_max(c: np.ndarray, idx: np.ndarray, half: int) -> np.ndarray:
     hi = np.minimum(idx + half + 1, len(c))
     # Windows are short (1 ms); a loop over the few candidates is cheaper than a full max filter.
     return np.array([c[i] >= c[a:b].max() for i, a, b in zip(idx, lo, hi)], bool)
-
-
-def _shared_fraction(a: np.ndarray, b: np.ndarray, max_lag: int, tol: int = 1) -> float:
-    """Largest fraction of the shorter train within ±tol of the other after a lag in ±max_lag."""
-    if len(a) == 0 or len(b) == 0:
-        return 0.0
-    d = (b[None, :] - a[:, None]).ravel() if len(a) * len(b) <= 4_000_000 else np.zeros(0)
-    d = d[np.abs(d) <= max_lag + tol]
-    if len(d) == 0:
-        return 0.0
-    h = np.bincount(d + max_lag + tol, minlength=2 * (max_lag + tol) + 1)
-    k = np.convolve(h, np.ones(2 * tol + 1, int), mode="same")
-    return float(k.max() / min(len(a), len(b)))
 
 
 def variance_explained(X: np.ndarray, R: np.ndarray) -> float:
@@ -435,7 +423,7 @@ def deconvolve(emg, muaps, spikes: Sequence, fs: float, *, onset: int = 0, refra
     order = np.argsort(-det)
     for a_i, i in enumerate(order):
         for j in order[:a_i]:
-            if not frozen[j] and _shared_fraction(sp[j], sp[i], T) >= duplicate_fraction:
+            if not frozen[j] and shared_fraction(sp[j], sp[i], tol=1, max_lag=T) >= duplicate_fraction:
                 frozen[i] = True
                 for t in sp[i]:  # put it back: its MUAP is already explained by unit j
                     _add_template(R, M[i], int(t), onset, 1.0)

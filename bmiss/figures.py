@@ -33,6 +33,7 @@ __all__ = [
     "snr_yield",
     "simulation_overview",
     "smoothed_rate",
+    "drive_rates",
 ]
 
 DPI = 150
@@ -627,4 +628,46 @@ def fit_muaps(fit, rec=None, units: Sequence[int] | None = None, path=None, *, m
         _draw_muap_grid(ax, mod[u], cm, shape, fit.templates.fs, uv_per_cell=upc, color="#c0392b", lw=0.7)
         ax.set_title(f"unit {int(fit.unit_index[u])}: EV {fit.explained_variance[u]:.2f}", fontsize=9)
     fig.suptitle(f"observed (black) vs fitted model (red) MUAPs; overall EV {fit.overall_ev:.3f}", fontsize=10)
+    return _finish(fig, path)
+
+
+# ---------------------------------------------------------------- neural drive
+def drive_rates(drive, reference=None, path=None, *, ref_label: str = "excitation", title: str | None = None,
+                out_fs: float = 100.0) -> Figure:
+    """Discharge rates over time with the reference (force or excitation) when there is one.
+
+    drive: a :class:`bmiss.drive.NeuralDrive`. Top panel: each unit's smoothed discharge rate (Hz);
+    bottom panel: the smoothed cumulative spike train (neural drive, pps). The reference
+    ``[n_samples]`` is drawn on a twin axis of both panels, labelled ``ref_label``.
+    """
+    n = drive.n_samples
+    step = max(1, int(round(drive.fs / out_fs)))
+    t = np.arange(0, n, step) / drive.fs
+    fig = _new_figure((10, 5.6))
+    ax_r, ax_d = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    for i in range(drive.n_units):
+        r = drive.rates_hz[i, ::step]
+        if np.isfinite(r).any():
+            ax_r.plot(t, r, color=_COLOURS[i % len(_COLOURS)], lw=0.9)
+    ax_r.set_ylabel("discharge rate (Hz)")
+    ax_r.set_ylim(bottom=0)
+    ax_r.grid(alpha=0.3)
+    ax_d.plot(t, drive.drive_pps[::step], color="k", lw=1.2)
+    ax_d.set_ylabel("smoothed CST (pps)")
+    ax_d.set_xlabel("time (s)")
+    ax_d.set_ylim(bottom=0)
+    ax_d.grid(alpha=0.3)
+    ax_d.set_xlim(0, n / drive.fs)
+    if reference is not None:
+        ref = np.asarray(reference, np.float64).ravel()
+        if ref.size != n:
+            raise ValueError(f"reference has {ref.size} samples, the drive {n}: give one value per EMG sample")
+        for ax in (ax_r, ax_d):
+            axx = ax.twinx()
+            axx.plot(t, ref[::step], color="0.45", lw=1.0, ls="--")
+            axx.set_ylabel(ref_label, color="0.35")
+            axx.tick_params(axis="y", colors="0.35")
+            lo, hi = float(np.nanmin(ref)), float(np.nanmax(ref))
+            axx.set_ylim(min(0.0, lo), hi * 1.05 if hi > 0 else 1.0)
+    ax_r.set_title(title or f"{drive.n_units} units, Hann window {drive.window_s * 1e3:.0f} ms", fontsize=10)
     return _finish(fig, path)

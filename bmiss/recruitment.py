@@ -12,7 +12,7 @@ Per unit (see :func:`unit_properties`), in the units of the reference signal ``r
 * ``DR_all_steady``  mean instantaneous rate on the plateau of ``ref`` (NaN without one).
 * ``DR_all``  mean instantaneous rate over the recording.
 * ``COV_isi``  ISI coefficient of variation on the plateau, else over the recording
-  (:func:`bmiss.metrics.cov_isi`, the project's one definition).
+  (:func:`bmiss.quality.cov_isi`, the project's one definition).
 * ``rate_slope``  rate-coding slope, pps per ``ref`` unit: least-squares line of the
   instantaneous rate against ``ref`` at each discharge; ``rate_at_RT`` is that line at ``rel_RT``.
 
@@ -44,6 +44,7 @@ from typing import Sequence
 import numpy as np
 
 from .io import atomic_write
+from .quality import cov_isi  # the project's one definition
 
 __all__ = ["UNIT_FIELDS", "reference_signal", "firing_runs", "steady_segment", "unit_properties",
            "mu_properties", "fit_pool", "true_pool", "compare_with_truth", "save_mu_properties_csv",
@@ -121,8 +122,6 @@ def unit_properties(spikes, fs: float, ref=None, *, n_samples: int | None = None
     lag is a bias (a 0.5-Hz sinusoid of amplitude 0.1 moves 0.04 in one 8-Hz ISI). The default
     (False) is openhdemg's convention, the value at the discharge itself.
     """
-    from .metrics import cov_isi  # the project's one definition (bmiss.quality via metrics)
-
     sp = _train(spikes)
     if ref is not None:
         ref = np.asarray(ref, np.float64).ravel()

@@ -89,3 +89,19 @@ def test_writers(tmp_path):
         dv.save_drive_csv(tmp_path / "drive.csv", d)
     with pytest.raises(ValueError, match="window_s"):
         dv.neural_drive(trains, FS, n, window_s=0)
+
+
+def test_drive_figure(tmp_path):
+    from bmiss import figures
+
+    n = int(4 * FS)
+    pool = mn.make_pool(20)
+    exc = mn.trapezoid(0.3, 4.0, FS, ramp_s=1.0)
+    sp = mn.spike_trains(pool, exc, FS, jax.random.PRNGKey(4))
+    d = dv.neural_drive(sp, FS, n)
+    fig = figures.drive_rates(d, exc, tmp_path / "drive.png")
+    png = tmp_path / "drive.png"
+    assert png.stat().st_size > 10_000
+    assert len(fig.axes) == 4  # two panels, each with the reference on a twin axis
+    with pytest.raises(ValueError, match="one value per EMG sample"):
+        figures.drive_rates(d, exc[:-5])
