@@ -141,9 +141,12 @@ class Grid:
     missing: tuple[tuple[int, int], ...]
     fs_hz: float
     muap_samples: int
-    electrode: str = ""  # grid code of the layout ("" = plain grid)
-    orientation: int = 180  # of a named grid, degrees
-    channel_order: tuple[tuple[int, int], ...] = ()  # (row, col) per channel in amplifier order; () = row-major
+    # A plain grid is row-major; LayoutGrid (below) adds the layout fields. They are class
+    # attributes here, not fields, so a plain grid's fields (what the surrogate's compatibility
+    # check and old TOML files know) are unchanged.
+    electrode = ""  # grid code of the layout ("" = plain grid)
+    orientation = 180  # of a named grid, degrees
+    channel_order = ()  # (row, col) per channel in amplifier order; () = row-major
 
     def electrode_positions(self) -> tuple[np.ndarray, np.ndarray]:
         """(xz [n_electrodes, 2] mm, rowcol [n_electrodes, 2]) of the present electrodes.
@@ -197,7 +200,7 @@ class Grid:
                   electrode=str(layout.code), orientation=180 if layout.orientation is None else int(layout.orientation))
         if layout.electrode_diameter_mm:
             ch["electrode_radius_mm"] = float(layout.electrode_diameter_mm) / 2
-        g = replace(self, **ch)
+        g = make_grid(**{**plain_fields(self), **ch})
         _check_grid(g, source)
         return g
 
@@ -209,6 +212,32 @@ class Grid:
     @property
     def n_channels(self) -> int:
         return int(self.montage_matrix()[0].shape[0])
+
+
+@dataclass(frozen=True)
+class LayoutGrid(Grid):
+    """A grid with a named or custom electrode layout: the channels come in ``channel_order``
+    (the amplifier's), ``electrode`` is the grid code and ``orientation`` its mounting (0/180)."""
+
+    electrode: str = ""
+    orientation: int = 180
+    channel_order: tuple[tuple[int, int], ...] = ()
+
+
+_LAYOUT_FIELDS = ("electrode", "orientation", "channel_order")
+
+
+def plain_fields(g: Grid) -> dict:
+    """The fields every grid has (not the layout fields)."""
+    return {f.name: getattr(g, f.name) for f in fields(Grid)}
+
+
+def make_grid(**vals) -> Grid:
+    """A :class:`LayoutGrid` when ``electrode`` or ``channel_order`` is given, else a plain :class:`Grid`."""
+    lay = {k: vals.pop(k) for k in _LAYOUT_FIELDS if k in vals}
+    if lay.get("electrode") or lay.get("channel_order"):
+        return LayoutGrid(**vals, **lay)
+    return Grid(**vals)
 
 
 @dataclass(frozen=True)
@@ -234,7 +263,9 @@ class Anatomy:
         (and electrode code) of a named layout: the grid becomes row-major."""
         if {"rows", "cols", "missing"} & set(changes) and "channel_order" not in changes:
             changes = {**changes, "channel_order": (), "electrode": changes.get("electrode", "")}
-        a = replace(self, grid=replace(self.grid, **changes))
+        a = replace(self, grid=make_grid(**{**plain_fields(self.grid), "electrode": self.grid.electrode,
+                                            "orientation": self.grid.orientation,
+                                            "channel_order": self.grid.channel_order, **changes}))
         _check_geometry(a, self.source or self.name)
         return a
 
@@ -384,7 +415,7 @@ def from_dict(raw: dict, source: str = "<dict>", text: str = "") -> Anatomy:
         layers=Layers(**sections["layers"]),
         muscle=Muscle(**sections["muscle"]),
         pool=PoolSpec(**sections["pool"]),
-        grid=Grid(**sections["grid"]),
+        grid=make_grid(**sections["grid"]),
         source=source,
         text=text,
     )
