@@ -1,4 +1,4 @@
-"""Command line: ``bmiss simulate | decompose | evaluate | export | figures | anatomies | demo``."""
+"""Command line: ``bmiss simulate | decompose | evaluate | export | figures | fit | anatomies | demo``."""
 from __future__ import annotations
 
 import argparse
@@ -15,11 +15,12 @@ from pathlib import Path
 from .anatomy import AnatomyError
 from .api import UserError
 from .io import BmissFileError
+from .pipeline.settings import SettingsError
 
 # Errors caused by what the user asked for or gave: one line, exit 2. Anything else is a bug in
 # bmiss: traceback, a hint to report it, exit 1 (a blanket ValueError catch would hide bugs).
 # (+ surrogate.SurrogateMismatchError, see _is_user_error: importing flax just for it costs 0.6 s.)
-USER_ERRORS = (UserError, BmissFileError, AnatomyError, FileExistsError,
+USER_ERRORS = (UserError, BmissFileError, AnatomyError, SettingsError, FileExistsError,
                FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 SEED_MAX = 2 ** 32 - 1
 
@@ -221,6 +222,7 @@ def cmd_decompose(a) -> int:
         kw["n_iter" if a.method == "cbss" else "n_rounds"] = a.n_iter
     if a.extension_factor is not None:
         kw["R"] = a.extension_factor
+    kw.update(_parse_settings(a.setting))
     if a.method == "bmiss":
         kw.update(anatomy=a.anatomy, forward=a.forward)
     elif a.anatomy is not None or a.forward != "conductor":
@@ -242,6 +244,23 @@ def cmd_decompose(a) -> int:
         print(f"against the recording's ground truth: {s['found_90']} MUs at RoA >= 0.9, {s['found_80']} at >= 0.8, "
               f"{s['n_false']} false, {s['n_duplicates']} duplicates (of {s['n_true']} true MUs)")
     return 0
+
+
+def _parse_settings(items) -> dict:
+    """``--setting KEY=VALUE`` (repeatable) -> keywords for the method's settings dataclasses
+    (bmiss.pipeline.settings); values are Python literals (``0.85``, ``False``, ``(20, 450)``) or text."""
+    import ast
+
+    out = {}
+    for it in items or ():
+        if "=" not in it:
+            raise UserError(f"--setting must look like KEY=VALUE (e.g. sil_threshold=0.85), got {it!r}")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = ast.literal_eval(v.strip())
+        except (ValueError, SyntaxError):
+            out[k.strip()] = v.strip()
+    return out
 
 
 def _free_name(path: Path) -> Path:
@@ -307,6 +326,35 @@ def cmd_figures(a) -> int:
     for (_, draw), path in zip(jobs, paths):
         draw(path)
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_fit(a) -> int:
+    from . import api, figures, io
+    from .fit import FitError
+
+    out, rep = Path(a.out), Path(a.report) if a.report else None
+    figdir = Path(a.figures) if a.figures else None
+    fig_path = figdir / "fit_muaps.png" if figdir else None
+    _check_outputs([p for p in (out, rep, fig_path) if p is not None], a.force, inputs=[a.recording])
+    rec = _apply_geometry(io.load_recording(a.recording, fs=a.fs), a)
+    try:
+        f = api.fit(rec, anatomy=a.anatomy, progress=not a.quiet, seed=a.seed or 0, source=str(a.recording),
+                    **({"max_units": a.max_units} if a.max_units else {}))
+    except FitError as e:
+        raise UserError(str(e)) from None
+    f.save_toml(out, force=a.force)
+    print(f"wrote {out}: {len(f.unit_index)} units, explained variance {f.overall_ev:.3f}, "
+          f"fit {f.timing['fit']:.1f} s (total {f.timing['total']:.1f} s)")
+    for k, (v, sd) in f.subject.items():
+        print(f"  {k:14s} {v:9.3f} +/- {sd:.3f}")
+    if rep is not None:
+        f.save_report(rep, force=a.force)
+        print(f"wrote {rep}")
+    if fig_path is not None:
+        figdir.mkdir(parents=True, exist_ok=True)
+        figures.fit_muaps(f, rec, path=fig_path)
+        print(f"wrote {fig_path}")
     return 0
 
 
@@ -430,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-iter", type=_int_in(1, 10000), default=None, help="cbss: outer iterations; bmiss: rounds (1..10000)")
     d.add_argument("--extension-factor", type=_int_in(1, 256), default=None, metavar="R",
                    help="delayed copies per channel before whitening (1..256; default: about 1000 / n_channels)")
+    d.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="any field of the method's settings (bmiss.pipeline.settings: Rules, FastICASettings, "
+                        "ModelSettings, OracleSettings), e.g. --setting sil_threshold=0.85 --setting n_starts=24")
     d.add_argument("--seed", type=_SEED, default=None, help=f"0..{SEED_MAX}")
     d.add_argument("--quiet", action="store_true")
     d.add_argument("--force", action="store_true")
@@ -461,6 +512,21 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--fs", type=_float_in(0, 1e6, lo_open=True, unit="Hz"), default=None,
                    help="sampling rate, Hz, for files that do not store one")
     f.set_defaults(func=cmd_figures)
+
+    ft = sub.add_parser("fit", help="fit the subject's forward model (tissue, fibres, grid placement) to a recording")
+    ft.add_argument("recording", help=".npz recording (or .otb+, .mat, openhdemg .json)")
+    ft.add_argument("--anatomy", default=None, help="base anatomy (default: the recording's or biceps_brachii)")
+    _geometry_args(ft, "the recording's ")
+    ft.add_argument("--fs", type=_float_in(0, 1e6, lo_open=True, unit="Hz"), default=None,
+                    help="sampling rate, Hz, for files that do not store one")
+    ft.add_argument("--out", required=True, help="subject anatomy .toml to write (loadable with --anatomy)")
+    ft.add_argument("--report", default=None, help="JSON report (explained variance, parameters with std, timing)")
+    ft.add_argument("--figures", default=None, metavar="DIR", help="folder for the observed-vs-fitted MUAP figure")
+    ft.add_argument("--max-units", type=_int_in(2, 200), default=None, help="fit at most this many units (default 30)")
+    ft.add_argument("--seed", type=_SEED, default=None, help=f"0..{SEED_MAX}")
+    ft.add_argument("--quiet", action="store_true")
+    ft.add_argument("--force", action="store_true")
+    ft.set_defaults(func=cmd_fit)
 
     an = sub.add_parser("anatomies", help="list shipped anatomies")
     an.set_defaults(func=cmd_anatomies)

@@ -10,8 +10,12 @@ import dataclasses
 import difflib
 from dataclasses import dataclass
 
-__all__ = ["Rules", "FastICASettings", "OracleSettings", "ModelSettings", "METHOD_RULES", "PROPOSER_SETTINGS",
+__all__ = ["SettingsError", "Rules", "FastICASettings", "OracleSettings", "ModelSettings", "METHOD_RULES", "PROPOSER_SETTINGS",
            "resolve", "as_dict"]
+
+
+class SettingsError(ValueError):
+    """A setting that does not exist or is out of its range (the CLI shows it in one line)."""
 
 
 @dataclass(frozen=True)
@@ -67,13 +71,13 @@ class Rules:
 
     def __post_init__(self):
         if self.keep not in ("cov", "sil"):
-            raise ValueError(f"keep must be 'cov' or 'sil', got {self.keep!r}")
+            raise SettingsError(f"keep must be 'cov' or 'sil', got {self.keep!r}")
         if self.align not in ("onset", "proposer"):
-            raise ValueError(f"align must be 'onset' or 'proposer', got {self.align!r}")
+            raise SettingsError(f"align must be 'onset' or 'proposer', got {self.align!r}")
         if self.R is not None and int(self.R) < 1:
-            raise ValueError(f"extension factor R must be >= 1, got {self.R}")
+            raise SettingsError(f"extension factor R must be >= 1, got {self.R}")
         if self.min_distance_ms <= 0:
-            raise ValueError(f"min_distance_ms must be > 0, got {self.min_distance_ms}")
+            raise SettingsError(f"min_distance_ms must be > 0, got {self.min_distance_ms}")
 
 
 @dataclass(frozen=True)
@@ -101,9 +105,9 @@ class FastICASettings:
 
     def __post_init__(self):
         if self.contrast not in ("skew", "logcosh", "kurtosis"):
-            raise ValueError(f"contrast must be one of skew, logcosh, kurtosis; got {self.contrast!r}")
+            raise SettingsError(f"contrast must be one of skew, logcosh, kurtosis; got {self.contrast!r}")
         if int(self.n_iter) < 1:
-            raise ValueError(f"n_iter must be >= 1, got {self.n_iter}")
+            raise SettingsError(f"n_iter must be >= 1, got {self.n_iter}")
 
 
 @dataclass(frozen=True)
@@ -150,9 +154,9 @@ class ModelSettings:
 
     def __post_init__(self):
         if self.forward not in ("conductor", "surrogate"):
-            raise ValueError(f"forward must be 'conductor' or 'surrogate', got {self.forward!r}")
+            raise SettingsError(f"forward must be 'conductor' or 'surrogate', got {self.forward!r}")
         if self.contrast not in ("skew", "logcosh", "kurtosis"):
-            raise ValueError(f"contrast must be one of skew, logcosh, kurtosis; got {self.contrast!r}")
+            raise SettingsError(f"contrast must be one of skew, logcosh, kurtosis; got {self.contrast!r}")
 
 
 #: shared-rule defaults of each method (what differs is named here, not copied into code)
@@ -172,7 +176,7 @@ def resolve(method: str, rules: Rules | None = None, settings=None, **kw):
     :class:`Rules`; an unknown name raises ``ValueError`` listing the valid ones.
     """
     if method not in PROPOSER_SETTINGS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(PROPOSER_SETTINGS)}")
+        raise SettingsError(f"unknown method {method!r}; choose one of {', '.join(PROPOSER_SETTINGS)}")
     rules = rules if rules is not None else METHOD_RULES[method]
     settings = settings if settings is not None else PROPOSER_SETTINGS[method]()
     pf = {f.name for f in dataclasses.fields(settings)}
@@ -184,7 +188,7 @@ def resolve(method: str, rules: Rules | None = None, settings=None, **kw):
         names = sorted(pf | rf)
         hints = [f"{k!r} (did you mean {difflib.get_close_matches(k, names, 1)[0]!r}?)"
                  if difflib.get_close_matches(k, names, 1) else repr(k) for k in bad]
-        raise ValueError(f"unknown setting(s) for method {method!r}: {', '.join(hints)}; valid: {', '.join(names)}")
+        raise SettingsError(f"unknown setting(s) for method {method!r}: {', '.join(hints)}; valid: {', '.join(names)}")
     if "band" in r_kw and r_kw["band"] is not None:
         r_kw["band"] = tuple(float(b) for b in r_kw["band"])
     return dataclasses.replace(rules, **r_kw), dataclasses.replace(settings, **p_kw)
