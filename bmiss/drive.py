@@ -37,6 +37,7 @@ __all__ = [
     "smoothed_cst",
     "NeuralDrive",
     "neural_drive",
+    "drive_of",
     "drive_correlation",
     "drive_to_dict",
     "save_drive_csv",
@@ -198,6 +199,17 @@ def neural_drive(spikes: Sequence, fs: float, n_samples: int, *, window_s: float
         drive_pps=smoothed_cst(spikes, fs, n_samples, window_s=window_s),
         n_units=len(spikes),
         idr=[instantaneous_rate(s, fs, max_isi_s=max_isi_s) for s in spikes])
+
+
+def drive_of(dec, rec=None, *, window_s: float = DEFAULT_WINDOW_S) -> NeuralDrive:
+    """:func:`neural_drive` of a ``bmiss.io.Decomposition`` (length from ``rec`` or ``dec.sources``)."""
+    if rec is not None:
+        n = int(rec.n_samples)
+    elif dec.sources is not None and np.ndim(dec.sources) == 2 and np.shape(dec.sources)[1] > 0:
+        n = int(np.shape(dec.sources)[1])
+    else:
+        raise ValueError("the recording length is unknown: pass the recording (rec=...)")
+    return neural_drive(dec.spikes, dec.fs, n, window_s=window_s)
 
 
 def drive_correlation(drive: NeuralDrive | np.ndarray, reference, fs: float | None = None, *,

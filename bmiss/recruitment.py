@@ -47,8 +47,8 @@ from .io import atomic_write
 from .quality import cov_isi  # the project's one definition
 
 __all__ = ["UNIT_FIELDS", "reference_signal", "firing_runs", "steady_segment", "unit_properties",
-           "mu_properties", "fit_pool", "true_pool", "compare_with_truth", "save_mu_properties_csv",
-           "save_mu_properties_json"]
+           "mu_properties", "decomposition_properties", "fit_pool", "true_pool", "compare_with_truth",
+           "save_mu_properties_csv", "save_mu_properties_json"]
 
 #: Per-unit fields (openhdemg's names where it has one) and their physical unit; "ref" stands for
 #: the unit of the reference signal (%MVC, or "excitation (0-1)" on simulations).
@@ -192,6 +192,22 @@ def mu_properties(spikes: Sequence, fs: float, ref=None, *, n_samples: int | Non
         st = steady_segment(np.asarray(ref, np.float64), fs)
     return [{"unit": i, **unit_properties(s, fs, ref, n_samples=n_samples, steady=st, **kw)}
             for i, s in enumerate(spikes)]
+
+
+def decomposition_properties(dec, rec=None, **kw) -> dict:
+    """Motor-neuron table and pool fit of a ``bmiss.io.Decomposition``, JSON-ready (small: no arrays).
+
+    The reference is ``rec.ref_signal`` (unit ``rec.meta["ref_unit"]``, default %MVC) or, on a
+    simulation, ``rec.excitation``; without one only the rate fields are filled. ``kw`` go to
+    :func:`unit_properties`. Returns ``{"ref_unit", "units" (field -> unit), "mu_properties",
+    "pool_fit"}``; ``pool_fit`` uses ``ref_max_pool`` = 100 for %MVC and 1 otherwise.
+    """
+    ref, unit = reference_signal(rec) if rec is not None else (None, "")
+    n = int(rec.n_samples) if rec is not None else None
+    props = mu_properties(dec.spikes, dec.fs, ref, n_samples=n, **kw)
+    pool = fit_pool(props, ref_max_pool=100.0 if "%" in unit else 1.0) if ref is not None else None
+    return {"ref_unit": unit, "units": {k: v.replace("ref", unit or "ref") for k, v in UNIT_FIELDS.items()},
+            "mu_properties": props, "pool_fit": pool}
 
 
 def fit_pool(props: Sequence[dict], *, ref_max_pool: float = 1.0, recruitment_end: float | None = None,

@@ -138,3 +138,21 @@ def test_truth_and_writers(tmp_path, ramp):
 def test_bad_reference_length():
     with pytest.raises(ValueError, match="one value per EMG sample"):
         rc.unit_properties(np.array([10, 200, 400]), FS, np.zeros(100), n_samples=500)
+
+
+def test_decomposition_properties_uses_ref_signal(ramp):
+    from bmiss.io import Decomposition, Recording
+
+    pool, exc, spikes = ramp
+    dec = Decomposition(spikes=list(spikes[:10]), sources=np.zeros((10, len(exc)), np.float32), fs=FS, method="test")
+    force = 100.0 * exc  # a force channel in %MVC
+    rec = Recording(emg=np.zeros((4, len(exc)), np.float32), fs=FS, ref_signal=force, meta={"ref_unit": "%MVC"})
+    out = rc.decomposition_properties(dec, rec)
+    assert out["ref_unit"] == "%MVC" and out["units"]["rel_RT"] == "%MVC"
+    thr = 100.0 * np.asarray(pool.thresholds[:10])
+    rt = np.array([p["rel_RT"] for p in out["mu_properties"]])
+    assert np.nanmax(np.abs(rt - thr)) <= 5.0 * LEVEL  # 5 % of the 0-50 %MVC range
+    assert out["pool_fit"]["ref_max_pool"] == 100.0
+    json.dumps(out)  # JSON-ready
+    bare = rc.decomposition_properties(dec)
+    assert bare["pool_fit"] is None and np.isfinite(bare["mu_properties"][0]["DR_all"])
