@@ -128,6 +128,8 @@ class _Model(eqx.Module):
     unit_hi: jax.Array
     base_rot: float = eqx.field(static=True)
     filt: jax.Array  # [F] real zero-phase response (|H|²), or ones
+    sub_fixed: jax.Array  # [8] bool: subject parameters held at sub_fixed_val
+    sub_fixed_val: jax.Array  # [8] unconstrained values of the fixed ones
     pad: int = eqx.field(static=True)
     nfft: int = eqx.field(static=True)
     T: int = eqx.field(static=True)
@@ -137,6 +139,7 @@ class _Model(eqx.Module):
     prior_sd: tuple = eqx.field(static=True)  # (length frac, cv m/s, iz fraction, log gain)
 
     def subject(self, s):
+        s = jnp.where(self.sub_fixed, self.sub_fixed_val, s)  # fixed parameters never move
         return _to_phys(s, self.sub_lo, self.sub_hi)
 
     def unit_phys(self, u, subj):
@@ -470,6 +473,7 @@ def fit(rec: Recording, *, anatomy=None, electrode=None, decomposition=None, uni
         n_steps_start: int = 40, lr: float = 0.05, n_bank: int = 256, start_units: int = 8,
         optimiser: str = "lbfgs", gain_prior_sd: float = 0.5,
         prior_sd=(0.1, 0.5, 0.1), seed: int = 0, laplace: bool = True, progress: bool = True,
+        fix=(), fixed_values: dict | None = None,
         source: str = "") -> SubjectFit:
     """Fit the subject-level forward model to a recording's observed MUAPs.
 
@@ -494,6 +498,8 @@ def fit(rec: Recording, *, anatomy=None, electrode=None, decomposition=None, uni
     gain_prior_sd : std of the per-unit log amplitude gain (ties gain against log fibres).
     prior_sd : population prior (fibre length as a fraction of the mean, CV m/s, IZ fraction).
     seed : seed of the initial bank of MUAPs and of the noise-floor triggers.
+    fix : subject parameters (``SUBJECT_NAMES``) to hold at the base anatomy's value (or at
+        ``fixed_values[name]``), e.g. ``fix=("anisotropy",)`` when it is known.
 
     Returns
     -------
@@ -535,6 +541,16 @@ def fit(rec: Recording, *, anatomy=None, electrode=None, decomposition=None, uni
                     support=tpl.support[order], n_discharges=tpl.n_discharges[order], fs=tpl.fs, band=tpl.band,
                     truncated=tpl.truncated[order])
     idx = idx[order]
+    fs = rec.fs
+    q = int(fs // 2048) if tpl.band is not None and tpl.band[1] * 3 <= fs / max(int(fs // 2048), 1) else 1
+    if q > 1:
+        # band-limited averages (<= band[1] Hz) lose nothing at ~2 kHz; the model cost grows with samples
+        r0 = tpl.onset % q
+        tpl = Templates(muaps=tpl.muaps[..., r0::q].copy(), noise_std=tpl.noise_std[..., r0::q].copy(),
+                        onset=tpl.onset // q, window=(-(tpl.onset // q), -(tpl.onset // q) + len(range(r0, tpl.muaps.shape[-1], q))),
+                        support=tpl.support // q, n_discharges=tpl.n_discharges, fs=fs / q, band=tpl.band,
+                        truncated=tpl.truncated)
+        fs = fs / q
     timing["templates"] = round(time.perf_counter() - t0, 2)
     n, C, T = tpl.muaps.shape
     if C != base.grid.n_channels:
@@ -543,18 +559,31 @@ def fit(rec: Recording, *, anatomy=None, electrode=None, decomposition=None, uni
 
     # 3. model and data
     pad = 16
-    fs = rec.fs
     t_ms = (np.arange(-pad, T + pad) - tpl.onset) / fs * 1e3
     # 128-mm period across the fibres: half the cost of the default, MUAPs change by ~1e-3 (measured)
     cond = Conductor.from_anatomy(base, fs=fs, n_samples=T + 2 * pad, period_x_mm=128.0).with_times(t_ms)
     nfft = int(2 ** np.ceil(np.log2(T + 2 * pad)))
     sb, ub = subject_bounds(base), unit_bounds(base)
     L = base.layers
+    fixed = tuple(fix or ())
+    bad = [k for k in fixed if k not in SUBJECT_NAMES]
+    if bad:
+        raise ValueError(f"fix: unknown subject parameter(s) {bad}; choose from {SUBJECT_NAMES}")
+    lo_s = np.array([sb[k][0] for k in SUBJECT_NAMES], np.float32)
+    hi_s = np.array([sb[k][1] for k in SUBJECT_NAMES], np.float32)
+    nominal = {"fat_mm": L.fat_thickness_mm, "skin_mm": L.skin_thickness_mm,
+               "anisotropy": L.muscle_conductivity_longitudinal / L.muscle_conductivity_radial,
+               "rotation_deg": 0.0, "dz_mm": 0.0, "length_pop_mm": base.muscle.fibre_length_mm,
+               "cv_pop_m_s": base.muscle.cv_mean_m_s, "izf_pop": base.muscle.iz_fraction}
+    nominal.update({k: float(v) for k, v in (fixed_values or {}).items()})
+    fixed_phys = np.array([nominal[k] for k in SUBJECT_NAMES], np.float32)
     model = _Model(cond=cond, sub_lo=jnp.asarray([sb[k][0] for k in SUBJECT_NAMES], jnp.float32),
                    sub_hi=jnp.asarray([sb[k][1] for k in SUBJECT_NAMES], jnp.float32),
                    unit_lo=jnp.asarray([v[0] for v in ub.values()], jnp.float32),
                    unit_hi=jnp.asarray([v[1] for v in ub.values()], jnp.float32),
                    base_rot=float(base.grid.rotation_deg), filt=jnp.asarray(_band_response(nfft, fs, tpl.band)),
+                   sub_fixed=jnp.asarray([k in fixed for k in SUBJECT_NAMES]),
+                   sub_fixed_val=jnp.asarray(_to_unc(np.clip(fixed_phys, lo_s, hi_s), lo_s, hi_s)),
                    pad=pad, nfft=nfft, T=T, sigma_r=float(L.muscle_conductivity_radial),
                    sigma_fat=float(L.fat_conductivity), sigma_skin=float(L.skin_conductivity),
                    prior_sd=(float(prior_sd[0]), float(prior_sd[1]), float(prior_sd[2]), float(gain_prior_sd)))
@@ -603,6 +632,19 @@ def fit(rec: Recording, *, anatomy=None, electrode=None, decomposition=None, uni
     timing["fit"] = round(time.perf_counter() - t_fit, 2)
     timing["first_start_incl_compile"] = round(t_first, 2)
     s, U = theta
+    # The population means enter only the weak prior, so the optimiser barely moves them; set them to
+    # their conditional optimum given the units (the means, for a flat hyperprior).
+    subj_now = np.asarray(model.subject(s))
+    ph_now = np.asarray(jax.vmap(lambda u: model.unit_phys(u, jnp.asarray(subj_now)))(U))
+    pop = subj_now.copy()
+    pop[5] = ph_now[:, 5].mean()
+    pop[6] = ph_now[:, 4].mean()
+    pop[7] = (ph_now[:, 3] / ph_now[:, 5] + 0.5).mean()
+    s_new = np.asarray(s).copy()
+    for i in (5, 6, 7):
+        if SUBJECT_NAMES[i] not in fixed:
+            s_new[i] = _to_unc(np.clip(pop[i], lo_s[i], hi_s[i]), lo_s[i], hi_s[i])
+    s = jnp.asarray(s_new)
 
     # 4. outputs
     t0 = time.perf_counter()
@@ -637,7 +679,7 @@ def fit(rec: Recording, *, anatomy=None, electrode=None, decomposition=None, uni
         "trades exactly against MUAP amplitude",
         "grid offset across the fibres (fixed at 0): exactly degenerate with every unit's x",
         f"per-unit log gain tied by a N(0, {gain_prior_sd}^2) prior: degenerate with log fibres up to territory size",
-    ]
+    ] + [f"{k} fixed at {fixed_phys[SUBJECT_NAMES.index(k)]:.4g} (asked)" for k in fixed]
     if cov is not None:
         sd = np.sqrt(np.clip(np.diag(cov[:ns, :ns]), 1e-30, None))
         corr = cov[:ns, :ns] / np.outer(sd, sd)
@@ -648,7 +690,7 @@ def fit(rec: Recording, *, anatomy=None, electrode=None, decomposition=None, uni
                                       f"(r = {corr[a_, b_]:+.2f}): only their combination is determined")
     fitted = _fitted_anatomy(base, subject, up)
     timing["total"] = round(time.perf_counter() - t_all, 2)
-    settings = {"optimiser": optimiser, "start_units": start_units, "min_sil": min_sil, "max_cov": max_cov, "min_discharges": min_discharges, "max_units": max_units,
+    settings = {"decimation": q, "fit_fs_hz": fs, "fixed": list(fixed), "optimiser": optimiser, "start_units": start_units, "min_sil": min_sil, "max_cov": max_cov, "min_discharges": min_discharges, "max_units": max_units,
                 "min_template_snr": min_template_snr, "band": band, "n_starts": len(starts), "n_steps": n_steps,
                 "n_steps_start": n_steps_start, "lr": lr, "n_bank": n_bank, "gain_prior_sd": gain_prior_sd,
                 "prior_sd": list(prior_sd), "seed": seed, "starts_fat_length": starts,
@@ -682,6 +724,20 @@ def _fitted_anatomy(base: Anatomy, subject: dict, up: np.ndarray) -> Anatomy:
     grid = replace(g, rotation_deg=round(float(rot), 4), centre_z_mm=round(float(g.centre_z_mm + v["dz_mm"]), 4))
     a = replace(base, name=f"{base.name}_subject", description=f"{base.description} (fitted subject)",
                 layers=layers, muscle=muscle, grid=grid, source="", text="")
+    # The anatomy loader requires the grid over the muscle. The muscle width is not fitted: widen it
+    # as far as a turned grid needs, so the subject file loads with --anatomy.
+    import tomllib
+
+    for _ in range(2):
+        try:
+            anatomy_mod.from_dict(tomllib.loads(anatomy_mod.to_toml(a)), source="fitted subject")
+            break
+        except anatomy_mod.AnatomyError as e:
+            if "wide" not in str(e):
+                raise
+            xz, _ = a.grid.electrode_positions()
+            need = 2 * (np.abs(xz[:, 0]).max() - a.grid.ied_mm) + 1.0
+            a = replace(a, muscle=replace(a.muscle, width_mm=round(float(max(need, a.muscle.width_mm)), 2)))
     return a
 
 

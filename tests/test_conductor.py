@@ -136,3 +136,77 @@ def test_vmap_and_per_fibre_mode_agree_roughly(biceps):
     assert (rel < 0.25).all(), rel
     F2 = np.asarray(muaps(c, P, mode="fibres", key=jax.random.PRNGKey(4)))
     assert not np.allclose(F, F2)  # the fibre layout is random per key
+
+
+def test_layers_reduce_to_homogeneous_half_space():
+    """All layers at the muscle's (isotropic) conductivity: the surface potential of a point source is
+    the insulated half-space's I / (2 π σ r), an independent closed form (method of images)."""
+    sigma = 0.3
+    a = anatomy.load("biceps_brachii").with_layers(
+        skin_conductivity=sigma, fat_conductivity=sigma, muscle_conductivity_radial=sigma,
+        muscle_conductivity_longitudinal=sigma)
+    c = Conductor.from_anatomy(a, dtype=jnp.float32)
+    ky, layer = (np.asarray(v, np.float64) for v in c._ky_and_layers(c.tissue))
+    kx, kz = np.asarray(c.kx, np.float64), np.asarray(c.kz, np.float64)
+    k = np.hypot(kx[:, None], kz[None, :])
+    d_m = 3.0  # depth below the muscle surface, mm; total depth D = skin + fat + d_m
+    D = a.muscle_top_mm + d_m
+    H = layer * np.exp(-ky * d_m)
+    nz = k > 0
+    np.testing.assert_allclose(H[nz], (np.exp(-k * D) / (sigma * k))[nz], rtol=2e-4)
+    # and in space: the truncated Fourier sum at points on the skin against 1/(2πσr); the sum drops
+    # k = 0 (a constant), so compare potential differences against a point 40 mm away.
+    pts = np.array([[0.0, 0.0], [2.0, 1.0], [5.0, 0.0], [0.0, 8.0], [10.0, -6.0], [40.0, 0.0]])
+    ph = np.exp(1j * (kx[None, :, None] * pts[:, 0, None, None] + kz[None, None, :] * pts[:, 1, None, None]))
+    dk = (kx[1] - kx[0]) * (kz[1] - kz[0]) / (4 * np.pi**2)
+    num = np.real((ph * H[None] * np.asarray(c.kz_weight)[None, None, :]).sum((1, 2))) * dk
+    ana = 1 / (2 * np.pi * sigma * np.hypot(np.hypot(pts[:, 0], pts[:, 1]), D))
+    rel = np.abs((num[:-1] - num[-1]) - (ana[:-1] - ana[-1])) / (ana[:-1] - ana[-1])
+    assert (rel < 0.01).all(), rel
+
+
+def test_no_layers_reduce_to_anisotropic_half_space():
+    a = anatomy.load("biceps_brachii").with_layers(skin_thickness_mm=1e-6, fat_thickness_mm=1e-6)
+    c = Conductor.from_anatomy(a, dtype=jnp.float32)
+    ky, layer = (np.asarray(v, np.float64) for v in c._ky_and_layers(c.tissue))
+    nz = ky > 0
+    nz &= np.hypot(np.asarray(c.kx)[:, None], np.asarray(c.kz)[None, :]) > 0
+    np.testing.assert_allclose(layer[nz], 1 / (a.layers.muscle_conductivity_radial * ky[nz]), rtol=1e-4)
+
+
+def test_placement_equals_anatomy_grid_and_gradients():
+    a = anatomy.load("tibialis_anterior")
+    c = Conductor.from_anatomy(a, n_samples=48)
+    c2 = Conductor.from_anatomy(a.with_grid(rotation_deg=4.0, centre_z_mm=4.0), n_samples=48)
+    p = jnp.asarray(_with(_with(P0, 5, 75.0), 1, 3.0))
+    m_placed = np.asarray(c.placed(4.0, 4.0).muap(p))
+    np.testing.assert_allclose(m_placed, np.asarray(c2.muap(p)), atol=2e-3 * np.abs(m_placed).max())
+    with jax.enable_x64(True):
+        c = Conductor.from_anatomy(a, dtype=jnp.float64, n_samples=48)
+        w = jax.random.normal(jax.random.PRNGKey(1), (64, 48), jnp.float64)
+        p = jnp.asarray(_with(_with(P0, 5, 75.0), 1, 3.0), jnp.float64)
+
+        def loss(q):
+            return jnp.sum(c.placed(q[0], q[1], q[2]).muap(p) * w)
+
+        q = jnp.asarray([6.0, 3.0, -2.0], jnp.float64)
+        g = jax.jit(jax.grad(loss))(q)
+        lj = jax.jit(loss)
+        for i in range(3):
+            h = 1e-4
+            fd = (lj(q.at[i].add(h)) - lj(q.at[i].add(-h))) / (2 * h)
+            assert abs(float(g[i]) - float(fd)) <= 1e-4 * abs(float(fd)) + 1e-8, (i, g[i], fd)
+
+
+def test_fit_options_change_muaps_little_and_iap_shape_a_lot(biceps):
+    a, c, f = biceps
+    P = jnp.asarray(np.stack([P0, _with(_with(P0, 0, 12.0), 1, 8.0)]))
+    ref = np.asarray(muaps(c, P))
+    fast = np.asarray(muaps(Conductor.from_anatomy(a, period_x_mm=128.0), P))
+    rel = np.linalg.norm(fast - ref, axis=(1, 2)) / np.linalg.norm(ref, axis=(1, 2))
+    assert (rel < 1e-2).all(), rel  # measured 2.6e-3 and 5.3e-3 on these units
+    other = np.asarray(muaps(Conductor.from_anatomy(a, iap="gamma2"), P))
+    rel2 = np.linalg.norm(other - ref, axis=(1, 2)) / np.linalg.norm(ref, axis=(1, 2))
+    assert (rel2 > 0.2).all(), rel2  # a mismatch simulation must really differ from the model
+    with pytest.raises(ValueError, match="IAP"):
+        Conductor.from_anatomy(a, iap="nope")
