@@ -120,7 +120,7 @@ def _otb_parse_device(root: ET.Element, where: str) -> dict:
         raise BmissFileError(f"{where}: <Device> has no valid SampleFrequency") from e
     try:
         bits = int(float(dev.attrib.get("ad_bits", dev.attrib.get("AdBits", 16))))
-        chans = []  # (position, adapter_id, channel_id, gain, index within adapter, adapter number)
+        chans = []  # (position, adapter id, channel id, gain, index in adapter, adapter number, id text)
         for k, ad in enumerate(dev.iter("Adapter")):
             a_id = ad.attrib.get("ID", "")
             a_gain = float(ad.attrib.get("Gain", 1.0))
@@ -128,7 +128,9 @@ def _otb_parse_device(root: ET.Element, where: str) -> dict:
             for ch in ad.iter("Channel"):
                 c_gain = float(ch.attrib.get("Gain", 1.0))
                 idx = int(float(ch.attrib.get("Index", 0)))
-                chans.append((start + idx, a_id, ch.attrib.get("ID", ""), a_gain * c_gain, idx, k))
+                # the grid code is usually the channel ID; some exports put it in Description/Prefix
+                text = " ".join(ch.attrib.get(x, "") for x in ("ID", "Description", "Prefix"))
+                chans.append((start + idx, a_id, ch.attrib.get("ID", ""), a_gain * c_gain, idx, k, text))
         total = int(float(dev.attrib.get("DeviceTotalChannels", 0))) or (max(c[0] for c in chans) + 1 if chans else 0)
     except (TypeError, ValueError) as e:
         raise BmissFileError(f"{where}: malformed <Device>/<Adapter>/<Channel> attributes ({e})") from None
@@ -246,7 +248,7 @@ def _load_otbplus_tar(tf, path, arch_size, adc_range_v, sig, emg_only, orientati
         blocks.append((dev["fs"], uv))
         meta_sigs.append({"sig": s, "device": dev["name"], "ad_bits": dev["bits"],
                           "channels": [c[2] for c in keep], "gains": gains.tolist()})
-        grid_chans += [(c[2], c[4], (s, c[5])) for c in keep]
+        grid_chans += [(c[6], c[4], (s, c[5])) for c in keep]
     if not blocks:
         raise BmissFileError(f"{path}: the OTB+ archive describes no EMG channels")
     fss = {b[0] for b in blocks}
