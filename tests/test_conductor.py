@@ -133,7 +133,8 @@ def test_vmap_and_per_fibre_mode_agree_roughly(biceps):
     np.testing.assert_allclose(E[1], np.asarray(f(c, P[1])), rtol=1e-4, atol=1e-3)
     F = np.asarray(muaps(c, P, mode="fibres", key=jax.random.PRNGKey(3)))
     rel = np.linalg.norm(E - F, axis=(1, 2)) / np.linalg.norm(E, axis=(1, 2))
-    assert (rel < 0.25).all(), rel
+    # measured (200-fibre MUs at 7/10/14 mm): 0.8-2.9 % for this key, at most 3.9 % over keys 3-6
+    assert (rel < 0.05).all(), rel
     F2 = np.asarray(muaps(c, P, mode="fibres", key=jax.random.PRNGKey(4)))
     assert not np.allclose(F, F2)  # the fibre layout is random per key
 
