@@ -233,6 +233,7 @@ def test_decomposition_of_another_recording_is_refused(work, capsys):
     ["simulate", "--seed", "-1", "--out", "x.npz"],
     ["simulate", "--powerline-uv", "-1", "--out", "x.npz"],
     ["decompose", "r.npz", "--n-iter", "0"],
+    ["decompose", "r.npz", "--extension-factor", "0"],
     ["decompose", "r.npz", "--ied", "0"],
     ["decompose", "r.npz", "--seed", "-2"],
     ["decompose", "r.npz", "--grid", "0x0"],
@@ -283,6 +284,10 @@ def test_inputs_and_outputs_checked_before_the_work(work, tmp_path, capsys, monk
     assert "not a folder" in _err_line(capsys, "simulate")
     assert main(["figures", rec, "--out", str(tmp_path / "f")]) == 2
     assert "is a file" in _err_line(capsys, "figures")
+    # an anatomy that is a folder, or no anatomy at all
+    for spec in (str(tmp_path), "no_such_anatomy"):
+        assert main(["simulate", "--anatomy", spec, "--out", str(tmp_path / "x.npz")]) == 2
+        assert spec in _err_line(capsys, "simulate")
     # oracle needs a simulated recording
     bio.save_recording(tmp_path / "measured.npz", bio.Recording(emg=np.zeros((4, 4096)), fs=2048))
     assert main(["decompose", str(tmp_path / "measured.npz"), "--method", "oracle"]) == 2
