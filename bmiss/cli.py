@@ -224,7 +224,7 @@ def cmd_decompose(a) -> int:
         kw["R"] = a.extension_factor
     kw.update(_parse_settings(a.setting))
     if a.method == "bmiss":
-        kw.update(anatomy=a.anatomy, forward=a.forward)
+        kw.update(anatomy=a.anatomy, forward=a.forward, init=a.init)
     elif a.anatomy is not None or a.forward != "conductor":
         print("note: --anatomy/--forward apply to --method bmiss only; ignored", file=sys.stderr)
     t = time.perf_counter()
@@ -478,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-iter", type=_int_in(1, 10000), default=None, help="cbss: outer iterations; bmiss: rounds (1..10000)")
     d.add_argument("--extension-factor", type=_int_in(1, 256), default=None, metavar="R",
                    help="delayed copies per channel before whitening (1..256; default: about 1000 / n_channels)")
+    d.add_argument("--init", choices=("blind", "model"), default="blind",
+                   help="bmiss: 'blind' (default) = blind units, subject fit, then the model search for the missed "
+                        "units; 'model' = the model search alone within the anatomy as given")
     d.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                    help="any field of the method's settings (bmiss.pipeline.settings: Rules, FastICASettings, "
                         "ModelSettings, OracleSettings), e.g. --setting sil_threshold=0.85 --setting n_starts=24")

@@ -11,11 +11,13 @@ Methods differ only in the proposer: :func:`decompose_cbss` (FastICA), :func:`de
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ..io import Decomposition
 from .proposers import FastICA, ModelProposer, Oracle
-from .proposers.model import resolve_anatomy
+from .proposers.model import SubjectModelProposer, resolve_anatomy
 from .run import run
-from .settings import FastICASettings, ModelSettings, OracleSettings, Rules, resolve
+from .settings import METHOD_RULES, FastICASettings, ModelSettings, OracleSettings, Rules, SettingsError, resolve
 
 __all__ = ["decompose_cbss", "decompose_oracle", "decompose_bmiss", "run", "Rules", "FastICASettings",
            "OracleSettings", "ModelSettings", "resolve"]
@@ -54,10 +56,30 @@ def decompose_oracle(emg, fs: float, true_muaps, *, rules: Rules | None = None,
 
 
 def decompose_bmiss(rec, *, rules: Rules | None = None, settings: ModelSettings | None = None,
-                    progress: bool = True, **kw) -> Decomposition:
-    """Model-informed decomposition of a :class:`~bmiss.io.Recording` (filters proposed by the
-    forward model, see :mod:`.proposers.model`); units carry fitted MU properties (``params``)."""
+                    init: str = "blind", blind: FastICASettings | None = None, progress: bool = True,
+                    **kw) -> Decomposition:
+    """Model-informed decomposition of a :class:`~bmiss.io.Recording`.
+
+    ``init="blind"`` (default): blind units first (FastICA phase, the ``cbss`` rules), then a
+    subject fit of the forward model to their MUAPs (:func:`bmiss.fit.fit`), then the
+    model-informed search within the fitted model for the units the blind phase missed, on the
+    data with the blind units peeled (:class:`.proposers.model.SubjectModelProposer`).
+    ``init="model"``: the model-informed search alone, within the anatomy as given.
+    Units carry MU properties (``params``); ``meta["subject_model"]`` records the fit.
+
+    Examples
+    --------
+    >>> dec = decompose_bmiss(rec, n_rounds=4)  # doctest: +SKIP
+    """
+    if init not in ("blind", "model"):
+        raise SettingsError(f"init must be 'blind' or 'model', got {init!r}")
     rules, settings = resolve("bmiss", rules, settings, **kw)
     a = resolve_anatomy(rec, settings.anatomy, settings.grid, settings.ied_mm)
-    return run(rec.emg, rec.fs, ModelProposer(settings=settings, anatomy=a), rules, method="bmiss",
-               batch=settings.n_starts, progress=progress)
+    if init == "model":
+        return run(rec.emg, rec.fs, ModelProposer(settings=settings, anatomy=a), rules, method="bmiss",
+                   batch=settings.n_starts, progress=progress)
+    blind = blind or FastICASettings(seed=settings.seed)
+    blind_rules = dataclasses.replace(METHOD_RULES["cbss"], R=rules.R, band=rules.band)
+    return run(rec.emg, rec.fs, FastICA(settings=blind), blind_rules, method="bmiss",
+               batch=min(blind.batch, blind.n_iter), progress=progress, total=blind.n_iter,
+               then=[(SubjectModelProposer(settings=settings, anatomy=a, rec=rec), rules, settings.n_starts)])

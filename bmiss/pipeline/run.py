@@ -47,6 +47,7 @@ class Workspace:
     d: int  # minimum discharge distance, samples
     P: int  # padded spike-array length
     peel_half: int
+    units: list | None = None  # units accepted by earlier phases (read by a later proposer's init)
 
 
 @jax.jit
@@ -87,39 +88,86 @@ def _peel_and_retime(ws: Workspace, unit: Unit, log: dict) -> None:
 
 
 def run(emg, fs: float, proposer: AbstractProposer, rules: Rules, *, method: str, batch: int = 16,
-        prepared: Prepared | None = None, progress: bool = True, total: int | None = None) -> Decomposition:
+        prepared: Prepared | None = None, progress: bool = True, total: int | None = None,
+        then: list | None = None) -> Decomposition:
     """Run the pipeline with ``proposer`` on ``emg`` [n_channels, n_samples] (µV) at ``fs`` Hz.
 
     ``batch``: candidate slots on the device; ``total``: expected number of candidates (for
-    the progress bar).  Returns a :class:`~bmiss.io.Decomposition` whose ``meta`` records the
-    full settings, timing per stage and a log of every candidate.
+    the progress bar).  ``then``: further ``(proposer, rules, batch)`` phases run on the same
+    prepared, peeled data once the previous proposer is exhausted; their proposers see the
+    units found so far in ``ws.units`` and dedupe against them (e.g. blind units first, then
+    the model-informed search for the ones the blind search missed).  Returns a
+    :class:`~bmiss.io.Decomposition` whose ``meta`` records the full settings of every phase,
+    timing per stage and a log of every candidate.
     """
     t0 = time.perf_counter()
     prep = prepared if prepared is not None else prepare(emg, fs, R=rules.R, band=rules.band)
     ws = workspace(prep, rules)
     ws.zt.block_until_ready()
     t_prep = time.perf_counter() - t0
-    state = proposer.init(ws)
+    phases = [(proposer, rules, batch, total)] + [(p, r, b, None) for p, r, b in (then or [])]
+    units: list[Unit] = []
+    cand_log: list[dict] = []
+    log = {"accepted": 0, "rejected_sil": 0, "rejected_spikes": 0, "duplicates": 0, "device_calls": 0, "passes": 0,
+           "retimed": 0}
+    tm = {"init": 0.0, "propose": 0.0, "pool": 0.0, "accept": 0.0, "peel": 0.0, "update": 0.0}
+    t1 = time.perf_counter()
+    pmeta, extra, settings_meta = {}, {}, []
+    for k, (prop, rules_k, batch_k, total_k) in enumerate(phases):
+        if (rules_k.R, rules_k.band) != (rules.R, rules.band):
+            raise ValueError("all phases of a pipeline share one preparation: give them the same R and band")
+        ws.rules, ws.units = rules_k, list(units)
+        tk = time.perf_counter()
+        state = prop.init(ws)
+        tm["init"] += time.perf_counter() - tk
+        units, state = _search(ws, prop, state, rules_k, units, int(max(1, batch_k)), cand_log, log, tm,
+                               desc=method if len(phases) == 1 else f"{method} {k + 1}/{len(phases)}",
+                               progress=progress, total=total_k, phase=k)
+        units.sort(key=lambda u: u.cand)
+        e, m = prop.extras(state, units)
+        extra.update(e)  # a later phase sees every unit, so its per-unit fields win
+        pmeta.update(m)
+        settings_meta.append({"proposer": type(prop).__name__, "rules": as_dict(rules_k), "settings": prop.settings_meta(),
+                              "batch": int(batch_k)})
+    t_search = time.perf_counter() - t1
+    meta = {
+        "settings": {"method": method, "rules": settings_meta[0]["rules"], "proposer": settings_meta[0]["settings"],
+                     "batch": settings_meta[0]["batch"], "R": prep.R,
+                     **({"phases": settings_meta} if len(phases) > 1 else {})},
+        "timing_s": {"prepare": round(t_prep, 4), "search": round(t_search, 4), **{k: round(v, 4) for k, v in tm.items()},
+                     "total": round(time.perf_counter() - t0, 4)},
+        "channels_used": prep.channels_used,
+        "excluded_channels": list(prep.report),
+        "n_ext": ws.n,
+        "n_candidates": len(cand_log),
+        "n_rejected_sil": log["rejected_sil"],
+        "n_rejected_spikes": log["rejected_spikes"],
+        "n_duplicates": log["duplicates"],
+        "n_best_lag": log["retimed"],
+        "device_calls": log["device_calls"],
+        "passes": log["passes"],
+        "candidates": sorted(cand_log, key=lambda c: c["cand"]),
+        **pmeta,
+    }
+    return finalize(units, fs=ws.fs, N=ws.N, n_ext=ws.n, method=method, meta=meta, extra=extra)
+
+
+def _search(ws: Workspace, proposer: AbstractProposer, state, rules: Rules, units: list[Unit], B: int,
+            cand_log: list, log: dict, tm: dict, *, desc: str, progress: bool, total, phase: int):
+    """propose -> refine -> accept -> dedupe -> peel until ``proposer`` is exhausted."""
     iteration, max_fp_iter, tol = proposer.on_device()
-    B = int(max(1, batch))
     st = refine_mod.new_pool(B, ws.n, ws.N, ws.P)
     slot_cand = np.full(B, -1)
     slot_info: list[dict | None] = [None] * B
     rmax = int(rules.max_refine_iter) if rules.refine else 0
     n_det = max(1, min(B, 4))
     no_Q = jnp.zeros((1, ws.n), jnp.float32)
-    units: list[Unit] = []
-    cand_log: list[dict] = []
-    log = {"accepted": 0, "rejected_sil": 0, "rejected_spikes": 0, "duplicates": 0, "device_calls": 0, "passes": 0,
-           "retimed": 0}
-    tm = {"propose": 0.0, "pool": 0.0, "accept": 0.0, "peel": 0.0, "update": 0.0}
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=method, unit="cand", leave=False)
-    n_cand = 0
-    t1 = time.perf_counter()
+        bar = tqdm(total=total, desc=desc, unit="cand", leave=False)
+    n_cand = len(cand_log)
     while True:
         tk = time.perf_counter()
         free = np.flatnonzero(st["phase"] == refine_mod.EMPTY)
@@ -135,13 +183,12 @@ def run(emg, fs: float, proposer: AbstractProposer, rules: Rules, *, method: str
             n_cand += 1
         tm["propose"] += time.perf_counter() - tk
         if not np.any((st["phase"] == refine_mod.ITERATE) | (st["phase"] == refine_mod.REFINE)):
-            if idle and not props:
-                break
-            continue
+            break  # idle and nothing proposed: the proposer is exhausted
         tk = time.perf_counter()
         Q = proposer.deflation(state)
-        stj, npass = refine_mod.run_pool(st, ws.zt, no_Q if Q is None else Q, jnp.float32(tol), iteration=iteration, max_fp_iter=max_fp_iter, max_refine_iter=rmax, min_done=1, d=ws.d, n_det=n_det,
-            flip=rules.flip)
+        stj, npass = refine_mod.run_pool(st, ws.zt, no_Q if Q is None else Q, jnp.float32(tol), iteration=iteration,
+                                         max_fp_iter=max_fp_iter, max_refine_iter=rmax, min_done=1, d=ws.d,
+                                         n_det=n_det, flip=rules.flip)
         st = {k: np.array(v) for k, v in stj.items()}
         log["device_calls"] += 1
         log["passes"] += int(npass)
@@ -154,7 +201,7 @@ def run(emg, fs: float, proposer: AbstractProposer, rules: Rules, *, method: str
             nspk, silv, cov = int(st["best_n"][b]), float(st["best_sil"][b]), float(st["best_cov"][b])
             peaks = st["best_spk"][b][:nspk].astype(np.int64)
             v = verdict(nspk, silv, rules)
-            info = slot_info[b] or {}
+            info = dict(slot_info[b] or {}, phase=phase)
             entry = {"cand": int(slot_cand[b]), **{k: v_ for k, v_ in info.items() if np.isscalar(v_)},
                      "refine_steps": int(st["rk"][b]), "sil": round(silv, 4), "n_spikes": nspk,
                      "cov_isi": round(cov, 4) if np.isfinite(cov) else None, "outcome": v}
@@ -166,11 +213,11 @@ def run(emg, fs: float, proposer: AbstractProposer, rules: Rules, *, method: str
                 log["rejected_sil" if v == "low_sil" else "rejected_spikes"] += 1
             else:
                 unit = Unit(w=st["best_W"][b].copy(), source=st["best_S"][b].copy(), peaks=peaks, sil=silv,
-                            cov=cov if np.isfinite(cov) else np.inf, cand=int(slot_cand[b]), info=dict(info))
+                            cov=cov if np.isfinite(cov) else np.inf, cand=int(slot_cand[b]), info=info)
                 if rules.align == "proposer":
                     unit.shift = int(info.get("shift", 0))
                 else:
-                    unit.shift = onset_shift(prep.x, peaks, ws.peel_half)
+                    unit.shift = onset_shift(ws.prep.x, peaks, ws.peel_half)
                 unit.spikes = np.unique(np.clip(peaks + unit.shift, 0, ws.N - 1))
                 dup_of = duplicates_of(unit, units, rules, ws.fs)
                 if dup_of:
@@ -198,25 +245,4 @@ def run(emg, fs: float, proposer: AbstractProposer, rules: Rules, *, method: str
         tm["update"] += time.perf_counter() - tk
     if bar is not None:
         bar.close()
-    t_search = time.perf_counter() - t1
-    units.sort(key=lambda u: u.cand)
-    extra, pmeta = proposer.extras(state, units)
-    meta = {
-        "settings": {"method": method, "rules": as_dict(rules), "proposer": proposer.settings_meta(), "batch": B,
-                     "R": prep.R},
-        "timing_s": {"prepare": round(t_prep, 4), "search": round(t_search, 4), **{k: round(v, 4) for k, v in tm.items()},
-                     "total": round(time.perf_counter() - t0, 4)},
-        "channels_used": prep.channels_used,
-        "excluded_channels": list(prep.report),
-        "n_ext": ws.n,
-        "n_candidates": len(cand_log),
-        "n_rejected_sil": log["rejected_sil"],
-        "n_rejected_spikes": log["rejected_spikes"],
-        "n_duplicates": log["duplicates"],
-        "n_best_lag": log["retimed"],
-        "device_calls": log["device_calls"],
-        "passes": log["passes"],
-        "candidates": sorted(cand_log, key=lambda c: c["cand"]),
-        **pmeta,
-    }
-    return finalize(units, fs=ws.fs, N=ws.N, n_ext=ws.n, method=method, meta=meta, extra=extra)
+    return units, state

@@ -35,7 +35,7 @@ from ...conductor import PARAM_NAMES, Conductor
 from ..settings import ModelSettings, as_dict
 from .base import AbstractProposer, Proposal
 
-__all__ = ["FilterModel", "ModelProposer", "resolve_anatomy"]
+__all__ = ["FilterModel", "ModelProposer", "SubjectModelProposer", "resolve_anatomy"]
 
 
 class FilterModel(eqx.Module):
@@ -165,7 +165,10 @@ class ModelProposer(AbstractProposer):
     anatomy: object
 
     def init(self, ws):
-        s, a, prep = self.settings, self.anatomy, ws.prep
+        return self._init_with(ws, self.anatomy)
+
+    def _init_with(self, ws, a):
+        s, prep = self.settings, ws.prep
         fs = ws.fs
         if s.forward == "conductor":
             fwd = Conductor.from_anatomy(a, fs=fs)
@@ -187,7 +190,7 @@ class ModelProposer(AbstractProposer):
                             R=R, lag0=min(T - 1, T // 3 + R // 2), P=P, max_shift=float(T // 3))
         rng = np.random.default_rng(s.seed)
         st = _State()
-        st.model = model
+        st.model, st.anatomy, st.fixed_params, st.fit_meta = model, a, {}, None
         st.fit_idx = jnp.asarray(np.sort(rng.choice(ws.N, size=min(s.fit_samples, ws.N), replace=False)))
         st.probe_idx = jnp.asarray(np.sort(rng.choice(ws.N, size=min(s.probe_samples, ws.N), replace=False)))
         u_th = np.asarray(logit(jnp.asarray(np.clip(qmc.LatinHypercube(d=6, seed=rng).random(s.n_probe), 1e-3,
@@ -246,24 +249,74 @@ class ModelProposer(AbstractProposer):
         return st
 
     def extras(self, st, units):
-        params = np.stack([u.info["theta"] for u in units]) if units else np.zeros((0, 6), np.float32)
+        def theta(u):
+            if "theta" in u.info:
+                return np.asarray(u.info["theta"], np.float32)
+            return np.asarray(st.fixed_params.get(u.cand, np.full(6, np.nan)), np.float32)
 
         def spread(u):
-            th = [u.info["theta"]] + [i["theta"] for i in u.absorbed if "theta" in i]
+            th = [u.info["theta"]] + [i["theta"] for i in u.absorbed if "theta" in i] if "theta" in u.info else []
             return np.std(np.stack(th), 0) if len(th) > 1 else np.full(6, np.nan)
 
+        params = np.stack([theta(u) for u in units]) if units else np.zeros((0, 6), np.float32)
         pstd = np.stack([spread(u) for u in units]) if units else np.zeros((0, 6), np.float32)
         extra = {"params": params.astype(np.float32), "param_std": pstd.astype(np.float32),
                  "param_names": PARAM_NAMES}
-        meta = {"rounds": st.rounds, "anatomy": self.anatomy.name,
-                "units": [{"shift_samples": u.info["shift_samples"], "round": u.info["round"],
+        meta = {"rounds": st.rounds, "anatomy": st.anatomy.name,
+                "units": [{"shift_samples": u.info.get("shift_samples"), "round": u.info.get("round"),
+                           "phase": u.info.get("phase"),
+                           "params_from": ("model search" if "theta" in u.info else
+                                           "subject fit" if u.cand in st.fixed_params else "none"),
                            "n_starts_converged": 1 + sum("theta" in i for i in u.absorbed)} for u in units],
                 "param_units": {"depth_mm": "mm", "x_mm": "mm", "log_fibres": "ln(fibres)", "iz_mm": "mm",
                                 "cv_m_s": "m/s", "length_mm": "mm"},
                 "param_std_meaning": "std of θ over the starts that converged to the unit (NaN: one start)"}
+        if st.fit_meta is not None:
+            meta["subject_model"] = st.fit_meta
         return extra, meta
 
     def settings_meta(self):
         d = as_dict(self.settings)
         d["anatomy"] = self.anatomy.name
         return d
+
+
+class SubjectModelProposer(ModelProposer):
+    """The model-informed search on top of a subject fit (``bmiss`` default, ``init="blind"``).
+
+    Runs as the second phase of the pipeline, after the blind (FastICA) units were accepted
+    and peeled: :func:`bmiss.fit.fit` fits the subject-level forward model (tissue, fibre
+    geometry, grid placement) and per-unit parameters to those units' spike-triggered MUAPs;
+    the search then proposes model filters within the FITTED anatomy for the units the blind
+    search missed.  Blind units get their properties from the fit, found units from the search.
+    When the fit is impossible (too few confident units), the search runs within the base
+    anatomy and ``meta["subject_model"]["error"]`` says why.
+    """
+
+    rec: object = None
+
+    def init(self, ws):
+        import time
+
+        from ... import fit as fit_mod
+        from ..finalize import finalize
+
+        t = time.perf_counter()
+        blind = sorted(ws.units or [], key=lambda u: u.cand)
+        dec = finalize(blind, fs=ws.fs, N=ws.N, n_ext=ws.n, method="cbss",
+                       meta={"channels_used": ws.prep.channels_used})
+        try:
+            sf = fit_mod.fit(self.rec, anatomy=self.anatomy, decomposition=dec, progress=False,
+                             seed=self.settings.seed)
+        except fit_mod.FitError as e:
+            st = self._init_with(ws, self.anatomy)
+            st.fit_meta = {"error": str(e), "anatomy": "base (not fitted)"}
+            return st
+        st = self._init_with(ws, sf.anatomy)
+        st.fixed_params = {blind[int(i)].cand: np.asarray(sf.unit_params[k], np.float32)
+                           for k, i in enumerate(sf.unit_index)}
+        st.fit_meta = {"subject": {k: [float(v[0]), float(v[1])] for k, v in sf.subject.items()},
+                       "overall_explained_variance": float(sf.overall_ev), "n_units_fitted": int(len(sf.unit_index)),
+                       "degenerate": list(sf.degenerate), "anatomy_toml": sf.toml(),
+                       "time_s": round(time.perf_counter() - t, 2)}
+        return st
