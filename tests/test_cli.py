@@ -269,6 +269,10 @@ def test_inputs_and_outputs_checked_before_the_work(work, tmp_path, capsys, monk
     for extra in ([], ["--force"]):
         assert main(["decompose", rec, "--method", "oracle", "--out", str(tmp_path), *extra]) == 2
         assert "is a folder" in _err_line(capsys, "decompose")
+    # simulate --figures: an existing PNG next to --out is an output too
+    (tmp_path / "sim.png").write_text("my figure")
+    assert main(["simulate", "--figures", "--out", str(tmp_path / "sim.npz")]) == 2
+    assert "sim.png exists" in _err_line(capsys, "simulate") and (tmp_path / "sim.png").read_text() == "my figure"
     # the recording as its own output
     assert main(["decompose", rec, "--method", "oracle", "--out", rec, "--force"]) == 2
     assert "also an input" in _err_line(capsys, "decompose")
