@@ -14,7 +14,8 @@ Per unit (see :func:`unit_properties`), in the units of the reference signal ``r
 * ``COV_isi``  ISI coefficient of variation on the plateau, else over the recording
   (:func:`bmiss.quality.cov_isi`, the project's one definition).
 * ``rate_slope``  rate-coding slope, pps per ``ref`` unit: least-squares line of the
-  instantaneous rate against ``ref`` at each discharge; ``rate_at_RT`` is that line at ``rel_RT``.
+  instantaneous rate against ``ref`` at the middle of each ISI (the last two ISIs of each run left out:
+  they are censored short); ``rate_at_RT`` is that line at ``rel_RT``.
 
 Pool level (:func:`fit_pool`), the parameters of :func:`bmiss.motoneurons.make_pool`
 (Fuglevand, Winter & Patla 1993) in the reference's units:
@@ -110,7 +111,7 @@ def _nanmedian(x) -> float:
 
 def unit_properties(spikes, fs: float, ref=None, *, n_samples: int | None = None, n_firings: int = 4,
                     max_isi_s: float = 0.4, steady: tuple[int, int] | None = None,
-                    half_isi: bool = False) -> dict:
+                    half_isi: bool = False, min_slope_span: float = 0.2) -> dict:
     """Motor-neuron parameters of one unit (see the module docstring for each field).
 
     spikes: int sample indices. fs: Hz. ref: [n_samples] reference signal or None (then only the
@@ -121,6 +122,8 @@ def unit_properties(spikes, fs: float, ref=None, *, n_samples: int | None = None
     draws it) fires on average half an ISI after the crossing; on a fast-changing reference that
     lag is a bias (a 0.5-Hz sinusoid of amplitude 0.1 moves 0.04 in one 8-Hz ISI). The default
     (False) is openhdemg's convention, the value at the discharge itself.
+    min_slope_span: the rate slope is only fitted when the unit's ISIs span at least this
+    fraction of the reference's range (NaN otherwise).
     """
     sp = _train(spikes)
     if ref is not None:
@@ -138,7 +141,7 @@ def unit_properties(spikes, fs: float, ref=None, *, n_samples: int | None = None
     out["first_discharge_s"], out["last_discharge_s"] = sp[0] / fs, sp[-1] / fs
     runs = firing_runs(sp, fs, max_isi_s=max_isi_s)
     out["n_runs"] = len(runs)
-    idr_all, t_all = [], []
+    idr_all, t_all, fit_mask = [], [], []
     rec_rates, derec_rates, rts, derts = [], [], [], []
     end = n_samples if n_samples is not None else int(sp[-1]) + 1
     for r in runs:
@@ -146,7 +149,11 @@ def unit_properties(spikes, fs: float, ref=None, *, n_samples: int | None = None
             continue
         rate = fs / np.diff(r).astype(np.float64)
         idr_all.append(rate)
-        t_all.append(r[1:])
+        t_all.append((r[1:] + r[:-1]) // 2)  # mid-ISI: the ISI integrates the drive over its length
+        # The last ISIs of a run are censored (a long interval that would end after the drive fell
+        # below threshold never ends in a discharge), so they are biased short: the slope fit
+        # leaves out the last two of every run.
+        fit_mask.append(np.arange(len(rate)) < len(rate) - 2)
         k = min(n_firings, len(rate))
         # A run that starts within one ISI of the recording's start (or ends within one of its end)
         # was already (still) active there: its first (last) discharge is not a threshold.
@@ -174,9 +181,12 @@ def unit_properties(spikes, fs: float, ref=None, *, n_samples: int | None = None
                 out["DR_all_steady"] = float(idr[m].mean())
                 in_st = sp[(sp >= steady[0]) & (sp < steady[1])]
                 out["COV_isi"] = float(cov_isi(in_st, fs))
-        x = ref[t]
-        if len(idr) >= 5 and np.ptp(x) > 0:
-            slope, icpt = np.polyfit(x, idr, 1)
+        fm = np.concatenate(fit_mask)
+        x, y = ref[t[fm]], idr[fm]
+        # a slope needs the unit to span a fair part of the reference (units recruited near the
+        # top of a contraction see too little of it to tell a slope from ISI noise)
+        if len(y) >= 5 and np.ptp(x) >= min_slope_span * max(float(np.ptp(ref)), 1e-12):
+            slope, icpt = np.polyfit(x, y, 1)
             out["rate_slope"] = float(slope)
             if np.isfinite(out["rel_RT"]):
                 out["rate_at_RT"] = float(icpt + slope * out["rel_RT"])
@@ -240,7 +250,9 @@ def fit_pool(props: Sequence[dict], *, ref_max_pool: float = 1.0, recruitment_en
         lo = out["recruitment_min"]
         hi = float(recruitment_end) if recruitment_end is not None else out["recruitment_max"]
         if np.ptp(rt[ok]) > 0:
-            b, a = np.polyfit(rt[ok], peak, 1)
+            from scipy.stats import theilslopes  # robust: one unit's noisy slope must not tilt the line
+
+            b, a = theilslopes(peak, rt[ok])[:2]
             out["peak_rate_first_hz"] = float(a + b * lo)
             out["peak_rate_last_hz"] = float(a + b * hi)
         else:
@@ -314,8 +326,9 @@ def compare_with_truth(props: Sequence[dict], pool_fit: dict, rec, pairs: Sequen
 
     def stats(d, scale=1.0):
         if len(d) == 0:
-            return {"n": 0, "mae": None, "rmse": None, "bias": None}
-        return {"n": int(len(d)), "mae": float(np.mean(np.abs(d)) / scale), "rmse": float(np.sqrt(np.mean(d**2)) / scale),
+            return {"n": 0, "mae": None, "median_ae": None, "rmse": None, "bias": None}
+        return {"n": int(len(d)), "mae": float(np.mean(np.abs(d)) / scale),
+                "median_ae": float(np.median(np.abs(d)) / scale), "rmse": float(np.sqrt(np.mean(d**2)) / scale),
                 "bias": float(np.mean(d) / scale)}
 
     errs = {

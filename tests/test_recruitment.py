@@ -41,7 +41,9 @@ def test_thresholds_recovered_on_a_ramp(ramp):
     assert np.all((dr_rec > 7.0) & (dr_rec < 11.5)), dr_rec
     slope = np.array([props[i]["rate_slope"] for i in used])
     gain = np.asarray(pool.gains, np.float64)[used]
-    assert np.median(np.abs(slope - gain) / gain) < 0.12
+    # units recruited near the top span too little of the reference for a slope: NaN, not a guess
+    assert np.isfinite(slope).sum() >= 15
+    assert np.nanmedian(np.abs(slope - gain) / gain) < 0.12
     cov = np.array([props[i]["COV_isi"] for i in used])
     assert abs(np.median(cov) - pool.isi_cov) < 0.03
     # plateau rate against the rate equation at the plateau level
