@@ -100,7 +100,7 @@ def decompose(rec: Recording | str | Path, method: str = "bmiss", *, progress: b
         dec = pipeline.decompose_cbss(rec.emg, rec.fs, progress=progress, **kw)
     elif method == "oracle":
         if rec.true_muaps is None:
-            raise ValueError("method 'oracle' needs the recording's true MUAPs (a simulated recording)")
+            raise UserError("method 'oracle' needs the recording's true MUAPs (a simulated recording)")
         kw.pop("seed", None)  # deterministic: nothing to seed
         dec = pipeline.decompose_oracle(rec.emg, rec.fs, rec.true_muaps, progress=progress, **kw)
     elif method == "bmiss":
@@ -110,7 +110,7 @@ def decompose(rec: Recording | str | Path, method: str = "bmiss", *, progress: b
         lay = electrodes.layout_of_anatomy(a)
         dec = pipeline.decompose_bmiss(rec, progress=progress, anatomy=a, **kw)
     else:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     dec.meta.setdefault("layout", electrodes.layout_meta(rec, lay))
     return dec
 

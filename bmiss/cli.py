@@ -223,6 +223,8 @@ def cmd_decompose(a) -> int:
     if a.extension_factor is not None:
         kw["R"] = a.extension_factor
     kw.update(_parse_settings(a.setting))
+    if a.deconvolve is not None:
+        kw["deconvolve"] = a.deconvolve
     if a.method == "bmiss":
         kw.update(anatomy=a.anatomy, forward=a.forward, init=a.init)
     elif a.anatomy is not None or a.forward != "conductor":
@@ -478,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-iter", type=_int_in(1, 10000), default=None, help="cbss: outer iterations; bmiss: rounds (1..10000)")
     d.add_argument("--extension-factor", type=_int_in(1, 256), default=None, metavar="R",
                    help="delayed copies per channel before whitening (1..256; default: about 1000 / n_channels)")
+    d.add_argument("--deconvolve", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-estimate the discharges by sparse deconvolution of the EMG with the units' MUAPs "
+                        "(default: off; the decomposition's meta records which was used)")
     d.add_argument("--init", choices=("blind", "model"), default="blind",
                    help="bmiss: 'blind' (default) = blind units, subject fit, then the model search for the missed "
                         "units; 'model' = the model search alone within the anatomy as given")

@@ -347,7 +347,7 @@ def prepare(emg, fs: float, *, R: int | None = None, band=(20.0, 500.0)) -> Prep
         R = extension_factor(n_good)
     R = int(R)
     if R < 1:
-        raise ValueError(f"extension factor R must be >= 1, got {R}")
+        raise BmissFileError(f"extension factor R must be >= 1, got {R} (--extension-factor)")
     need = min_samples(n_good, R)
     if N < need:
         raise BmissFileError(

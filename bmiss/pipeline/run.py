@@ -22,7 +22,7 @@ from ..io import Decomposition
 from . import refine as refine_mod
 from .accept import Unit, verdict
 from .dedupe import duplicates_of, merge
-from .finalize import finalize, onset_shift
+from .finalize import finalize, onset_shift, shift_source
 from .peel import peel_half, sta_best_lag, subtract, window_starts
 from .prepare import Prepared, prepare
 from .proposers.base import AbstractProposer, Done
@@ -130,6 +130,11 @@ def run(emg, fs: float, proposer: AbstractProposer, rules: Rules, *, method: str
         settings_meta.append({"proposer": type(prop).__name__, "rules": as_dict(rules_k), "settings": prop.settings_meta(),
                               "batch": int(batch_k)})
     t_search = time.perf_counter() - t1
+    deconv = None
+    if phases[-1][1].deconvolve and units:
+        tk = time.perf_counter()
+        deconv = _deconvolve(ws, units)
+        tm["deconvolve"] = time.perf_counter() - tk
     meta = {
         "settings": {"method": method, "rules": settings_meta[0]["rules"], "proposer": settings_meta[0]["settings"],
                      "batch": settings_meta[0]["batch"], "R": prep.R,
@@ -147,9 +152,35 @@ def run(emg, fs: float, proposer: AbstractProposer, rules: Rules, *, method: str
         "device_calls": log["device_calls"],
         "passes": log["passes"],
         "candidates": sorted(cand_log, key=lambda c: c["cand"]),
+        "deconvolved": deconv is not None,
+        **({"deconvolution": deconv} if deconv is not None else {}),
         **pmeta,
     }
     return finalize(units, fs=ws.fs, N=ws.N, n_ext=ws.n, method=method, meta=meta, extra=extra)
+
+
+def _deconvolve(ws: Workspace, units: list[Unit]) -> dict:
+    """Stage ``deconvolve``: every unit's discharges re-estimated from the band-passed EMG of the
+    used channels with the units' spike-triggered MUAPs (:mod:`bmiss.deconvolve`); units keep
+    their filter and source, their SIL/CoV are recomputed for the new trains."""
+    from .. import deconvolve as dc
+    from .. import quality
+    from .. import templates as tp
+
+    spikes = [u.spikes for u in units]
+    tpl = tp.spike_triggered_muaps(ws.prep.x, spikes, ws.fs, band=None)
+    res = dc.deconvolve(ws.prep.x, tpl.muaps, spikes, ws.fs, onset=tpl.onset, support=tpl.support)
+    for u, sp in zip(units, res.spikes):
+        u.spikes = np.asarray(sp, np.int64)
+        u.peaks = u.spikes - u.shift
+        s = shift_source(np.asarray(u.source, np.float64), -u.shift)  # peaks onto the discharges
+        sgn = 1.0 if len(u.spikes) == 0 or np.mean(s[np.clip(u.spikes, 0, ws.N - 1)]) >= 0 else -1.0
+        u.sil = quality.sil(sgn * s, u.spikes, ws.fs)
+        u.cov = quality.cov_isi(u.spikes)
+    out = res.summary()
+    out.pop("units", None)
+    out["units"] = [{k: v for k, v in r.items() if k != "unit"} for r in res.summary()["units"]]
+    return out
 
 
 def _search(ws: Workspace, proposer: AbstractProposer, state, rules: Rules, units: list[Unit], B: int,

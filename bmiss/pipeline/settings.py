@@ -47,6 +47,10 @@ class Rules:
         its spike-triggered average) when that one also passes acceptance: sharper peaks.
     align : discharge times on the onset of the unit's spike-triggered MUAP (``"onset"``), or
         on the lag the proposer knows (``"proposer"``, oracle).
+    deconvolve : after the search, re-estimate every unit's discharges by sparse deconvolution
+        of the EMG with the units' spike-triggered MUAPs (:func:`bmiss.deconvolve.deconvolve`:
+        non-negative, refractory, threshold from the noise level); off by default until the
+        benchmark shows it helps (``experiments/bench_deconvolve.py``).
     """
 
     R: int | None = None
@@ -68,6 +72,7 @@ class Rules:
     peel_floor: float = 0.0
     retime: bool = True
     align: str = "onset"
+    deconvolve: bool = False
 
     def __post_init__(self):
         if self.keep not in ("cov", "sil"):

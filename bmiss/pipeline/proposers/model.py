@@ -31,6 +31,7 @@ from jax.scipy.special import logit
 from scipy.stats import qmc
 
 from ... import anatomy as anatomy_mod
+from ...io import BmissFileError
 from ...conductor import PARAM_NAMES, Conductor
 from ..settings import ModelSettings, as_dict
 from .base import AbstractProposer, Proposal
@@ -145,7 +146,7 @@ def resolve_anatomy(rec, anatomy=None, grid=None, ied_mm=None):
             ch["ied_mm"] = float(ied_mm)
         a = a.with_grid(**ch)
     if a.grid.n_channels != rec.n_channels:
-        raise ValueError(
+        raise BmissFileError(
             f"the recording has {rec.n_channels} channels but anatomy {a.name!r} has a {a.grid.rows}x{a.grid.cols} "
             f"grid with {a.grid.n_channels} channels ({a.grid.montage}); pass --grid ROWSxCOLS --ied MM matching the "
             "recording (channels row-major over the grid)")
