@@ -640,9 +640,12 @@ def fit(rec: Recording, *, anatomy=None, electrode=None, decomposition=None, uni
         if "fat_mm" not in fixed and len(starts) > 1:
             m_start = eqx.tree_at(lambda m: (m.sub_fixed, m.sub_fixed_val), model,
                                   (model.sub_fixed.at[0].set(True), model.sub_fixed_val.at[0].set(s0[0])))
-        # the base start begins from the bank and gets twice the iterations of the warm-started profile points
-        theta, losses = _optimise((s0, U_start), m_start, obs[strong], w[strong],
-                                  n_steps_start * (2 if j == 0 else 1), optimiser, lr)
+        # the base start begins from the bank and gets twice the iterations of the warm-started profile
+        # points (two calls of the same compiled loop rather than a second compile)
+        theta, losses = _optimise((s0, U_start), m_start, obs[strong], w[strong], n_steps_start, optimiser, lr)
+        if j == 0:
+            theta, losses_b = _optimise(theta, m_start, obs[strong], w[strong], n_steps_start, optimiser, lr)
+            losses = jnp.concatenate([losses, losses_b])
         losses = np.asarray(losses)
         if t_first is None:
             t_first = time.perf_counter() - tc
