@@ -536,24 +536,76 @@ def deconvolve(emg, muaps, spikes: Sequence, fs: float, *, onset: int = 0, refra
 
 
 def deconvolve_recording(emg, spikes: Sequence, fs: float, *, band: tuple[float, float] | None = (20.0, 500.0),
-                         template_kw: dict | None = None, **kw) -> tuple[DeconvResult, object]:
+                         template_kw: dict | None = None, min_discharges: int = 10,
+                         **kw) -> tuple[DeconvResult, object]:
     """Templates by spike-triggered averaging (``bmiss.templates``), then :func:`deconvolve`.
 
-    emg: [n_channels, n_samples] µV as recorded; it is band-passed with the same zero-phase filter
-    the templates use (``band``, Hz) before deconvolving. Returns (result, templates).
+    This is the pipeline stage. emg: [n_channels, n_samples] µV as recorded (the channels the
+    decomposition used); it is band-passed with the same zero-phase filter the templates use
+    (``band``, Hz) before deconvolving. spikes: the filter stage's trains. Units with fewer than
+    ``min_discharges`` discharges at least 0.1 s from either end cannot get a template: they are
+    returned unchanged and marked ``frozen``. ``kw`` go to :func:`deconvolve`.
+    Returns (result for every unit, templates of the units that had one or None).
     """
     from . import templates as tpl_mod
 
+    x = np.asarray(emg, np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"emg must be [n_channels, n_samples], got shape {x.shape}")
+    N = x.shape[1]
+    sp = [np.unique(np.asarray(s, np.int64).ravel()) for s in spikes]
+    edge = int(round(0.1 * fs))
+    ok = [int(np.sum((s >= edge) & (s < N - edge))) >= min_discharges for s in sp]
+    idx = [i for i, o in enumerate(ok) if o]
+    if not idx:
+        return _unchanged(x, sp, fs), None
     tk = dict(template_kw or {})
     tk.setdefault("band", band)
-    tpl = tpl_mod.spike_triggered_muaps(emg, list(spikes), fs, **tk)
-    x = np.asarray(emg, np.float64)
+    tpl = tpl_mod.spike_triggered_muaps(x, [sp[i] for i in idx], fs, **tk)
     if tpl.band is not None:
         x = tpl_mod._bandpass(x, fs, tpl.band)
     else:
         x = x - x.mean(axis=1, keepdims=True)
     kw.setdefault("support", tpl.support)
-    return deconvolve(x, tpl.muaps, spikes, fs, onset=tpl.onset, **kw), tpl
+    res = deconvolve(x, tpl.muaps, [sp[i] for i in idx], fs, onset=tpl.onset, **kw)
+    if len(idx) == len(sp):
+        return res, tpl
+    return _expand(res, idx, sp), tpl
+
+
+def _unchanged(x, sp, fs) -> DeconvResult:
+    U = len(sp)
+    f, p = residual_psd(x - x.mean(axis=1, keepdims=True), fs)
+    z = np.zeros(U)
+    empty = [np.zeros(0, np.int64) for _ in range(U)]
+    return DeconvResult(spikes=list(sp), amplitudes=[np.ones(len(s)) for s in sp], added=empty, removed=list(empty),
+                        frozen=np.ones(U, bool), sigma=z, energy=z, detectability=z, ve_before=0.0, ve_after=0.0,
+                        ve_unit_before=z, ve_unit_after=z, psd_freqs_hz=f, psd_before=p, psd_after=p,
+                        settings={"solver": "none: no unit had enough discharges for a template"})
+
+
+def _expand(res: DeconvResult, idx: list, sp: list) -> DeconvResult:
+    """Result on a subset of units -> result on all (the others unchanged, frozen)."""
+    U = len(sp)
+    pos = {i: k for k, i in enumerate(idx)}
+
+    def pick(lst, default):
+        return [lst[pos[i]] if i in pos else default(i) for i in range(U)]
+
+    def arr(a, fill):
+        out = np.full(U, fill, dtype=np.asarray(a).dtype)
+        out[idx] = a
+        return out
+
+    none = lambda i: np.zeros(0, np.int64)  # noqa: E731
+    res.spikes = pick(res.spikes, lambda i: sp[i])
+    res.amplitudes = pick(res.amplitudes, lambda i: np.ones(len(sp[i])))
+    res.added, res.removed = pick(res.added, none), pick(res.removed, none)
+    res.frozen = arr(res.frozen, True)
+    for name in ("sigma", "energy", "detectability", "ve_unit_before", "ve_unit_after"):
+        setattr(res, name, arr(getattr(res, name), np.nan))
+    res.settings["units_without_template"] = [i for i in range(U) if i not in pos]
+    return res
 
 
 def save_deconv_json(path, result: DeconvResult, *, force: bool = False) -> Path:

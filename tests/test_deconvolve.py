@@ -158,3 +158,18 @@ def test_bad_input_is_rejected():
         deconvolve(X, np.ones((1, 3, 10), np.float32), [np.array([5])], FS)
     with pytest.raises(ValueError, match="onset"):
         deconvolve(X, np.ones((1, 4, 10), np.float32), [np.array([5])], FS, onset=10)
+
+
+def test_recording_stage_keeps_units_without_a_template(superimposed):
+    """The pipeline stage: STA templates, and a unit with too few discharges passes through."""
+    from bmiss.deconvolve import deconvolve_recording
+
+    d = superimposed
+    few = d["b"][:4]
+    res, tpl = deconvolve_recording(d["X"], [d["inp"][0], d["inp"][1], few], FS, band=None)
+    assert tpl.n_units == 2 and len(res.spikes) == 3
+    assert res.frozen[2] and res.settings["units_without_template"] == [2]
+    np.testing.assert_array_equal(res.spikes[2], few)
+    assert _near(d["missing_a"], res.spikes[0]).all()
+    assert _near(res.added[0], d["a"]).all() and _near(res.added[1], d["b"]).all()
+    assert res.summary()["units"][2]["frozen"]
