@@ -538,9 +538,13 @@ def fit(rec: Recording, *, anatomy=None, electrode=None, decomposition=None, uni
         raise FitError(f"only {len(order)} unit(s) with a MUAP average >= {min_template_snr}x its noise energy; "
                        "cannot fit a subject model")
     order = np.sort(order)
-    tpl = Templates(muaps=tpl.muaps[order], noise_std=tpl.noise_std[order], onset=tpl.onset, window=tpl.window,
-                    support=tpl.support[order], n_discharges=tpl.n_discharges[order], fs=tpl.fs, band=tpl.band,
-                    truncated=tpl.truncated[order])
+    # the common window of the kept units only (weak units' supports are noise and would widen it)
+    w0 = int(max(min(tpl.support[order, 0].min(), 0), tpl.window[0]))
+    w1 = int(min(max(tpl.support[order, 1].max(), 1), tpl.window[1]))
+    sl = slice(w0 - tpl.window[0], w1 - tpl.window[0])
+    tpl = Templates(muaps=tpl.muaps[order][..., sl], noise_std=tpl.noise_std[order][..., sl], onset=-w0,
+                    window=(w0, w1), support=tpl.support[order], n_discharges=tpl.n_discharges[order], fs=tpl.fs,
+                    band=tpl.band, truncated=tpl.truncated[order])
     idx = idx[order]
     fs = rec.fs
     q = int(fs // 2048) if tpl.band is not None and tpl.band[1] * 3 <= fs / max(int(fs // 2048), 1) else 1

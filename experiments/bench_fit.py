@@ -44,6 +44,8 @@ def _truth_dec(rec) -> Decomposition:
 
 def one(anatomy: str, seed: int, duration: float, snr: float | None, n_units: int, spikes: str, fit_kw: dict) -> dict:
     d = draw(seed)
+    fit_kw = dict(fit_kw)
+    do_warm = fit_kw.pop("_warm", False)
     t = time.perf_counter()
     rec = bmiss.simulate(anatomy, duration_s=duration, snr_db=snr, seed=seed, n_units=n_units,
                          tissue_overrides={"fat_thickness_mm": d["fat_mm"], "skin_thickness_mm": d["skin_mm"]},
@@ -58,7 +60,7 @@ def one(anatomy: str, seed: int, duration: float, snr: float | None, n_units: in
         return {"seed": seed, "truth": d, "error": str(e)}
     fit_s = time.perf_counter() - t
     warm = None
-    if fit_kw.pop("_warm", False):
+    if do_warm:
         # the same call again: every jitted function is cached, so this is the after-JIT time
         f2 = fit_mod.fit(rec, decomposition=dec, progress=False, seed=seed, **fit_kw)
         warm = dict(f2.timing)
