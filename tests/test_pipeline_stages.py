@@ -193,7 +193,7 @@ def test_settings_resolve_routes_and_rejects():
     rules, fi = settings.resolve("cbss", n_iter=7, sil_threshold=0.8, R=12)
     assert fi.n_iter == 7 and rules.sil_threshold == 0.8 and rules.R == 12
     rules, ms = settings.resolve("bmiss", n_rounds=2)
-    assert ms.n_rounds == 2 and rules.keep == "sil" and rules.sil_threshold == 0.85
+    assert ms.n_rounds == 2 and rules.keep == "sil" and rules.deconvolve and not settings.Rules().deconvolve
     with pytest.raises(settings.SettingsError, match="did you mean 'n_iter'"):
         settings.resolve("cbss", n_itr=3)
     with pytest.raises(ValueError, match="contrast"):

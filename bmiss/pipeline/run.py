@@ -165,11 +165,9 @@ def _deconvolve(ws: Workspace, units: list[Unit]) -> dict:
     their filter and source, their SIL/CoV are recomputed for the new trains."""
     from .. import deconvolve as dc
     from .. import quality
-    from .. import templates as tp
 
-    spikes = [u.spikes for u in units]
-    tpl = tp.spike_triggered_muaps(ws.prep.x, spikes, ws.fs, band=None)
-    res = dc.deconvolve(ws.prep.x, tpl.muaps, spikes, ws.fs, onset=tpl.onset, support=tpl.support)
+    # units with too few usable discharges for a spike-triggered MUAP pass through unchanged
+    res, _ = dc.deconvolve_recording(ws.prep.x, [u.spikes for u in units], ws.fs, band=None)
     for u, sp in zip(units, res.spikes):
         u.spikes = np.asarray(sp, np.int64)
         u.peaks = u.spikes - u.shift

@@ -50,7 +50,7 @@ class Rules:
     deconvolve : after the search, re-estimate every unit's discharges by sparse deconvolution
         of the EMG with the units' spike-triggered MUAPs (:func:`bmiss.deconvolve.deconvolve`:
         non-negative, refractory, threshold from the noise level); off by default until the
-        benchmark shows it helps (``experiments/bench_deconvolve.py``).
+        benchmark shows it helps (``experiments/bench_deconvolve.py``); on for ``bmiss``.
     """
 
     R: int | None = None
@@ -167,7 +167,10 @@ class ModelSettings:
 #: shared-rule defaults of each method (what differs is named here, not copied into code)
 METHOD_RULES = {
     "cbss": Rules(),
-    "bmiss": Rules(sil_threshold=0.85, keep="sil", flip=False, peel_floor=3.0),
+    # model phase: the blind phase's SIL threshold (0.85 let mixtures through on mismatched
+    # recordings: tests/test_bmiss.py), deconvolution on (experiments/bench_deconvolve.py: more
+    # units at RoA >= 0.9 or higher mean RoA at 20 and 10 dB, no false unit added)
+    "bmiss": Rules(sil_threshold=0.9, keep="sil", flip=False, peel_floor=3.0, deconvolve=True),
     "oracle": Rules(flip=False, refine=False, accept_all=True, dedupe=False, peel=False, retime=False,
                     align="proposer"),
 }
