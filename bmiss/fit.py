@@ -470,7 +470,7 @@ def _phys_all(model: _Model, flat, ns, n):
 # ----------------------------------------------------------------------------- public
 def fit(rec: Recording, *, anatomy=None, electrode=None, decomposition=None, units=None,
         min_sil: float = 0.85, max_cov: float = 0.4, min_discharges: int = 30, max_units: int = 30,
-        min_template_snr: float = 20.0, band=(20.0, 500.0), n_starts: int = 4, n_steps: int = 100,
+        min_template_snr: float = 10.0, band=(20.0, 500.0), n_starts: int = 4, n_steps: int = 100,
         n_steps_start: int = 40, lr: float = 0.05, n_bank: int = 256, start_units: int = 8,
         optimiser: str = "lbfgs", gain_prior_sd: float = 0.5,
         prior_sd=(0.1, 0.5, 0.1), seed: int = 0, laplace: bool = True, progress: bool = True,

@@ -125,7 +125,7 @@ def run_real(methods, duration, seed, do_fit, progress):
     if not DATA.is_file():
         return {"recording": "real", "note": f"{DATA} is absent (see shared/data/README.md)"}
     try:
-        rec = bmiss.io.load_recording(DATA, electrode="GR10MM0808")
+        rec = bmiss.io.load_recording(DATA, fs=10240.0, electrode="GR10MM0808")  # rate from shared/data/README.md
     except Exception as e:  # noqa: BLE001 - the reader belongs to another module; say why and go on
         return {"recording": "real", "note": f"could not read {DATA.name}: {type(e).__name__}: {e}"}
     if duration and duration < rec.duration_s:
