@@ -216,7 +216,7 @@ def fit(rec: Recording | str | Path, *, anatomy=None, electrode=None, progress: 
     """
     from . import fit as fit_mod
 
-    src = str(rec) if not isinstance(rec, Recording) else ""
+    src = kw.pop("source", None) or (str(rec) if not isinstance(rec, Recording) else "")
     rec = _as_recording(rec)
     return fit_mod.fit(rec, anatomy=anatomy, electrode=electrode, progress=progress, source=src, **kw)
 
