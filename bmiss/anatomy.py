@@ -368,7 +368,7 @@ def from_dict(raw: dict, source: str = "<dict>", text: str = "") -> Anatomy:
             raise AnatomyError(f"{source}: [{sec}] has unknown key {k!r}{_did_you_mean(k, keys)}; allowed: "
                                f"{', '.join(keys)}")
         layout = None
-        if sec == "grid" and raw[sec].get("electrode"):
+        if sec == "grid" and raw[sec].get("electrode") and _is_named(raw[sec]["electrode"], raw[sec]):
             layout = _grid_layout(raw[sec], source)
         vals = {}
         for key, (typ, lo, hi, unit) in keys.items():
@@ -432,6 +432,16 @@ _LAYOUT_KEYS = {
     "channel_order": lambda lay: tuple(map(tuple, lay.channel_map.tolist())),
     "electrode_radius_mm": lambda lay: float(lay.electrode_diameter_mm or 1.0) / 2,
 }
+
+
+def _is_named(code, g: dict) -> bool:
+    """A registry grid code fills the grid in; any other ``electrode`` value ("row-major",
+    "recording", a custom map's name) is a label, and then ``channel_order`` must be given."""
+    from . import electrodes
+
+    if not isinstance(code, str):
+        return True  # let _grid_layout report the bad value
+    return electrodes.canonical_code(code) is not None or "channel_order" not in g
 
 
 def _grid_layout(g: dict, source: str):

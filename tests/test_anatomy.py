@@ -162,3 +162,22 @@ def test_folders_do_not_shadow_or_crash(tmp_path, monkeypatch):
     assert anatomy.load("biceps_brachii").name == "biceps_brachii"
     with pytest.raises(AnatomyError, match="is a folder"):
         anatomy.load(tmp_path)
+
+
+def test_custom_and_recording_layouts_round_trip_through_toml():
+    """Layouts without a registry code (row-major, a recording's own map, a custom file) survive
+    to_toml/from_dict: the electrode value is then a label and channel_order carries the order."""
+    from bmiss import electrodes as E
+    from bmiss.io import Recording
+
+    cm = E.load_layout("GR08MM1305").channel_map[::-1]
+    rec = Recording(emg=np.zeros((64, 1000), np.float32), fs=2048.0, channel_map=cm, ied_mm=8.0)
+    a = anatomy.load("biceps_brachii").with_layout(E.layout_of(rec))
+    assert a.grid.electrode == "recording"
+    b = anatomy.from_dict(tomllib.loads(anatomy.to_toml(a)))
+    assert b.grid == a.grid
+    np.testing.assert_array_equal(b.grid.electrode_positions()[1], cm)
+    raw = _raw()
+    raw["grid"]["electrode"] = "my-grid"  # a label without channel_order: not a known code
+    with pytest.raises(AnatomyError, match="unknown electrode"):
+        anatomy.from_dict(raw)
