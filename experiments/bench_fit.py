@@ -111,10 +111,11 @@ def main(argv=None):
     ap.add_argument("--n-steps", type=int, default=None)
     ap.add_argument("--max-units", type=int, default=None)
     ap.add_argument("--no-laplace", action="store_true")
+    ap.add_argument("--fix", nargs="*", default=[], help="subject parameters held at the base value (e.g. anisotropy)")
     ap.add_argument("--warm", action="store_true", help="repeat the first draw's fit to time it after JIT")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
-    fit_kw = {"laplace": not a.no_laplace}
+    fit_kw = {"laplace": not a.no_laplace, "fix": tuple(a.fix)}
     if a.n_steps:
         fit_kw["n_steps"] = a.n_steps
     if a.max_units:
