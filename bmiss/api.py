@@ -1,10 +1,11 @@
 """The notebook API: ``simulate``, ``decompose``, ``evaluate``, ``export`` (the CLI calls these)."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
-import functools
+import numpy as np
 
 from .io import (BmissFileError, Decomposition, Recording, atomic_write, load_decomposition, load_recording,
                  recording_fingerprint)
@@ -154,7 +155,24 @@ def evaluate(dec: Decomposition | str | Path, rec: Recording | str | Path, *, or
     return metrics.evaluate(dec, rec, **kw)
 
 
-EXPORT_FORMATS = ("openhdemg", "csv", "tsv", "json")
+EXPORT_FORMATS = ("openhdemg", "csv", "tsv", "json", "mu-csv", "mu-json", "drive-csv", "drive-json")
+
+
+def _unit_quality(dec: Decomposition) -> list[dict]:
+    """Blind quality per unit: the decomposer's stored SIL/PNR/CoV (one definition,
+    :mod:`bmiss.quality`), recomputed only where a file lacks them."""
+    from . import quality as q
+
+    out = []
+    for i in range(dec.n_units):
+        row = {"n_spikes": int(len(dec.spikes[i])), "rate_hz": q.discharge_rate(dec.spikes[i], dec.fs)}
+        for key, stored, compute in (("sil", dec.sil, lambda: q.sil(dec.sources[i], dec.spikes[i], dec.fs)),
+                                     ("pnr_db", dec.pnr_db, lambda: q.pnr(dec.sources[i], dec.spikes[i], dec.fs)),
+                                     ("cov_isi", dec.cov_isi, lambda: q.cov_isi(dec.spikes[i]))):
+            v = float(stored[i]) if stored is not None and i < len(stored) else float("nan")
+            row[key] = v if np.isfinite(v) else compute()
+        out.append(row)
+    return out
 
 
 def export(dec: Decomposition | str | Path, out: str | Path, fmt: str | None = None, *,
@@ -187,7 +205,9 @@ def export(dec: Decomposition | str | Path, out: str | Path, fmt: str | None = N
         return formats.save_openhdemg(out, dec, rec, force=force)
     if fmt == "tsv":
         return formats.save_events_tsv(out, dec, force=force)
-    quality = [metrics.unit_quality(dec.sources[i], dec.spikes[i], dec.fs) for i in range(dec.n_units)]
+    if fmt in ("mu-csv", "mu-json", "drive-csv", "drive-json"):
+        return _export_neural(dec, out, fmt, rec, force=force, dec_name=dec_name)
+    quality = _unit_quality(dec)
     if fmt == "csv":
         return formats.save_summary_csv(out, dec, quality, force=force)
     if fmt == "json":
@@ -200,10 +220,37 @@ def export(dec: Decomposition | str | Path, out: str | Path, fmt: str | None = N
                     if dec.param_std is not None:
                         u[n + "_std"] = float(dec.param_std[i, j])
             units.append(u)
-        doc = {"method": dec.method, "fs": dec.fs, "n_units": dec.n_units, "units": units, "meta": dec.meta}
+        from .quality import SIL_DEFINITION
+
+        doc = {"method": dec.method, "fs": dec.fs, "n_units": dec.n_units, "sil_definition": SIL_DEFINITION,
+               "units": units, "meta": dec.meta}
         text = json.dumps(metrics._jsonable(doc), indent=1)
         return atomic_write(out, lambda tmp: Path(tmp).write_text(text), force=force)
     raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+
+
+def _export_neural(dec, out, fmt, rec, *, force, dec_name):
+    """Motor-neuron properties (``mu-*``: thresholds, rates, rate-coding slope, pool fit) or the
+    neural drive (``drive-*``: smoothed rates and cumulative spike train) of a decomposition;
+    the reference is the recording's force/reference signal, else a simulation's excitation."""
+    from . import drive, recruitment
+
+    if rec is not None:
+        rec_name = str(rec) if isinstance(rec, (str, Path)) else "the recording"
+        rec = _as_recording(rec)
+        check_pair(dec, rec, dec_name=dec_name, rec_name=rec_name)
+    if fmt.startswith("mu-"):
+        p = recruitment.decomposition_properties(dec, rec)
+        if fmt == "mu-csv":
+            return recruitment.save_mu_properties_csv(out, p["mu_properties"], ref_unit=p["ref_unit"], force=force,
+                                                      extra={"SIL": ("ratio", dec.sil), "PNR": ("dB", dec.pnr_db)})
+        return recruitment.save_mu_properties_json(out, p["mu_properties"], p["pool_fit"], ref_unit=p["ref_unit"],
+                                                   force=force)
+    ref, unit = recruitment.reference_signal(rec) if rec is not None else (None, "")
+    d = drive.drive_of(dec, rec)
+    if fmt == "drive-csv":
+        return drive.save_drive_csv(out, d, reference=ref, reference_name="ref_signal", reference_unit=unit, force=force)
+    return drive.save_drive_json(out, d, reference=ref, reference_unit=unit, force=force)
 
 
 def fit(rec: Recording | str | Path, *, anatomy=None, electrode=None, progress: bool = True, **kw):

@@ -320,6 +320,12 @@ def cmd_figures(a) -> int:
     if dec is not None:
         jobs.append(("raster.png", lambda p: figures.raster(dec.spikes, dec.fs, excitation=rec.excitation,
                                                            n_samples=rec.n_samples, path=p)))
+        if dec.n_units:
+            from . import drive, recruitment
+
+            ref, ref_unit = recruitment.reference_signal(rec)
+            jobs.append(("drive.png", lambda p: figures.drive_rates(drive.drive_of(dec, rec), reference=ref, path=p,
+                                                                    ref_label=ref_unit or "reference")))
         if rec.has_truth:
             rep = api.evaluate(dec, rec, check=False)  # checked above
             jobs.append(("vs_truth.png", lambda p: figures.decomposition_vs_truth(dec, rec, rep, path=p)))
@@ -505,7 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a decomposition (openhdemg JSON, CSV, events TSV, JSON)")
     x.add_argument("decomposition")
     x.add_argument("--out", required=True)
-    x.add_argument("--format", choices=("openhdemg", "csv", "tsv", "json"), default=None)
+    x.add_argument("--format", choices=("openhdemg", "csv", "tsv", "json", "mu-csv", "mu-json", "drive-csv", "drive-json"),
+                   default=None, help="mu-*: motor-neuron properties (thresholds, rates, pool fit); drive-*: neural "
+                                      "drive (smoothed rates, cumulative spike train); both use --recording's "
+                                      "reference/force signal when given")
     x.add_argument("--recording", default=None, help="needed for openhdemg (RAW_SIGNAL)")
     x.add_argument("--force", action="store_true")
     x.set_defaults(func=cmd_export)

@@ -131,20 +131,40 @@ def test_export_each_format(work, capsys):
     assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_export_motor_neuron_properties_and_drive(work):
+    dec = bio.load_decomposition(work / "oracle.npz")
+    active = [i for i in range(dec.n_units) if len(dec.spikes[i]) >= 5]
+    d = work / "export_mn"
+    assert main(["export", str(work / "oracle.npz"), "--recording", str(work / "rec.npz"), "--format", "mu-csv",
+                 "--out", str(d / "mu.csv")]) == 0
+    lines = (d / "mu.csv").read_text().splitlines()
+    head, units = lines[0].split(","), lines[1].split(",")
+    assert units[0] == "# units" and "rel_RT" in head and "DR_all" in head
+    rows = [dict(zip(head, ln.split(","))) for ln in lines[2:]]
+    assert len(rows) == dec.n_units
+    # recruitment thresholds are fractions of the simulated excitation (0..1) for active units
+    rt = [float(r["rel_RT"]) for r in rows if r["rel_RT"] not in ("", "nan")]
+    assert rt and all(0.0 <= v <= 1.0 for v in rt) and len(rt) >= len(active) // 2
+    assert main(["export", str(work / "oracle.npz"), "--recording", str(work / "rec.npz"), "--format", "drive-json",
+                 "--out", str(d / "drive.json")]) == 0
+    doc = json.loads((d / "drive.json").read_text())
+    assert doc["n_units"] == dec.n_units and max(v for v in doc["cst_smoothed_pps"] if v is not None) > 0
+
+
 def test_figures(work, capsys, monkeypatch):
     from bmiss import figures
 
     drawn = {}
-    for name in ("simulation_overview", "muap_map", "emg_stretch", "raster", "decomposition_vs_truth"):
+    for name in ("simulation_overview", "muap_map", "emg_stretch", "raster", "decomposition_vs_truth", "drive_rates"):
         orig = getattr(figures, name)
         monkeypatch.setattr(figures, name, lambda *a, _f=orig, _n=name, **k: drawn.setdefault(_n, _f(*a, **k)))
     out = work / "figs"
     assert main(["figures", str(work / "rec.npz"), "--decomposition", str(work / "oracle.npz"), "--out", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["emg.png", "muaps.png", "overview.png", "raster.png", "vs_truth.png"]
+    assert names == ["drive.png", "emg.png", "muaps.png", "overview.png", "raster.png", "vs_truth.png"]
     for p in out.iterdir():
         assert p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 5000
-    assert len(drawn) == 5
+    assert len(drawn) == 6
     for name, fig in drawn.items():  # each figure shows data, not empty axes
         assert max(len(_visible(ax)) for ax in fig.axes) >= 5, name
     # a second run refuses before writing anything; --force rewrites
