@@ -137,7 +137,9 @@ class ModelSettings:
     n_probe, probe_shifts : Latin-hypercube probe of the parameter space, time shifts (samples).
     n_starts, n_steps, lr : diverse starts per round, Adam steps and learning rate.
     contrast : ``"skew"``, ``"kurtosis"`` or ``"logcosh"`` of the source.
-    fit_samples, probe_samples : random data samples the loss / probe scores use.
+    fit_s, probe_s : seconds of randomly drawn data samples the loss / the probe scores use
+        (in seconds, not samples, so that a 10,240-Hz recording gets the same evidence as a
+        2,048-Hz one: 4 s = 8192 samples at 2048 Hz).
     max_units : stop after this many units.
     """
 
@@ -152,8 +154,8 @@ class ModelSettings:
     n_steps: int = 30
     lr: float = 0.08
     contrast: str = "skew"
-    fit_samples: int = 8192
-    probe_samples: int = 4096
+    fit_s: float = 4.0
+    probe_s: float = 2.0
     max_units: int = 128
     seed: int = 0
 

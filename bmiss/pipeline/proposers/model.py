@@ -192,8 +192,9 @@ class ModelProposer(AbstractProposer):
         rng = np.random.default_rng(s.seed)
         st = _State()
         st.model, st.anatomy, st.fixed_params, st.fit_meta = model, a, {}, None
-        st.fit_idx = jnp.asarray(np.sort(rng.choice(ws.N, size=min(s.fit_samples, ws.N), replace=False)))
-        st.probe_idx = jnp.asarray(np.sort(rng.choice(ws.N, size=min(s.probe_samples, ws.N), replace=False)))
+        n_fit, n_probe = (min(int(round(sec * fs)), ws.N) for sec in (s.fit_s, s.probe_s))
+        st.fit_idx = jnp.asarray(np.sort(rng.choice(ws.N, size=n_fit, replace=False)))
+        st.probe_idx = jnp.asarray(np.sort(rng.choice(ws.N, size=n_probe, replace=False)))
         u_th = np.asarray(logit(jnp.asarray(np.clip(qmc.LatinHypercube(d=6, seed=rng).random(s.n_probe), 1e-3,
                                                             1 - 1e-3))))
         shifts = np.asarray(s.probe_shifts, np.float32)
