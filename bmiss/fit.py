@@ -66,6 +66,7 @@ from . import anatomy as anatomy_mod
 from .anatomy import Anatomy
 from .conductor import PARAM_NAMES, Conductor, Tissue
 from .io import Recording, atomic_write
+from .io import json_default as _json_default
 from .templates import Templates, explained_variance, spike_triggered_muaps
 
 SUBJECT_NAMES = ("fat_mm", "skin_mm", "anisotropy", "rotation_deg", "dz_mm", "length_pop_mm", "cv_pop_m_s",
@@ -333,14 +334,6 @@ class SubjectFit:
         return atomic_write(path, lambda tmp: Path(tmp).write_text(text), force=force)
 
 
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def provenance() -> dict:

@@ -398,16 +398,19 @@ def save_recording_npz(path, rec: Recording, *, force: bool = True) -> Path:
     return _save_npz(path, arrays, force)
 
 
-def _json_default(o):
+def json_default(o):
+    """``json.dumps(default=...)`` for numpy scalars/arrays; anything else by its ``str`` (a
+    meta field of an odd type must never cost a finished decomposition its file)."""
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):
         return float(o)
     if isinstance(o, np.ndarray):
         return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
+    return str(o)
+
+
+_json_default = json_default
 
 
 def _need_file(path) -> Path:

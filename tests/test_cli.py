@@ -16,6 +16,8 @@ from bmiss import cli
 from bmiss import io as bio
 from bmiss.cli import main
 
+from plotcheck import visible
+
 TINY = ["--duration", "3", "--n-units", "8", "--seed", "0", "--snr", "20"]
 
 
@@ -28,19 +30,8 @@ def _err_line(capsys, cmd: str) -> str:
 
 
 def _visible(ax) -> list[np.ndarray]:
-    """Polylines of ``ax`` with a point inside the view and a non-zero y range (a blank axes: [])."""
-    segs = [np.column_stack([np.atleast_1d(ln.get_xdata()), np.atleast_1d(ln.get_ydata())]) for ln in ax.lines]
-    for c in ax.collections:
-        if hasattr(c, "get_segments"):
-            segs += [np.asarray(sg) for sg in c.get_segments()]
-    (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
-    out = []
-    for sg in segs:
-        sg = np.asarray(sg, float).reshape(-1, 2)
-        sg = sg[(sg[:, 0] >= x0) & (sg[:, 0] <= x1) & (sg[:, 1] >= y0) & (sg[:, 1] <= y1)]
-        if len(sg) > 1 and np.ptp(sg[:, 1]) > 0:
-            out.append(sg)
-    return out
+    """Polylines of ``ax`` with more than one point inside the view and a non-zero y range."""
+    return [sg for sg in visible(ax) if len(sg) > 1 and np.ptp(sg[:, 1]) > 0]
 
 
 @pytest.fixture(scope="module")
