@@ -652,8 +652,6 @@ def recording_fingerprint(rec: Recording) -> dict:
     C-ordered float32 bytes (what ``.npz`` recordings store), so a saved and reloaded recording
     keeps its fingerprint. Costs about 10 ms per 10 MB of EMG.
     """
-    import hashlib
-
     emg = np.ascontiguousarray(rec.emg, dtype=np.float32)
     return {"fs": float(rec.fs), "n_samples": int(emg.shape[1]), "n_channels": int(emg.shape[0]),
             "emg_sha256": hashlib.sha256(emg.tobytes()).hexdigest()}

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .quality import SIL_DEFINITION, cov_isi, discharge_rate, ms_to_samples, pnr, sil, tol_samples
+from .quality import cov_isi, discharge_rate, ms_to_samples, pnr, sil, tol_samples  # noqa: F401 (re-exported)
 
 __all__ = [
     "tol_samples",

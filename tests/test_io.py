@@ -1,6 +1,5 @@
 """Recording/decomposition files: round trips, hostile inputs, atomic writes, the reader registry."""
 import logging
-import os
 import subprocess
 import sys
 
