@@ -73,6 +73,9 @@ def test_accept_rule():
     assert verdict(9, 0.99, r) == "few_spikes"
     assert verdict(50, 0.89, r) == "low_sil"
     assert verdict(0, 0.0, settings.Rules(accept_all=True)) == "accepted"
+    assert verdict(50, 0.95, settings.Rules(max_cov=0.5), cov=0.6) == "irregular"
+    assert verdict(50, 0.95, settings.Rules(max_cov=0.5), cov=0.4) == "accepted"
+    assert verdict(50, 0.95, r, cov=5.0) == "accepted"  # no limit by default (cbss)
 
 
 def _unit(spikes, sil, cov, cand):

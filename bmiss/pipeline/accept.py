@@ -1,7 +1,8 @@
 """Stage ``accept``: a refined candidate becomes a :class:`Unit` or is rejected.
 
-Rule: accepted when ``SIL >= rules.sil_threshold`` and it has ``>= rules.min_spikes``
-discharges (SIL as defined in :mod:`bmiss.quality`); ``rules.accept_all`` keeps every
+Rule: accepted when ``SIL >= rules.sil_threshold``, it has ``>= rules.min_spikes``
+discharges (SIL as defined in :mod:`bmiss.quality`) and, with ``rules.max_cov``, its CoV of ISI
+is at most that; ``rules.accept_all`` keeps every
 candidate (the oracle reports one unit per true MU, however poor).
 """
 from __future__ import annotations
@@ -39,12 +40,15 @@ class Unit:
     absorbed: list = field(default_factory=list)
 
 
-def verdict(n_spikes: int, sil: float, rules: Rules) -> str:
-    """``"accepted"``, ``"few_spikes"`` or ``"low_sil"``."""
+def verdict(n_spikes: int, sil: float, rules: Rules, cov: float | None = None) -> str:
+    """``"accepted"``, ``"few_spikes"``, ``"low_sil"`` or ``"irregular"`` (CoV of ISI above
+    ``rules.max_cov``)."""
     if rules.accept_all:
         return "accepted"
     if n_spikes < rules.min_spikes:
         return "few_spikes"
     if not sil >= rules.sil_threshold:
         return "low_sil"
+    if rules.max_cov is not None and cov is not None and cov > rules.max_cov:
+        return "irregular"
     return "accepted"

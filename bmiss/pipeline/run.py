@@ -76,9 +76,9 @@ def _peel_and_retime(ws: Workspace, unit: Unit, log: dict) -> None:
     if rules.peel:
         ws.zt, ws.act = subtract(ws.zt, starts, n_ok, ws.act, sta, jnp.float32(rules.peel_floor))
     n_s, sil_s = int(det_s["n_spikes"]), float(det_s["sil"])
-    if rules.retime and verdict(n_s, sil_s, rules) == "accepted":
+    cov_s = float(det_s["cov_isi"])
+    if rules.retime and verdict(n_s, sil_s, rules, cov_s) == "accepted":
         # best-lag filter: its peaks sit `lag` samples after the old ones
-        cov_s = float(det_s["cov_isi"])
         unit.shift -= int(lag)
         unit.w, unit.source, unit.sil = np.asarray(w_s), np.asarray(s_s), sil_s
         unit.cov = cov_s if np.isfinite(cov_s) else np.inf
@@ -108,8 +108,8 @@ def run(emg, fs: float, proposer: AbstractProposer, rules: Rules, *, method: str
     phases = [(proposer, rules, batch, total)] + [(p, r, b, None) for p, r, b in (then or [])]
     units: list[Unit] = []
     cand_log: list[dict] = []
-    log = {"accepted": 0, "rejected_sil": 0, "rejected_spikes": 0, "duplicates": 0, "device_calls": 0, "passes": 0,
-           "retimed": 0}
+    log = {"accepted": 0, "rejected_sil": 0, "rejected_spikes": 0, "rejected_cov": 0, "duplicates": 0,
+           "device_calls": 0, "passes": 0, "retimed": 0}
     tm = {"init": 0.0, "propose": 0.0, "pool": 0.0, "accept": 0.0, "peel": 0.0, "update": 0.0}
     t1 = time.perf_counter()
     pmeta, extra, settings_meta = {}, {}, []
@@ -147,6 +147,7 @@ def run(emg, fs: float, proposer: AbstractProposer, rules: Rules, *, method: str
         "n_candidates": len(cand_log),
         "n_rejected_sil": log["rejected_sil"],
         "n_rejected_spikes": log["rejected_spikes"],
+        "n_rejected_cov": log["rejected_cov"],
         "n_duplicates": log["duplicates"],
         "n_best_lag": log["retimed"],
         "device_calls": log["device_calls"],
@@ -229,7 +230,7 @@ def _search(ws: Workspace, proposer: AbstractProposer, state, rules: Rules, unit
             st["phase"][b] = refine_mod.EMPTY
             nspk, silv, cov = int(st["best_n"][b]), float(st["best_sil"][b]), float(st["best_cov"][b])
             peaks = st["best_spk"][b][:nspk].astype(np.int64)
-            v = verdict(nspk, silv, rules)
+            v = verdict(nspk, silv, rules, cov)
             info = dict(slot_info[b] or {}, phase=phase)
             entry = {"cand": int(slot_cand[b]), **{k: v_ for k, v_ in info.items() if np.isscalar(v_)},
                      "refine_steps": int(st["rk"][b]), "sil": round(silv, 4), "n_spikes": nspk,
@@ -239,7 +240,7 @@ def _search(ws: Workspace, proposer: AbstractProposer, state, rules: Rules, unit
             cand_log.append(entry)
             unit = None
             if v != "accepted":
-                log["rejected_sil" if v == "low_sil" else "rejected_spikes"] += 1
+                log[{"low_sil": "rejected_sil", "few_spikes": "rejected_spikes"}.get(v, "rejected_cov")] += 1
             else:
                 unit = Unit(w=st["best_W"][b].copy(), source=st["best_S"][b].copy(), peaks=peaks, sil=silv,
                             cov=cov if np.isfinite(cov) else np.inf, cand=int(slot_cand[b]), info=info)
