@@ -19,8 +19,6 @@ refine/accept/dedupe/peel stages.
 """
 from __future__ import annotations
 
-import tomllib
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -129,27 +127,19 @@ def _optimise(model: FilterModel, u0, z, kind, n_steps, lr):
 
 
 def resolve_anatomy(rec, anatomy=None, grid=None, ied_mm=None):
-    """The forward model's anatomy for ``rec``: ``anatomy`` (name/path/Anatomy), else the
-    nominal anatomy of our own simulation (its ``tissue_overrides`` are deliberately NOT given
-    to the inverse model), else biceps_brachii; ``grid``/``ied_mm`` override its grid."""
-    if isinstance(anatomy, anatomy_mod.Anatomy):
-        a = anatomy
-    elif anatomy is None and rec.meta.get("anatomy_toml"):
-        a = anatomy_mod.from_dict(tomllib.loads(rec.meta["anatomy_toml"]), source="recording meta")
-    else:
-        a = anatomy_mod.load(anatomy or "biceps_brachii")
-    if grid is not None or ied_mm is not None:
-        ch = {"missing": ()}
-        if grid is not None:
-            ch.update(rows=int(grid[0]), cols=int(grid[1]))
-        if ied_mm is not None:
-            ch["ied_mm"] = float(ied_mm)
-        a = a.with_grid(**ch)
+    """The forward model's anatomy for ``rec``: an :class:`~bmiss.anatomy.Anatomy` as given
+    (``bmiss.api.decompose`` resolves it with the recording's layout), else
+    :func:`bmiss.electrodes.anatomy_for_recording` (name/path, or the simulation's nominal
+    anatomy, with the recording's electrode grid; refuses without a geometry)."""
+    if not isinstance(anatomy, anatomy_mod.Anatomy):
+        from ... import electrodes
+
+        return electrodes.anatomy_for_recording(rec, anatomy, grid=grid, ied=ied_mm)
+    a = anatomy
     if a.grid.n_channels != rec.n_channels:
         raise BmissFileError(
             f"the recording has {rec.n_channels} channels but anatomy {a.name!r} has a {a.grid.rows}x{a.grid.cols} "
-            f"grid with {a.grid.n_channels} channels ({a.grid.montage}); pass --grid ROWSxCOLS --ied MM matching the "
-            "recording (channels row-major over the grid)")
+            f"grid with {a.grid.n_channels} channels; pass --electrode CODE or --grid ROWSxCOLS --ied MM")
     if abs(a.grid.fs_hz - rec.fs) > 1e-6:
         a = a.with_grid(fs_hz=float(rec.fs))
     return a
