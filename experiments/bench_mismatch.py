@@ -84,6 +84,37 @@ def fit_accuracy(f, rec) -> dict:
     return out
 
 
+def _phases(dec) -> list[str]:
+    """Which phase found each unit: ``blind`` (FastICA), ``model`` (model-informed search) or the
+    method's name for single-phase methods."""
+    units = dec.meta.get("units")
+    if not isinstance(units, list) or len(units) != dec.n_units:
+        return [dec.method] * dec.n_units
+    name = {0: "blind", 1: "model"} if dec.meta.get("settings", {}).get("phases") else {}
+    return [name.get(u.get("phase"), dec.method) if isinstance(u, dict) else dec.method for u in units]
+
+
+def unit_breakdown(dec, rec) -> dict:
+    """Per estimated unit: phase, blind quality and its best RoA against the truth; found/false by phase."""
+    m = metrics.match_units(dec.spikes, rec.true_spikes, rec.fs)
+    roa = np.asarray(m["roa"]).reshape(len(rec.true_spikes), dec.n_units)
+    matched = {j: r for _, j, r in m["matched_pairs"]}
+    false = set(m["false_units"])
+    ph = _phases(dec)
+    units, by_phase = [], {}
+    for j in range(dec.n_units):
+        q = metrics.unit_quality(dec.sources[j], dec.spikes[j], dec.fs)
+        status = "found_90" if matched.get(j, 0) >= 0.9 else "matched" if j in matched else \
+            "false" if j in false else "duplicate"
+        units.append({"phase": ph[j], "status": status, "best_roa": round(float(roa[:, j].max()), 3) if roa.size else 0.0,
+                      **{k: (round(float(v), 4) if isinstance(v, (float, np.floating)) else v) for k, v in q.items()}})
+        b = by_phase.setdefault(ph[j], {"found_90": 0, "false": 0, "n": 0})
+        b["n"] += 1
+        b["found_90"] += status == "found_90"
+        b["false"] += status == "false"
+    return {"by_phase": by_phase, "units": units}
+
+
 def run_sim(name, snr, methods, duration, n_units, seed, do_fit, progress):
     snr_v = None if str(snr).lower() in ("inf", "none") else float(snr)
     t = time.perf_counter()
@@ -107,7 +138,8 @@ def run_sim(name, snr, methods, duration, n_units, seed, do_fit, progress):
         dec, dt = decs[spec]
         s = api.evaluate(dec, rec, oracle_found=ident)["summary"]
         row["methods"][spec] = {"found_90": s["found_90"], "false": s["n_false"], "n_est": s["n_est"],
-                                "duplicates": s["n_duplicates"], "time_s": round(dt, 1)}
+                                "duplicates": s["n_duplicates"], "time_s": round(dt, 1),
+                                "timing_s": dec.meta.get("timing_s"), **unit_breakdown(dec, rec)}
         print(f"{name:8s} {str(snr):>4s} {spec:18s} found {s['found_90']:3d} / ident {len(ident):3d}  false "
               f"{s['n_false']:3d}  time {dt:6.1f} s", flush=True)
     if do_fit and "cbss" in decs:
@@ -151,7 +183,7 @@ def run_real(methods, duration, seed, do_fit, progress, real_anatomy="vastus_lat
         row["methods"][spec] = {"n_units": dec.n_units, "time_s": round(dt, 1),
                                 "sil_median": float(np.median(dec.sil)) if dec.n_units else None,
                                 "cov_isi_median": float(np.nanmedian(dec.cov_isi)) if dec.n_units else None,
-                                "quality": q}
+                                "quality": q, "phase": _phases(dec)}
         print(f"real      {spec:18s} units {dec.n_units:3d}  time {dt:6.1f} s", flush=True)
     if "cbss" in decs:
         for spec, dec in decs.items():
@@ -208,17 +240,27 @@ def main(argv=None):
         ap.error(f"unknown recording(s) {bad}; choose from {list(RECORDINGS)} real all")
     rows = []
     t0 = time.perf_counter()
+    prov = fit_mod.provenance()
+
+    def write(final: bool):
+        # after every row, so a long run stopped part-way keeps what it measured
+        doc = {"command": " ".join([sys.executable] + sys.argv), "settings": vars(a), "rows": rows,
+               "table_md": table(rows), "total_s": round(time.perf_counter() - t0, 1), "provenance": prov,
+               "complete": final, "load_after": fit_mod.provenance()["load_avg"]}
+        if a.json:
+            bmiss.io.atomic_write(a.json, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1, default=str)))
+
     for n in names:
         if n == "real":
             rows.append(run_real(a.methods, a.duration, a.seed, not a.no_fit, a.progress, a.real_anatomy))
+            write(False)
             continue
         for snr in a.snrs:
             rows.append(run_sim(n, snr, a.methods, a.duration, a.n_units, a.seed, not a.no_fit, a.progress))
+            write(False)
     print(table(rows))
-    doc = {"command": " ".join([sys.executable] + sys.argv), "settings": vars(a), "rows": rows,
-           "table_md": table(rows), "total_s": round(time.perf_counter() - t0, 1), "provenance": fit_mod.provenance()}
+    write(True)
     if a.json:
-        bmiss.io.atomic_write(a.json, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1, default=str)))
         print(f"wrote {a.json}")
 
 
