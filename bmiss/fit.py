@@ -288,6 +288,8 @@ class SubjectFit:
     loss_history: list = field(default_factory=list)
     chi2_reduced: float = float("nan")
     source: str = ""
+    model: object = field(default=None, repr=False)  # the fitted _Model (for fit_units)
+    theta_subject: object = field(default=None, repr=False)  # unconstrained subject parameters [8]
 
     def conductor(self, **kw) -> Conductor:
         """The fitted forward model (``Conductor.from_anatomy(self.anatomy, **kw)``)."""
@@ -364,6 +366,30 @@ def _band_response(nfft: int, fs: float, band) -> np.ndarray:
     sos = scipy.signal.butter(4, (lo, min(hi, 0.45 * fs)), btype="bandpass", fs=fs, output="sos")
     _, h = scipy.signal.sosfreqz(sos, worN=f, fs=fs)
     return (np.abs(h) ** 2).astype(np.float32)
+
+
+def _decimate(tpl: Templates) -> tuple[Templates, int]:
+    """Band-limited averages (<= band[1] Hz) lose nothing at ~2 kHz, and the model's cost grows with
+    the samples: keep every q-th sample (q = fs // 2048 where the band allows). Returns (tpl, q)."""
+    fs = tpl.fs
+    q = int(fs // 2048) if tpl.band is not None and tpl.band[1] * 3 <= fs / max(int(fs // 2048), 1) else 1
+    if q <= 1:
+        return tpl, 1
+    r0 = tpl.onset % q
+    n = len(range(r0, tpl.muaps.shape[-1], q))
+    return Templates(muaps=tpl.muaps[..., r0::q].copy(), noise_std=tpl.noise_std[..., r0::q].copy(),
+                     onset=tpl.onset // q, window=(-(tpl.onset // q), -(tpl.onset // q) + n),
+                     support=tpl.support // q, n_discharges=tpl.n_discharges, fs=fs / q, band=tpl.band,
+                     truncated=tpl.truncated), q
+
+
+def _data(tpl: Templates, cmask: np.ndarray):
+    """Observations [n, C, T] and their weights 1/σ (0 on unused channels); σ has a floor of 1e-3 of
+    each unit's peak so that noiseless averages keep finite weights."""
+    floor = 1e-3 * np.abs(tpl.muaps).max(axis=(1, 2), keepdims=True)
+    sig = np.sqrt(tpl.noise_std.astype(np.float64) ** 2 + floor**2)
+    return (jnp.asarray(tpl.muaps, jnp.float32),
+            jnp.asarray((cmask[None, :, None] / np.maximum(sig, 1e-30)).astype(np.float32)))
 
 
 def select_units(dec, *, min_sil: float = 0.85, max_cov: float = 0.4, min_discharges: int = 30) -> np.ndarray:
@@ -539,16 +565,9 @@ def fit(rec: Recording, *, anatomy=None, electrode=None, decomposition=None, uni
                     window=(w0, w1), support=tpl.support[order], n_discharges=tpl.n_discharges[order], fs=tpl.fs,
                     band=tpl.band, truncated=tpl.truncated[order])
     idx = idx[order]
-    fs = rec.fs
-    q = int(fs // 2048) if tpl.band is not None and tpl.band[1] * 3 <= fs / max(int(fs // 2048), 1) else 1
-    if q > 1:
-        # band-limited averages (<= band[1] Hz) lose nothing at ~2 kHz; the model cost grows with samples
-        r0 = tpl.onset % q
-        tpl = Templates(muaps=tpl.muaps[..., r0::q].copy(), noise_std=tpl.noise_std[..., r0::q].copy(),
-                        onset=tpl.onset // q, window=(-(tpl.onset // q), -(tpl.onset // q) + len(range(r0, tpl.muaps.shape[-1], q))),
-                        support=tpl.support // q, n_discharges=tpl.n_discharges, fs=fs / q, band=tpl.band,
-                        truncated=tpl.truncated)
-        fs = fs / q
+    window_full = (w0, w1)
+    tpl, q = _decimate(tpl)
+    fs = tpl.fs
     timing["templates"] = round(time.perf_counter() - t0, 2)
     n, C, T = tpl.muaps.shape
     if C != base.grid.n_channels:
@@ -585,10 +604,7 @@ def fit(rec: Recording, *, anatomy=None, electrode=None, decomposition=None, uni
                    pad=pad, nfft=nfft, T=T, sigma_r=float(L.muscle_conductivity_radial),
                    sigma_fat=float(L.fat_conductivity), sigma_skin=float(L.skin_conductivity),
                    prior_sd=(float(prior_sd[0]), float(prior_sd[1]), float(prior_sd[2]), float(gain_prior_sd)))
-    obs = jnp.asarray(tpl.muaps, jnp.float32)
-    floor = 1e-3 * np.abs(tpl.muaps).max(axis=(1, 2), keepdims=True)
-    sig = np.sqrt(tpl.noise_std.astype(np.float64) ** 2 + floor**2)
-    w = jnp.asarray((cmask[None, :, None] / sig).astype(np.float32))
+    obs, w = _data(tpl, cmask)
 
     m0 = base.muscle
     iz_f0 = float(np.clip(m0.iz_fraction, 0.25, 0.75))
@@ -732,13 +748,159 @@ def fit(rec: Recording, *, anatomy=None, electrode=None, decomposition=None, uni
                 "n_steps_start": n_steps_start, "lr": lr, "n_bank": n_bank, "gain_prior_sd": gain_prior_sd,
                 "prior_sd": list(prior_sd), "seed": seed, "starts_fat_length": starts,
                 "start_final_losses": [r_[0] for r_ in results], "best_start": best,
-                "fat_profile": [list(p_) for p_ in profile], "fat_start": fat_start, "n_blind_units": dec.n_units}
+                "fat_profile": [list(p_) for p_ in profile], "fat_start": fat_start, "n_blind_units": dec.n_units,
+                "window_full_samples": list(window_full)}
     return SubjectFit(anatomy=fitted, base=base, subject=subject, unit_index=idx, unit_params=up[:, :6],
                       unit_std=us[:, :6], unit_gain=np.exp(up[:, 6]), unit_shift_ms=up[:, 7], templates=tpl,
                       model_muaps=model_m.astype(np.float32), explained_variance=ev, overall_ev=overall,
                       degenerate=degenerate, timing=timing, settings=settings, channels_used=chans, decomposition=dec,
                       loss_history=[float(v) for v in np.concatenate([hist, losses2])[::10]], chi2_reduced=chi2_red,
-                      source=source or str(rec.meta.get("source", "")))
+                      source=source or str(rec.meta.get("source", "")), model=model, theta_subject=s)
+
+
+@dataclass
+class UnitFit:
+    """Per-unit MU properties under a fitted subject model (:func:`fit_units`).
+
+    Attributes
+    ----------
+    params, std : [n_units, 6] float
+        ``PARAM_NAMES`` (mm, mm, ln fibres, mm, m/s, mm) and Laplace std; NaN where not fitted.
+    gain, shift_ms : [n_units] float
+        Amplitude scale of the model MUAP and its time shift (ms); NaN where not fitted.
+    explained_variance : [n_units] float
+        1 - ||obs - model||² / ||obs||² of each unit's observed MUAP (NaN where not fitted).
+    status : list of str
+        ``"fitted"``, ``"few discharges"`` or ``"weak average"`` per unit.
+    timing : dict
+        Seconds: templates, fit, laplace, total.
+    """
+
+    params: np.ndarray
+    std: np.ndarray
+    gain: np.ndarray
+    shift_ms: np.ndarray
+    explained_variance: np.ndarray
+    status: list
+    timing: dict
+
+
+def fit_units(sf: SubjectFit, rec: Recording, spikes: list, *, n_steps: int = 100, n_bank: int = 256,
+              min_discharges: int = 10, min_template_snr: float = 3.0, laplace: bool = True, seed: int = 0,
+              pad_to: int = 8) -> UnitFit:
+    """Fit every unit's properties to its own observed MUAP with the subject held at ``sf``.
+
+    The MUAP of each unit (spike-triggered average over the subject fit's window) is fitted by
+    L-BFGS through the fitted subject's conductor: depth, x, fibre count (amplitude informs size,
+    the gain is tied by its prior), IZ, CV, length, gain and shift; the population prior of the
+    subject fit ties length, CV and IZ weakly to the subject's means. Units are padded to a
+    multiple of ``pad_to`` so that recordings with similar unit counts share one compilation.
+
+    Parameters
+    ----------
+    sf : SubjectFit
+        A fitted subject (:func:`fit`) of the same recording.
+    rec : Recording
+    spikes : list of int arrays
+        Discharge samples of the units to fit (e.g. a decomposition's ``spikes``).
+    min_discharges, min_template_snr : units with fewer discharges, or whose average has less energy
+        than this multiple of its noise energy, are not fitted (NaN, with the reason in ``status``).
+
+    Returns
+    -------
+    UnitFit
+
+    Examples
+    --------
+    >>> sf = fit(rec, decomposition=dec)  # doctest: +SKIP
+    >>> uf = fit_units(sf, rec, dec.spikes)  # doctest: +SKIP
+    >>> uf.params[:, 0]  # depth of every unit, mm  # doctest: +SKIP
+    """
+    if sf.model is None or sf.theta_subject is None:
+        raise ValueError("this SubjectFit carries no model (it was loaded, not fitted); run bmiss.fit.fit first")
+    t_all = time.perf_counter()
+    n_all = len(spikes)
+    params = np.full((n_all, 6), np.nan)
+    std = np.full((n_all, 6), np.nan)
+    gain, shift, ev = (np.full(n_all, np.nan) for _ in range(3))
+    status = ["few discharges"] * n_all
+    timing = {}
+    w0, w1 = sf.settings["window_full_samples"]
+    # the averages' own rule for a usable discharge (a full search window inside the recording)
+    lo_ok = max(int(np.ceil(20.0e-3 * rec.fs)), -int(w0))
+    hi_ok = max(int(np.ceil(80.0e-3 * rec.fs)), int(w1))
+    ok = [i for i, sp in enumerate(spikes)
+          if np.sum((np.asarray(sp) - lo_ok >= 0) & (np.asarray(sp) + hi_ok <= rec.n_samples)) >= min_discharges]
+    if not ok:
+        return UnitFit(params, std, gain, shift, ev, status, {"total": 0.0})
+    t0 = time.perf_counter()
+    tpl = spike_triggered_muaps(rec.emg, [spikes[i] for i in ok], rec.fs, band=sf.templates.band,
+                                window=(int(w0), int(w1)), min_discharges=min_discharges,
+                                seed=seed)
+    tpl, _ = _decimate(tpl)
+    model = sf.model
+    if tpl.muaps.shape[-1] != model.T:
+        raise ValueError(f"unit averages have {tpl.muaps.shape[-1]} samples but the subject model {model.T}")
+    cmask = np.zeros(rec.n_channels, bool)
+    cmask[np.asarray(sf.channels_used if sf.channels_used is not None else range(rec.n_channels))] = True
+    snr = ((tpl.muaps[:, cmask] ** 2).sum((1, 2)) / np.maximum((tpl.noise_std[:, cmask] ** 2).sum((1, 2)), 1e-30))
+    keep = np.flatnonzero(snr >= min_template_snr)
+    for k in np.flatnonzero(snr < min_template_snr):
+        status[ok[k]] = "weak average"
+    timing["templates"] = round(time.perf_counter() - t0, 2)
+    if len(keep) == 0:
+        timing["total"] = round(time.perf_counter() - t_all, 2)
+        return UnitFit(params, std, gain, shift, ev, status, timing)
+    obs, w = _data(replace(tpl, muaps=tpl.muaps[keep], noise_std=tpl.noise_std[keep]), cmask)
+    n = len(keep)
+    n_pad = int(np.ceil(n / pad_to) * pad_to) - n
+    if n_pad:  # padded units carry zero weight: they neither pull nor change the compiled shapes
+        obs = jnp.concatenate([obs, jnp.zeros((n_pad,) + obs.shape[1:], obs.dtype)])
+        w = jnp.concatenate([w, jnp.zeros((n_pad,) + w.shape[1:], w.dtype)])
+    s = jnp.asarray(sf.theta_subject)
+    held = eqx.tree_at(lambda m: (m.sub_fixed, m.sub_fixed_val), model,
+                       (jnp.ones_like(model.sub_fixed), jnp.where(model.sub_fixed, model.sub_fixed_val, s)))
+    t0 = time.perf_counter()
+    U0, _ = _initial_units(held, s, obs, w, jax.random.PRNGKey(seed + 1), n_bank, sf.base)
+    (_, U), _ = _optimise((s, U0), held, obs, w, n_steps, "lbfgs", 0.02)
+    U = U[:n]
+    m_fit = np.asarray(held.muaps(s, U))
+    o = np.asarray(obs[:n])
+    e = explained_variance(o[:, cmask], m_fit[:, cmask])
+    subj = held.subject(s)
+    ph = np.asarray(jax.vmap(lambda u: held.unit_phys(u, subj))(U), np.float64)
+    timing["fit"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    if laplace:
+        sd = np.asarray(_unit_laplace(held, s, U, obs[:n], w[:n]), np.float64)
+    else:
+        sd = np.full((n, 8), np.nan)
+    timing["laplace"] = round(time.perf_counter() - t0, 2)
+    for j, k in enumerate(keep):
+        i = ok[k]
+        params[i], std[i] = ph[j, :6], sd[j, :6]
+        gain[i], shift[i], ev[i] = math.exp(ph[j, 6]), ph[j, 7], e[j]
+        status[i] = "fitted"
+    timing["total"] = round(time.perf_counter() - t_all, 2)
+    return UnitFit(params, std, gain, shift, ev, status, timing)
+
+
+def _unit_laplace(model: _Model, s, U, obs, w):
+    """Physical std [n, 8] of each unit's parameters with the subject held (the Hessian is block
+    diagonal then: Gauss-Newton data term + the unit's prior), scaled by the unit's reduced χ²."""
+
+    def one(u, o, ww):
+        r = lambda v: ((o - model.muaps(s, v[None])[0]) * ww).ravel()  # noqa: E731
+        J = jax.jacfwd(r)(u)
+        H = J.T @ J + jax.hessian(lambda v: model.prior(s, v[None]))(u) + 1e-6 * jnp.eye(u.shape[0])
+        res = r(u)
+        dof = jnp.maximum(jnp.sum(ww > 0) - u.shape[0], 1)
+        chi2 = jnp.maximum(jnp.sum(res**2) / dof, 1.0)
+        cov = jnp.linalg.pinv(H, hermitian=True) * chi2
+        G = jax.jacfwd(lambda v: model.unit_phys(v, model.subject(s)))(u)
+        return jnp.sqrt(jnp.clip(jnp.diag(G @ cov @ G.T), 0.0, None))
+
+    return jax.lax.map(lambda a: one(*a), (U, obs, w))
 
 
 def _fitted_anatomy(base: Anatomy, subject: dict, up: np.ndarray) -> Anatomy:
@@ -779,5 +941,5 @@ def _fitted_anatomy(base: Anatomy, subject: dict, up: np.ndarray) -> Anatomy:
     return a
 
 
-__all__ = ["fit", "SubjectFit", "FitError", "select_units", "subject_bounds", "unit_bounds", "SUBJECT_NAMES",
+__all__ = ["fit", "fit_units", "SubjectFit", "UnitFit", "FitError", "select_units", "subject_bounds", "unit_bounds", "SUBJECT_NAMES",
            "UNIT_NAMES", "provenance"]

@@ -51,6 +51,10 @@ def test_bmiss_finds_every_unit_cbss_finds(case):
     assert dec.meta["settings"]["phases"][1]["proposer"] == "SubjectModelProposer"
     sm = dec.meta["subject_model"]
     assert "subject" in sm or "error" in sm  # the fit ran, or says why it could not
+    if "subject" in sm:  # every unit with a usable average gets properties from its own MUAP
+        assert dec.meta["unit_fit"]["n_fitted"] >= 1, dec.meta["unit_fit"]
+        assert sum(m["params_from"] == "unit fit under the subject model" for m in dec.meta["units"]) \
+            == dec.meta["unit_fit"]["n_fitted"]
     assert dec.params.shape == (dec.n_units, 6) and dec.param_names == PARAM_NAMES
     # units the subject fit described carry finite properties near the truth (depth within 4 mm)
     by_est = {r["est"]: r["true"] for r in rep["per_true"] if r["est"] >= 0}

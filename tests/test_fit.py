@@ -13,7 +13,7 @@ import pytest
 
 import bmiss
 from bmiss import anatomy
-from bmiss.fit import FitError, SubjectFit, fit
+from bmiss.fit import FitError, SubjectFit, fit, fit_units
 from bmiss.io import Decomposition
 
 TRUE_FAT, TRUE_LENGTH = 4.0, 90.0
@@ -96,3 +96,22 @@ def test_too_few_units_is_a_clear_error(fitted):
     dec.spikes = [s[:5] for s in dec.spikes]
     with pytest.raises(FitError, match="confident blind unit"):
         fit(rec, decomposition=dec, progress=False)
+
+
+def test_fit_units_gives_every_strong_unit_properties_from_its_own_muap(fitted):
+    rec, f = fitted
+    uf = fit_units(f, rec, list(rec.true_spikes), n_steps=60)
+    ok = np.array(uf.status) == "fitted"
+    # more units than the subject fit used (which kept the 4 strongest), every one with finite values
+    assert ok.sum() > len(f.unit_index), uf.status
+    assert set(uf.status) <= {"fitted", "weak average", "few discharges"}
+    assert np.isfinite(uf.params[ok]).all() and np.isnan(uf.params[~ok]).all()
+    assert np.all(uf.explained_variance[ok] > 0.7), uf.explained_variance
+    err = np.abs(uf.params[ok] - rec.true_params[ok])
+    names = list(rec.param_names)
+    # medians over the fitted units (per-fibre MUAPs, the fit's smooth model; fat 4 mm fitted ~2 mm)
+    assert np.median(err[:, names.index("x_mm")]) < 2.0, err
+    assert np.median(err[:, names.index("depth_mm")]) < 3.0, err
+    assert np.median(err[:, names.index("log_fibres")]) < 0.5, err  # amplitude informs size
+    assert np.median(err[:, names.index("cv_m_s")]) < 0.3, err
+    assert np.all(uf.std[ok] >= 0)

@@ -112,7 +112,7 @@ def run(emg, fs: float, proposer: AbstractProposer, rules: Rules, *, method: str
            "device_calls": 0, "passes": 0, "retimed": 0}
     tm = {"init": 0.0, "propose": 0.0, "pool": 0.0, "accept": 0.0, "peel": 0.0, "update": 0.0}
     t1 = time.perf_counter()
-    pmeta, extra, settings_meta = {}, {}, []
+    pmeta, extra, settings_meta, done_phases = {}, {}, [], []
     for k, (prop, rules_k, batch_k, total_k) in enumerate(phases):
         if (rules_k.R, rules_k.band) != (rules.R, rules.band):
             raise ValueError("all phases of a pipeline share one preparation: give them the same R and band")
@@ -124,9 +124,7 @@ def run(emg, fs: float, proposer: AbstractProposer, rules: Rules, *, method: str
                                desc=method if len(phases) == 1 else f"{method} {k + 1}/{len(phases)}",
                                progress=progress, total=total_k, phase=k)
         units.sort(key=lambda u: u.cand)
-        e, m = prop.extras(state, units)
-        extra.update(e)  # a later phase sees every unit, so its per-unit fields win
-        pmeta.update(m)
+        done_phases.append((prop, state))
         settings_meta.append({"proposer": type(prop).__name__, "rules": as_dict(rules_k), "settings": prop.settings_meta(),
                               "batch": int(batch_k)})
     t_search = time.perf_counter() - t1
@@ -135,6 +133,14 @@ def run(emg, fs: float, proposer: AbstractProposer, rules: Rules, *, method: str
         tk = time.perf_counter()
         deconv = _deconvolve(ws, units)
         tm["deconvolve"] = time.perf_counter() - tk
+    # per-unit fields (e.g. MU properties) once the discharges are final; a later phase sees every
+    # unit, so its fields win
+    tk = time.perf_counter()
+    for prop, state in done_phases:
+        e, m = prop.extras(state, units)
+        extra.update(e)
+        pmeta.update(m)
+    tm["properties"] = time.perf_counter() - tk
     meta = {
         "settings": {"method": method, "rules": settings_meta[0]["rules"], "proposer": settings_meta[0]["settings"],
                      "batch": settings_meta[0]["batch"], "R": prep.R,

@@ -143,6 +143,10 @@ class ModelSettings:
         (in seconds, not samples, so that a 10,240-Hz recording gets the same evidence as a
         2,048-Hz one: 4 s = 8192 samples at 2048 Hz).
     max_units : stop after this many units.
+    unit_fit : with a subject fit (``init="blind"``), fit every final unit's properties to its own
+        spike-triggered MUAP under the fitted subject model (:func:`bmiss.fit.fit_units`), so that
+        amplitude informs size; off: blind units keep the subject fit's values, found units the
+        search's (scale-free) parameters.
     """
 
     anatomy: object = None
@@ -159,6 +163,7 @@ class ModelSettings:
     fit_s: float = 4.0
     probe_s: float = 2.0
     max_units: int = 128
+    unit_fit: bool = True
     seed: int = 0
 
     def __post_init__(self):

@@ -149,6 +149,11 @@ class _State:
     pass
 
 
+def _finite(v):
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
 class ModelProposer(AbstractProposer):
     """BMISS proposer over an anatomy (see module docstring)."""
 
@@ -252,20 +257,46 @@ class ModelProposer(AbstractProposer):
 
         params = np.stack([theta(u) for u in units]) if units else np.zeros((0, 6), np.float32)
         pstd = np.stack([spread(u) for u in units]) if units else np.zeros((0, 6), np.float32)
+        src = ["model search" if "theta" in u.info else "subject fit" if u.cand in st.fixed_params else "none"
+               for u in units]
+        uf, uf_meta = self._unit_fit(st, units)
+        if uf is not None:
+            for i, ok in enumerate(np.array(uf.status) == "fitted"):
+                if ok:
+                    params[i], pstd[i], src[i] = uf.params[i], uf.std[i], "unit fit under the subject model"
         extra = {"params": params.astype(np.float32), "param_std": pstd.astype(np.float32),
                  "param_names": PARAM_NAMES}
         meta = {"rounds": st.rounds, "anatomy": st.anatomy.name,
                 "units": [{"shift_samples": u.info.get("shift_samples"), "round": u.info.get("round"),
-                           "phase": u.info.get("phase"),
-                           "params_from": ("model search" if "theta" in u.info else
-                                           "subject fit" if u.cand in st.fixed_params else "none"),
-                           "n_starts_converged": 1 + sum("theta" in i for i in u.absorbed)} for u in units],
+                           "phase": u.info.get("phase"), "params_from": src[i],
+                           **({"muap_explained_variance": _finite(uf.explained_variance[i]),
+                               "unit_fit": uf.status[i], "gain": _finite(uf.gain[i])} if uf is not None else {}),
+                           "n_starts_converged": 1 + sum("theta" in i_ for i_ in u.absorbed)}
+                          for i, u in enumerate(units)],
                 "param_units": {"depth_mm": "mm", "x_mm": "mm", "log_fibres": "ln(fibres)", "iz_mm": "mm",
                                 "cv_m_s": "m/s", "length_mm": "mm"},
-                "param_std_meaning": "std of θ over the starts that converged to the unit (NaN: one start)"}
+                "param_std_meaning": ("Laplace std of the unit fit under the subject model where params_from says so; "
+                                      "else std of θ over the starts that converged to the unit (NaN: one start)")}
         if st.fit_meta is not None:
             meta["subject_model"] = st.fit_meta
+        if uf_meta:
+            meta["unit_fit"] = uf_meta
         return extra, meta
+
+    def _unit_fit(self, st, units):
+        """Every unit's properties fitted to its own MUAP under the subject model (``unit_fit``)."""
+        sf = getattr(st, "subject_fit", None)
+        if sf is None or not self.settings.unit_fit or not units:
+            return None, None
+        from ... import fit as fit_mod
+
+        try:
+            uf = fit_mod.fit_units(sf, self.rec, [u.spikes for u in units], seed=self.settings.seed)
+        except (ValueError, fit_mod.FitError) as e:  # properties are a by-product: keep the units, say why
+            return None, {"error": f"{type(e).__name__}: {e}"}
+        return uf, {"n_fitted": int(sum(x == "fitted" for x in uf.status)), "timing_s": uf.timing,
+                    "median_explained_variance": _finite(np.nanmedian(uf.explained_variance))
+                    if np.isfinite(uf.explained_variance).any() else None}
 
     def settings_meta(self):
         d = as_dict(self.settings)
@@ -305,6 +336,7 @@ class SubjectModelProposer(ModelProposer):
             st.fit_meta = {"error": str(e), "anatomy": "base (not fitted)"}
             return st
         st = self._init_with(ws, sf.anatomy)
+        st.subject_fit = sf
         st.fixed_params = {blind[int(i)].cand: np.asarray(sf.unit_params[k], np.float32)
                            for k, i in enumerate(sf.unit_index)}
         st.fit_meta = {"subject": {k: [float(v[0]), float(v[1])] for k, v in sf.subject.items()},
