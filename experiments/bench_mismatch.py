@@ -136,10 +136,16 @@ def run_sim(name, snr, methods, duration, n_units, seed, do_fit, progress):
                 row["methods"][spec] = {"error": f"{type(e).__name__}: {e}"}
                 continue
         dec, dt = decs[spec]
-        s = api.evaluate(dec, rec, oracle_found=ident)["summary"]
+        rep = api.evaluate(dec, rec, oracle_found=ident)
+        s = rep["summary"]
         row["methods"][spec] = {"found_90": s["found_90"], "false": s["n_false"], "n_est": s["n_est"],
                                 "duplicates": s["n_duplicates"], "time_s": round(dt, 1),
                                 "timing_s": dec.meta.get("timing_s"), **unit_breakdown(dec, rec)}
+        if "property_errors" in rep:  # nRMSE by the nominal anatomy's range, over matched units with values
+            row["methods"][spec]["properties"] = {k: {"nrmse": v["nrmse"], "n": v["n"]}
+                                                  for k, v in rep["property_errors"].items()}
+            if dec.meta.get("unit_fit"):
+                row["methods"][spec]["unit_fit"] = dec.meta["unit_fit"]
         print(f"{name:8s} {str(snr):>4s} {spec:18s} found {s['found_90']:3d} / ident {len(ident):3d}  false "
               f"{s['n_false']:3d}  time {dt:6.1f} s", flush=True)
     if do_fit and "cbss" in decs:
