@@ -337,6 +337,33 @@ def cmd_figures(a) -> int:
     return 0
 
 
+def _parse_fix(items) -> tuple[tuple, dict]:
+    """``--fix NAME`` / ``--fix NAME=VALUE`` -> (names, values) for :func:`bmiss.fit.fit`."""
+    import difflib
+
+    from .fit import SUBJECT_NAMES, SUBJECT_UNITS
+
+    names, values = [], {}
+    for it in items:
+        name, eq, val = it.partition("=")
+        name = name.strip()
+        if name not in SUBJECT_NAMES:
+            near = difflib.get_close_matches(name, SUBJECT_NAMES, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise UserError(f"--fix {it}: unknown subject parameter {name!r}{hint}; choose from {', '.join(SUBJECT_NAMES)}")
+        if eq:
+            try:
+                v = float(val)
+            except ValueError:
+                unit = SUBJECT_UNITS[SUBJECT_NAMES.index(name)]
+                raise UserError(f"--fix {it}: {val!r} is not a number ({name} in {unit})") from None
+            if not math.isfinite(v):
+                raise UserError(f"--fix {it}: the value must be finite")
+            values[name] = v
+        names.append(name)
+    return tuple(dict.fromkeys(names)), values
+
+
 def cmd_fit(a) -> int:
     from . import api, figures, io
     from .fit import FitError
@@ -346,9 +373,10 @@ def cmd_fit(a) -> int:
     fig_path = figdir / "fit_muaps.png" if figdir else None
     _check_outputs([p for p in (out, rep, fig_path) if p is not None], a.force, inputs=[a.recording])
     rec = _apply_geometry(io.load_recording(a.recording, fs=a.fs), a)
+    fix, values = _parse_fix(a.fix or [])
     try:
         f = api.fit(rec, anatomy=a.anatomy, progress=not a.quiet, seed=a.seed or 0, source=str(a.recording),
-                    **({"max_units": a.max_units} if a.max_units else {}))
+                    fix=fix, fixed_values=values, **({"max_units": a.max_units} if a.max_units else {}))
     except FitError as e:
         raise UserError(str(e)) from None
     f.save_toml(out, force=a.force)
@@ -540,6 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--report", default=None, help="JSON report (explained variance, parameters with std, timing)")
     ft.add_argument("--figures", default=None, metavar="DIR", help="folder for the observed-vs-fitted MUAP figure")
     ft.add_argument("--max-units", type=_int_in(2, 200), default=None, help="fit at most this many units (default 30)")
+    ft.add_argument("--fix", action="append", metavar="NAME[=VALUE]",
+                    help="hold a subject parameter at the base anatomy's value or at VALUE, e.g. --fix fat_mm=3.2 "
+                         "(fat measured by ultrasound) or --fix anisotropy; repeatable")
     ft.add_argument("--seed", type=_SEED, default=None, help=f"0..{SEED_MAX}")
     ft.add_argument("--quiet", action="store_true")
     ft.add_argument("--force", action="store_true")

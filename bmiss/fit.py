@@ -533,6 +533,13 @@ def fit(rec: Recording, *, anatomy=None, electrode=None, decomposition=None, uni
         base = anatomy
     else:
         base = electrodes.anatomy_for_recording(rec, anatomy, electrode=electrode)
+    sb0 = subject_bounds(base)
+    for k, v in (fixed_values or {}).items():  # before any work
+        if k not in SUBJECT_NAMES:
+            raise FitError(f"fixed_values: unknown subject parameter {k!r}; choose from {SUBJECT_NAMES}")
+        if not sb0[k][0] <= float(v) <= sb0[k][1]:
+            raise FitError(f"{k} = {v} is outside the physiological range {sb0[k]} "
+                           f"({SUBJECT_UNITS[SUBJECT_NAMES.index(k)]})")
     # 1. blind units
     t0 = time.perf_counter()
     dec = decomposition if decomposition is not None else api.decompose(rec, "cbss", progress=False, seed=seed)

@@ -392,3 +392,12 @@ def test_argparse_errors_are_one_line(capsys):
     assert main(["nonsense"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("bmiss: error:")
+
+
+@pytest.mark.parametrize("fix, says", [("fatt_mm=3", "did you mean 'fat_mm'"), ("fat_mm=thick", "not a number"),
+                                       ("fat_mm=99", "outside the physiological range")])
+def test_fit_refuses_a_bad_fix_before_the_work(work, tmp_path, capsys, fix, says):
+    out = tmp_path / "subject.toml"
+    assert main(["fit", str(work / "rec.npz"), "--out", str(out), "--fix", fix, "--quiet"]) == 2
+    assert says in _err_line(capsys, "fit")
+    assert not out.exists()
