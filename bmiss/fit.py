@@ -619,7 +619,10 @@ def fit(rec: Recording, *, anatomy=None, electrode=None, decomposition=None, uni
     # valley that a local optimiser barely walks (measured: a free fit started at the base's 3 mm stayed at
     # 3.2 mm for a 4.5-mm truth, while the profile loss was clearly lowest at 4.5 mm). Each start holds
     # fat fixed, the best profile point (refined by a parabola) starts the free fit on all units.
+    # (with fat held there is no valley to profile: one start)
     fat_grid = [L.fat_thickness_mm * f for f in (1.0, 0.5, 1.5, 2.0, 0.25, 3.0)][:max(n_starts, 1)]
+    if "fat_mm" in fixed:
+        fat_grid = fat_grid[:1]
     starts = [(float(np.clip(f_, sb["fat_mm"][0] + 0.05, sb["fat_mm"][1] - 0.05)), m0.fibre_length_mm)
               for f_ in fat_grid]
     sub_lo, sub_hi = np.asarray(model.sub_lo), np.asarray(model.sub_hi)

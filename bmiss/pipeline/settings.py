@@ -135,7 +135,9 @@ class ModelSettings:
 
     anatomy, grid, ied_mm : the forward model's anatomy (default: the recording's own).
     forward : ``"conductor"`` (analytic) or ``"surrogate"`` (trained network).
-    n_rounds : propose/accept/peel rounds (stops early after a round with no new unit).
+    n_rounds, patience : at most ``n_rounds`` propose/accept/peel rounds; stop after ``patience``
+        rounds in a row without a new unit. A round never starts from a probe an earlier round
+        started from (or one whose probe source correlates > 0.9 with one).
     n_probe, probe_shifts : Latin-hypercube probe of the parameter space, time shifts (samples).
     n_starts, n_steps, lr : diverse starts per round, Adam steps and learning rate.
     contrast : ``"skew"``, ``"kurtosis"`` or ``"logcosh"`` of the source.
@@ -143,6 +145,13 @@ class ModelSettings:
         (in seconds, not samples, so that a 10,240-Hz recording gets the same evidence as a
         2,048-Hz one: 4 s = 8192 samples at 2048 Hz).
     max_units : stop after this many units.
+    subject_fit : ``init="blind"``: fit the subject model to the blind units before the model search
+        (off: search within the base anatomy as given; for comparisons).
+    subject_fix : subject parameters (:data:`bmiss.fit.SUBJECT_NAMES`) that fit holds at the base
+        anatomy's values. Fat and skin by default: under per-fibre MUAPs (every real recording)
+        their fitted values were further from the truth than the base values (fat -2.3 / -2.5 mm
+        fitted vs +0.6 / +1.1 mm base, ``results/bench_fit.json``), and a model searched with the
+        fitted fat found fewer units (``results/diag_subject_fix.json``).
     unit_fit : with a subject fit (``init="blind"``), fit every final unit's properties to its own
         spike-triggered MUAP under the fitted subject model (:func:`bmiss.fit.fit_units`), so that
         amplitude informs size; off: blind units keep the subject fit's values, found units the
@@ -154,6 +163,7 @@ class ModelSettings:
     ied_mm: float | None = None
     forward: str = "conductor"
     n_rounds: int = 6
+    patience: int = 1
     n_probe: int = 1024
     probe_shifts: tuple[float, ...] = (-12.0, -4.0, 4.0, 12.0)
     n_starts: int = 16
@@ -163,6 +173,8 @@ class ModelSettings:
     fit_s: float = 4.0
     probe_s: float = 2.0
     max_units: int = 128
+    subject_fit: bool = True
+    subject_fix: tuple[str, ...] = ("fat_mm", "skin_mm")
     unit_fit: bool = True
     seed: int = 0
 
@@ -171,6 +183,15 @@ class ModelSettings:
             raise SettingsError(f"forward must be 'conductor' or 'surrogate', got {self.forward!r}")
         if self.contrast not in ("skew", "logcosh", "kurtosis"):
             raise SettingsError(f"contrast must be one of skew, logcosh, kurtosis; got {self.contrast!r}")
+        fix = (self.subject_fix,) if isinstance(self.subject_fix, str) else tuple(self.subject_fix or ())
+        from ..fit import SUBJECT_NAMES
+
+        bad = [k for k in fix if k not in SUBJECT_NAMES]
+        if bad:
+            raise SettingsError(f"subject_fix: unknown subject parameter(s) {bad}; choose from {', '.join(SUBJECT_NAMES)}")
+        object.__setattr__(self, "subject_fix", fix)
+        if int(self.patience) < 1:
+            raise SettingsError(f"patience must be >= 1, got {self.patience}")
 
 
 #: shared-rule defaults of each method (what differs is named here, not copied into code)

@@ -198,6 +198,7 @@ class ModelProposer(AbstractProposer):
                                      np.tile(np.arctanh(shifts / model.max_shift), s.n_probe)[:, None]],
                                     1).astype(np.float32)
         st.queue, st.round, st.new_in_round, st.n_units, st.rounds = [], 0, 0, 0, []
+        st.used, st.empty_rounds = set(), 0
         st.done = False
         return st
 
@@ -207,12 +208,23 @@ class ModelProposer(AbstractProposer):
         sc, S = np.asarray(sc), np.asarray(S)
         Sn = S / (np.linalg.norm(S, axis=1, keepdims=True) + 1e-12)
         picked: list[int] = []
+        # tabu: a round never restarts where an earlier one started (where the data did not change,
+        # e.g. a weak unit below the peel floor, that round would only replay the earlier one)
+        used = np.asarray(sorted(st.used), np.int64)
         for i in np.argsort(-sc)[: max(20 * s.n_starts, 200)]:
-            if not np.isfinite(sc[i]) or (picked and np.max(np.abs(Sn[picked] @ Sn[i])) > 0.3):
+            if not np.isfinite(sc[i]) or int(i) in st.used:
+                continue
+            if picked and np.max(np.abs(Sn[picked] @ Sn[i])) > 0.3:
+                continue
+            if len(used) and np.max(np.abs(Sn[used] @ Sn[i])) > 0.9:
                 continue
             picked.append(int(i))
             if len(picked) == s.n_starts:
                 break
+        st.used.update(picked)
+        if not picked:
+            st.done = True
+            return
         ubest, lbest = _optimise(st.model, jnp.asarray(st.U_probe[picked]), ws.zt[st.fit_idx].T, s.contrast,
                                  s.n_steps, s.lr)
         ubest, lbest = np.asarray(ubest), np.asarray(lbest)
@@ -227,8 +239,8 @@ class ModelProposer(AbstractProposer):
         if not st.queue and idle and not st.done:
             if st.round > 0:
                 st.rounds[-1]["new_units"] = st.new_in_round
-                # nothing was peeled, so another round would replay this one exactly
-                if st.new_in_round == 0 or st.round >= self.settings.n_rounds:
+                st.empty_rounds = 0 if st.new_in_round else st.empty_rounds + 1
+                if st.empty_rounds >= self.settings.patience or st.round >= self.settings.n_rounds:
                     st.done = True
             if not st.done and st.n_units < self.settings.max_units:
                 self._round(st, ws)
@@ -324,13 +336,17 @@ class SubjectModelProposer(ModelProposer):
         from ... import fit as fit_mod
         from ..finalize import finalize
 
+        if not self.settings.subject_fit:
+            st = self._init_with(ws, self.anatomy)
+            st.fit_meta = {"error": "not fitted (subject_fit=False)", "anatomy": "base (not fitted)"}
+            return st
         t = time.perf_counter()
         blind = sorted(ws.units or [], key=lambda u: u.cand)
         dec = finalize(blind, fs=ws.fs, N=ws.N, n_ext=ws.n, method="cbss",
                        meta={"channels_used": ws.prep.channels_used})
         try:
             sf = fit_mod.fit(self.rec, anatomy=self.anatomy, decomposition=dec, progress=False,
-                             seed=self.settings.seed)
+                             seed=self.settings.seed, fix=tuple(self.settings.subject_fix))
         except fit_mod.FitError as e:
             st = self._init_with(ws, self.anatomy)
             st.fit_meta = {"error": str(e), "anatomy": "base (not fitted)"}
