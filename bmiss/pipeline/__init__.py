@@ -79,8 +79,8 @@ def decompose_bmiss(rec, *, rules: Rules | None = None, settings: ModelSettings 
         return run(rec.emg, rec.fs, ModelProposer(settings=settings, anatomy=a), rules, method="bmiss",
                    batch=settings.n_starts, progress=progress)
     blind = blind or FastICASettings(seed=settings.seed)
-    # the blind phase keeps the cbss rules but bmiss's CoV-of-ISI limit: every false blind unit on the
-    # mismatched benchmark recordings had CoV 0.66-0.94, every found one <= 0.33 (diag_blind_cov.json)
+    # the blind phase keeps the cbss rules but bmiss's CoV-of-ISI limit: every false cbss unit on four
+    # mismatched recordings had CoV 0.66-0.94, every found one 0.13-0.29 (results/diag_blind_cov.json)
     blind_rules = dataclasses.replace(METHOD_RULES["cbss"], R=rules.R, band=rules.band, max_cov=rules.max_cov)
     return run(rec.emg, rec.fs, FastICA(settings=blind), blind_rules, method="bmiss",
                batch=min(blind.batch, blind.n_iter), progress=progress, total=blind.n_iter,
