@@ -203,3 +203,15 @@ def test_settings_resolve_routes_and_rejects():
         settings.resolve("cbss", contrast="cubic")
     d = settings.as_dict(settings.Rules())
     assert d["band"] == [20.0, 500.0] and d["keep"] == "cov"
+
+
+def test_model_settings_subject_fix_and_patience_are_checked():
+    _, ms = settings.resolve("bmiss", subject_fix="fat_mm", patience=2)
+    assert ms.subject_fix == ("fat_mm",) and ms.patience == 2
+    assert settings.ModelSettings().subject_fix == ("fat_mm", "skin_mm")  # the measured default
+    assert settings.ModelSettings(subject_fix="anisotropy, fat_mm").subject_fix == ("anisotropy", "fat_mm")
+    assert settings.ModelSettings(subject_fix="none").subject_fix == ()
+    with pytest.raises(settings.SettingsError, match="subject_fix.*fatt"):
+        settings.resolve("bmiss", subject_fix=("fatt",))
+    with pytest.raises(settings.SettingsError, match="patience"):
+        settings.resolve("bmiss", patience=0)

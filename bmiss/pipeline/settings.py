@@ -183,7 +183,10 @@ class ModelSettings:
             raise SettingsError(f"forward must be 'conductor' or 'surrogate', got {self.forward!r}")
         if self.contrast not in ("skew", "logcosh", "kurtosis"):
             raise SettingsError(f"contrast must be one of skew, logcosh, kurtosis; got {self.contrast!r}")
-        fix = (self.subject_fix,) if isinstance(self.subject_fix, str) else tuple(self.subject_fix or ())
+        fix = self.subject_fix
+        if isinstance(fix, str):  # --setting subject_fix=fat_mm,skin_mm (or "none")
+            fix = [] if fix.strip().lower() in ("", "none") else [k.strip() for k in fix.split(",")]
+        fix = tuple(fix or ())
         from ..fit import SUBJECT_NAMES
 
         bad = [k for k in fix if k not in SUBJECT_NAMES]
