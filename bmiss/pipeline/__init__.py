@@ -84,4 +84,5 @@ def decompose_bmiss(rec, *, rules: Rules | None = None, settings: ModelSettings 
     blind_rules = dataclasses.replace(METHOD_RULES["cbss"], R=rules.R, band=rules.band, max_cov=rules.max_cov)
     return run(rec.emg, rec.fs, FastICA(settings=blind), blind_rules, method="bmiss",
                batch=min(blind.batch, blind.n_iter), progress=progress, total=blind.n_iter,
-               then=[(SubjectModelProposer(settings=settings, anatomy=a, rec=rec), rules, settings.n_starts)])
+               then=[(SubjectModelProposer(settings=settings, anatomy=a, rec=rec, progress=progress), rules,
+                          settings.n_starts)])

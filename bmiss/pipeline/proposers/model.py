@@ -159,6 +159,13 @@ class ModelProposer(AbstractProposer):
 
     settings: ModelSettings
     anatomy: object
+    progress: bool = False
+
+    def _say(self, msg):
+        if self.progress:  # the subject and unit fits take tens of seconds and have no bar of their own
+            import sys
+
+            print(f"[bmiss] {msg}", file=sys.stderr, flush=True)
 
     def init(self, ws):
         return self._init_with(ws, self.anatomy)
@@ -302,6 +309,7 @@ class ModelProposer(AbstractProposer):
             return None, None
         from ... import fit as fit_mod
 
+        self._say(f"fitting the properties of {len(units)} units to their own MUAPs ...")
         try:
             uf = fit_mod.fit_units(sf, self.rec, [u.spikes for u in units], seed=self.settings.seed)
         except (ValueError, fit_mod.FitError) as e:  # properties are a by-product: keep the units, say why
@@ -342,6 +350,7 @@ class SubjectModelProposer(ModelProposer):
             return st
         t = time.perf_counter()
         blind = sorted(ws.units or [], key=lambda u: u.cand)
+        self._say(f"fitting the subject model to the {len(blind)} blind units' MUAPs ...")
         dec = finalize(blind, fs=ws.fs, N=ws.N, n_ext=ws.n, method="cbss",
                        meta={"channels_used": ws.prep.channels_used})
         try:
