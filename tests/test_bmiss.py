@@ -43,7 +43,8 @@ def test_bmiss_finds_every_unit_cbss_finds(case):
     a, rec, cbss = case
     f_cbss, rep_cbss = _found(cbss, rec)
     assert len(f_cbss) >= 2  # a non-trivial case
-    dec = bmiss.decompose(rec, "bmiss", progress=False, seed=0, **FAST)
+    # min_fit_ev above 1 forces the refit with fat and skin free, so both fits of the subject run
+    dec = bmiss.decompose(rec, "bmiss", progress=False, seed=0, min_fit_ev=1.01, **FAST)
     f_bmiss, rep = _found(dec, rec)
     assert f_cbss <= f_bmiss, (f_cbss, f_bmiss)
     assert rep["summary"]["n_false"] <= rep_cbss["summary"]["n_false"]
@@ -51,6 +52,11 @@ def test_bmiss_finds_every_unit_cbss_finds(case):
     assert dec.meta["settings"]["phases"][1]["proposer"] == "SubjectModelProposer"
     sm = dec.meta["subject_model"]
     assert "subject" in sm or "error" in sm  # the fit ran, or says why it could not
+    if "subject" in sm:
+        r = sm["refit_free"]
+        assert r["kept"] == ("free" if r["free_explained_variance"] > r["held_explained_variance"] else "held")
+        assert abs(sm["overall_explained_variance"] - max(r["free_explained_variance"],
+                                                          r["held_explained_variance"])) < 1e-9
     if "subject" in sm:  # every unit with a usable average gets properties from its own MUAP
         assert dec.meta["unit_fit"]["n_fitted"] >= 1, dec.meta["unit_fit"]
         assert sum(m["params_from"] == "unit fit under the subject model" for m in dec.meta["units"]) \

@@ -152,6 +152,8 @@ class ModelSettings:
         their fitted values were further from the truth than the base values (fat -2.3 / -2.5 mm
         fitted vs +0.6 / +1.1 mm base, ``results/bench_fit.json``), and a model searched with the
         fitted fat found fewer units (``results/diag_subject_fix.json``).
+    min_fit_ev : when the fit with ``subject_fix`` held explains less than this fraction of the
+        MUAPs' variance, it is repeated with them free and the better one is kept.
     unit_fit : with a subject fit (``init="blind"``), fit every final unit's properties to its own
         spike-triggered MUAP under the fitted subject model (:func:`bmiss.fit.fit_units`), so that
         amplitude informs size; off: blind units keep the subject fit's values, found units the
@@ -175,6 +177,7 @@ class ModelSettings:
     max_units: int = 128
     subject_fit: bool = True
     subject_fix: tuple[str, ...] = ("fat_mm", "skin_mm")
+    min_fit_ev: float = 0.8
     unit_fit: bool = True
     seed: int = 0
 
