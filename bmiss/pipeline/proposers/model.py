@@ -359,7 +359,7 @@ class SubjectModelProposer(ModelProposer):
             refit = None
             if self.settings.subject_fix and sf.overall_ev < self.settings.min_fit_ev:
                 # the held values cannot explain the MUAPs (measured: fat held at 3 mm for 4.1 mm and
-                # 60-mm fibres converged to 161-mm fibres, EV 0.48; results/bench_fit_fat_held.json):
+                # 61-mm fibres converged to 163-mm fibres, EV 0.48; results/bench_fit_fat_held.json):
                 # fit them too and keep the better explanation
                 self._say(f"explained variance {sf.overall_ev:.2f} with {', '.join(self.settings.subject_fix)} held: "
                           "refitting with them free ...")
