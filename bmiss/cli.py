@@ -339,8 +339,7 @@ def cmd_figures(a) -> int:
 
 def _parse_fix(items) -> tuple[tuple, dict]:
     """``--fix NAME`` / ``--fix NAME=VALUE`` -> (names, values) for :func:`bmiss.fit.fit`."""
-    import difflib
-
+    from .anatomy import _did_you_mean
     from .fit import SUBJECT_NAMES, SUBJECT_UNITS
 
     names, values = [], {}
@@ -348,8 +347,7 @@ def _parse_fix(items) -> tuple[tuple, dict]:
         name, eq, val = it.partition("=")
         name = name.strip()
         if name not in SUBJECT_NAMES:
-            near = difflib.get_close_matches(name, SUBJECT_NAMES, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            hint = _did_you_mean(name, SUBJECT_NAMES)
             raise UserError(f"--fix {it}: unknown subject parameter {name!r}{hint}; choose from {', '.join(SUBJECT_NAMES)}")
         if eq:
             try:

@@ -353,9 +353,12 @@ class SubjectModelProposer(ModelProposer):
         self._say(f"fitting the subject model to the {len(blind)} blind units' MUAPs ...")
         dec = finalize(blind, fs=ws.fs, N=ws.N, n_ext=ws.n, method="cbss",
                        meta={"channels_used": ws.prep.channels_used})
+        def subject_fit(fix):
+            return fit_mod.fit(self.rec, anatomy=self.anatomy, decomposition=dec, progress=False,
+                               seed=self.settings.seed, fix=fix)
+
         try:
-            sf = fit_mod.fit(self.rec, anatomy=self.anatomy, decomposition=dec, progress=False,
-                             seed=self.settings.seed, fix=tuple(self.settings.subject_fix))
+            sf = subject_fit(tuple(self.settings.subject_fix))
             refit = None
             if self.settings.subject_fix and sf.overall_ev < self.settings.min_fit_ev:
                 # the held values cannot explain the MUAPs (measured: fat held at 3 mm for 4.1 mm and
@@ -363,8 +366,7 @@ class SubjectModelProposer(ModelProposer):
                 # fit them too and keep the better explanation
                 self._say(f"explained variance {sf.overall_ev:.2f} with {', '.join(self.settings.subject_fix)} held: "
                           "refitting with them free ...")
-                sf2 = fit_mod.fit(self.rec, anatomy=self.anatomy, decomposition=dec, progress=False,
-                                  seed=self.settings.seed)
+                sf2 = subject_fit(())
                 refit = {"held_explained_variance": float(sf.overall_ev), "free_explained_variance": float(sf2.overall_ev),
                          "kept": "free" if sf2.overall_ev > sf.overall_ev else "held"}
                 sf = sf2 if sf2.overall_ev > sf.overall_ev else sf
