@@ -13,6 +13,7 @@ rows, columns, IED, missing electrodes and amplifier channel order (``channel_or
 """
 from __future__ import annotations
 
+from .errors import AnatomyError  # noqa: F401  (re-exported)
 import difflib
 import math
 import tomllib
@@ -25,8 +26,6 @@ ANATOMY_DIR = Path(__file__).resolve().parent / "anatomies"
 MONTAGES = ("monopolar", "single_differential", "double_differential")
 
 
-class AnatomyError(ValueError):
-    """An anatomy file is missing a key or holds a value outside its allowed range."""
 
 
 # (section, key): (type, lo, hi, unit/help). Ranges are physiological plausibility bounds.

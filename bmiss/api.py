@@ -1,25 +1,22 @@
 """The notebook API: ``simulate``, ``decompose``, ``evaluate``, ``export`` (the CLI calls these)."""
 from __future__ import annotations
 
+from .errors import UserError, RecordingMismatchError  # noqa: F401  (re-exported)
 import functools
 import json
 from pathlib import Path
 
 import numpy as np
 
-from .io import (BmissFileError, Decomposition, Recording, atomic_write, load_decomposition, load_recording,
+from .io import (Decomposition, Recording, atomic_write, load_decomposition, load_recording,
                  recording_fingerprint)
 from .simulate import simulate  # noqa: F401  (re-exported)
 
 METHODS = ("bmiss", "cbss", "oracle")
 
 
-class UserError(ValueError):
-    """A request that cannot be done as asked (bad option, wrong pairing): the CLI shows it in one line."""
 
 
-class RecordingMismatchError(BmissFileError):
-    """A decomposition was given with a recording other than the one it was decomposed from."""
 
 
 def _fingerprinted(fn):

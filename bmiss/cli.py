@@ -12,16 +12,12 @@ import time
 import traceback
 from pathlib import Path
 
-from .anatomy import AnatomyError
-from .api import UserError
-from .io import BmissFileError
-from .pipeline.settings import SettingsError
+from .errors import BmissError, UserError
 
 # Errors caused by what the user asked for or gave: one line, exit 2. Anything else is a bug in
 # bmiss: traceback, a hint to report it, exit 1 (a blanket ValueError catch would hide bugs).
-# (+ surrogate.SurrogateMismatchError, see _is_user_error: importing flax just for it costs 0.6 s.)
-USER_ERRORS = (UserError, BmissFileError, AnatomyError, SettingsError, FileExistsError,
-               FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+USER_ERRORS = (BmissError, FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+               PermissionError)
 SEED_MAX = 2 ** 32 - 1
 
 
@@ -364,7 +360,6 @@ def _parse_fix(items) -> tuple[tuple, dict]:
 
 def cmd_fit(a) -> int:
     from . import api, figures, io
-    from .fit import FitError
 
     out, rep = Path(a.out), Path(a.report) if a.report else None
     figdir = Path(a.figures) if a.figures else None
@@ -372,11 +367,8 @@ def cmd_fit(a) -> int:
     _check_outputs([p for p in (out, rep, fig_path) if p is not None], a.force, inputs=[a.recording])
     rec = _apply_geometry(io.load_recording(a.recording, fs=a.fs), a)
     fix, values = _parse_fix(a.fix or [])
-    try:
-        f = api.fit(rec, anatomy=a.anatomy, progress=not a.quiet, seed=a.seed or 0, source=str(a.recording),
-                    fix=fix, fixed_values=values, **({"max_units": a.max_units} if a.max_units else {}))
-    except FitError as e:
-        raise UserError(str(e)) from None
+    f = api.fit(rec, anatomy=a.anatomy, progress=not a.quiet, seed=a.seed or 0, source=str(a.recording),
+                fix=fix, fixed_values=values, **({"max_units": a.max_units} if a.max_units else {}))
     f.save_toml(out, force=a.force)
     print(f"wrote {out}: {len(f.unit_index)} units, explained variance {f.overall_ev:.3f}, "
           f"fit {f.timing['fit']:.1f} s (total {f.timing['total']:.1f} s)")
@@ -599,10 +591,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def _is_user_error(e: BaseException) -> bool:
-    if isinstance(e, USER_ERRORS):
-        return True
-    sur = sys.modules.get("bmiss.surrogate")  # not loaded -> it cannot have raised
-    return sur is not None and isinstance(e, sur.SurrogateMismatchError)
+    return isinstance(e, USER_ERRORS)
 
 
 def _sigterm(signum, frame):  # kill PID: unwind like Ctrl-C, so temporary files are removed

@@ -64,6 +64,7 @@ channels run along each row, then the next row, skipping missing electrodes.
 """
 from __future__ import annotations
 
+from .errors import LayoutError, GeometryError  # noqa: F401  (re-exported)
 import csv
 import json
 import math
@@ -80,12 +81,7 @@ DEFAULT_ORIENTATION = 180  # openhdemg's default: connector towards the research
 CODE_RE = re.compile(r"\b((?:GR|HD)\d{2}MM\d{4})\b", re.IGNORECASE)
 
 
-from .io import BmissFileError  # noqa: E402  (io imports this module only inside functions)
 
-
-class LayoutError(BmissFileError):
-    """An electrode layout cannot be built or does not fit the recording (a user error: the CLI
-    shows it in one line, like every :class:`bmiss.io.BmissFileError`)."""
 
 
 def _cols(*cols) -> list[list[int]]:
@@ -407,8 +403,6 @@ def standard_13x5(ied_mm: float = 8.0) -> Layout:
 
 
 # --------------------------------------------------------------------------- recordings
-class GeometryError(LayoutError):
-    """A model-based method needs an electrode geometry that the recording does not give."""
 
 
 _FLAGS = ("--electrode CODE [--orientation 0|180] (e.g. --electrode GR08MM1305), or --grid ROWSxCOLS --ied MM "

@@ -46,11 +46,9 @@ Units: mm, m/s, ms, µV, S/m.
 """
 from __future__ import annotations
 
+from .errors import FitError  # noqa: F401  (re-exported)
 import json
 import math
-import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -75,8 +73,6 @@ SUBJECT_UNITS = ("mm", "mm", "ratio", "deg", "mm", "mm", "m/s", "fraction of len
 UNIT_NAMES = PARAM_NAMES + ("log_gain", "shift_ms")
 
 
-class FitError(ValueError):
-    """The recording does not give enough confident units (or MUAPs) to fit a subject model."""
 
 
 # ----------------------------------------------------------------------------- bounds
@@ -338,22 +334,7 @@ class SubjectFit:
 
 
 
-def provenance() -> dict:
-    """Command, git commit, machine (CPU count, load) of this process."""
-    import sys
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent).stdout.strip()
-    except Exception:  # noqa: BLE001 - provenance is best effort
-        commit = ""
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    return {"command": " ".join(sys.argv), "commit": commit, "machine": platform.node(),
-            "cpu_count": os.cpu_count(), "load_avg": load, "jax": jax.__version__,
-            "backend": jax.default_backend(), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+from .files import provenance  # noqa: E402,F401  (re-exported: one home, bmiss.files)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -37,14 +37,12 @@ meta_json              str                          settings, timing (s), channe
 """
 from __future__ import annotations
 
+from .errors import BmissFileError  # noqa: F401  (re-exported)
 import hashlib
 import importlib
 import json
 import logging
 import math
-import os
-import tempfile
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +53,6 @@ import numpy as np
 log = logging.getLogger("bmiss")
 
 
-class BmissFileError(ValueError):
-    """A file could not be read or does not hold what bmiss needs."""
 
 
 def warn(msg: str) -> None:
@@ -66,76 +62,7 @@ def warn(msg: str) -> None:
 
 
 # ---------------------------------------------------------------- helpers
-_TMP_MAX_AGE_S = 3600.0  # a foreign, stale temporary older than this is removed
-
-
-def _tmp_prefix(path: Path) -> str:
-    return "." + path.name + "."
-
-
-def _clean_stale_tmps(path: Path) -> None:
-    """Remove temporaries of ``path`` left by a killed writer (SIGKILL, power loss).
-
-    A temporary is ``.NAME.PID.XXXX.SUFFIX.tmp``; it is stale when its process is gone, or,
-    when that cannot be told, when it is older than an hour."""
-    try:
-        entries = list(path.parent.glob(_tmp_prefix(path) + "*.tmp"))
-    except OSError:
-        return
-    now = time.time()
-    for t in entries:
-        rest = t.name[len(_tmp_prefix(path)):]
-        pid_s = rest.split(".", 1)[0]
-        alive = None
-        if pid_s.isdigit():
-            pid = int(pid_s)
-            if pid == os.getpid():
-                continue
-            try:
-                os.kill(pid, 0)
-                alive = True
-            except ProcessLookupError:
-                alive = False
-            except (PermissionError, OSError):
-                alive = None
-        try:
-            old = now - t.stat().st_mtime > _TMP_MAX_AGE_S
-            if alive is False or (alive is None and old):
-                t.unlink()
-        except OSError:
-            pass
-
-
-def atomic_write(path: str | os.PathLike, writer, *, force: bool = True) -> Path:
-    """Call ``writer(tmp_path)`` then rename onto ``path``: a crash never leaves half a file.
-
-    ``writer`` receives a temporary path ``.NAME.PID.XXXX.SUFFIX.tmp`` in the same directory.
-    With ``force=False`` an existing ``path`` raises ``FileExistsError``; a directory at
-    ``path`` is always refused.  On any exception (Ctrl-C included) the temporary is removed.
-    A process killed outright (SIGKILL, power loss) cannot clean up: its temporary is removed by
-    the next write of the same output (once that process is gone).
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; give a file name for the output")
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} exists; pass --force (force=True) to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale_tmps(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_tmp_prefix(path)}{os.getpid()}.",
-                               suffix=path.suffix + ".tmp")
-    os.close(fd)
-    try:
-        writer(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; outputs are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+from .files import atomic_write  # noqa: E402,F401  (the one atomic writer; re-exported)
 
 
 def _save_npz(path, arrays: dict, force: bool) -> Path:

@@ -29,7 +29,7 @@ Blind quality (no ground truth)
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -309,22 +309,7 @@ def property_errors(est_params, true_params, names: Sequence[str], bounds=None) 
 
 
 # ---------------------------------------------------------------------------- report
-def _jsonable(o: Any):
-    """Plain Python types; non-finite floats -> None (strict JSON)."""
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    if isinstance(o, (bool, np.bool_)):
-        return bool(o)
-    if isinstance(o, (int, np.integer)):
-        return int(o)
-    if isinstance(o, (float, np.floating)):
-        f = float(o)
-        return f if math.isfinite(f) else None
-    return o
+from .files import jsonable as _jsonable  # noqa: E402  (one JSON policy: bmiss.files)
 
 
 def evaluate(dec, rec, *, oracle_found: Iterable[int] | None = None, bounds=None,

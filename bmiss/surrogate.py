@@ -50,6 +50,7 @@ Units: lengths mm, CV m/s, time ms, potential µV. Parameter order: ``conductor.
 """
 from __future__ import annotations
 
+from .errors import SurrogateMismatchError  # noqa: F401  (re-exported)
 import json
 import math
 import os
@@ -73,8 +74,6 @@ _N_COMP = 3  # propagating wave, right-end and left-end extinction
 _ABS_EPS = 2.0  # mm: smoothing of |z - iz| (keeps the frame differentiable at the IZ)
 
 
-class SurrogateMismatchError(ValueError):
-    """Surrogate weights were trained for another anatomy / grid than the one asked for."""
 
 
 class Buffer(nnx.Variable):

@@ -6,13 +6,14 @@ import sys
 import numpy as np
 import pytest
 
+from bmiss import files as bfiles
 from bmiss import io as bio
 from bmiss.io import BmissFileError, Decomposition, Recording
 
 FS = 2048.0
-# bmiss/io.py loaded as a lone module (no package __init__, no JAX): fast subprocesses
+# bmiss.files imports nothing from bmiss, so a child process can load it alone (fast: no jax)
 _STANDALONE_IO = ("import importlib.util, os, sys\n"
-                  f"spec = importlib.util.spec_from_file_location('bmiss_io_alone', {bio.__file__!r})\n"
+                  f"spec = importlib.util.spec_from_file_location('bmiss_io_alone', {bfiles.__file__!r})\n"
                   "io = importlib.util.module_from_spec(spec); sys.modules['bmiss_io_alone'] = io\n"
                   "spec.loader.exec_module(io)\n")
 

@@ -6,6 +6,7 @@ flags) onto them and rejects unknown names with the list of valid ones.  The dec
 """
 from __future__ import annotations
 
+from ..errors import SettingsError  # noqa: F401  (re-exported)
 import dataclasses
 import difflib
 from dataclasses import dataclass
@@ -14,8 +15,6 @@ __all__ = ["SettingsError", "Rules", "FastICASettings", "OracleSettings", "Model
            "resolve", "as_dict"]
 
 
-class SettingsError(ValueError):
-    """A setting that does not exist or is out of its range (the CLI shows it in one line)."""
 
 
 @dataclass(frozen=True)
