@@ -466,9 +466,19 @@ def _write_json(path: Path, obj) -> None:
     io.atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+# Commands that live in their own module: each defines ``register(sub)``, which adds its
+# subparser(s) with ``set_defaults(func=...)``; a module must import nothing heavy at import time
+# (``bmiss --help`` stays fast), so handlers import their work inside the function.
+COMMAND_MODULES = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     p = _Parser(prog="bmiss", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
 
     s = sub.add_parser("simulate", help="simulate an HD-EMG recording with ground truth")
     s.add_argument("--anatomy", default="biceps_brachii", help="shipped anatomy name or TOML path")
