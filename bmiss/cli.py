@@ -477,8 +477,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="bmiss", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
 
     s = sub.add_parser("simulate", help="simulate an HD-EMG recording with ground truth")
     s.add_argument("--anatomy", default="biceps_brachii", help="shipped anatomy name or TOML path")
@@ -591,6 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", default="demo_out", help="folder (a demo's own folder is rewritten)")
     m.add_argument("--force", action="store_true", help="also overwrite demo-named files in a folder that is not a demo's")
     m.set_defaults(func=cmd_demo)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return p
 
 
