@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import anatomy as anatomy_mod
 from .io import (Decomposition, Recording, atomic_write, load_decomposition, load_recording,
                  recording_fingerprint)
 from .simulate import simulate  # noqa: F401  (re-exported)
@@ -250,19 +251,51 @@ def _export_neural(dec, out, fmt, rec, *, force, dec_name):
     return drive.save_drive_json(out, d, reference=ref, reference_unit=unit, force=force)
 
 
-def fit(rec: Recording | str | Path, *, anatomy=None, electrode=None, progress: bool = True, **kw):
-    """Fit the subject-specific forward model to a recording (see :func:`bmiss.fit.fit`).
+def fit(rec: Recording | str | Path, *, anatomy=None, electrode=None, decomposition: Decomposition | None = None,
+        progress: bool = True, seed: int = 0, units=None, fix=(), fixed_values: dict | None = None,
+        source: str | None = None, **settings):
+    """Fit the subject-specific forward model to a recording.
 
-    Returns a :class:`bmiss.fit.SubjectFit`: ``.anatomy`` (the fitted subject, usable as
-    ``anatomy=`` / ``--anatomy`` after ``.save_toml(path)``), ``.subject`` (value, std) per
-    subject-level parameter, per-unit parameters, observed and model MUAPs, explained variance.
-    kw: decomposition, units, min_sil, max_cov, min_discharges, max_units, band, n_starts, n_steps, seed, ...
+    Runs the blind decomposition (``cbss``) when no ``decomposition`` is given, then
+    :func:`bmiss.fitting.fit_subject` on its confident units.
+
+    Parameters
+    ----------
+    rec : Recording or path
+    anatomy : base anatomy name, path or Anatomy (default: the recording's nominal one or
+        ``biceps_brachii``); its grid becomes the recording's (``electrode`` = grid code).
+    decomposition : blind units to use (default: ``decompose(rec, "cbss")``).
+    fix, fixed_values : subject parameters (``bmiss.fitting.SUBJECT_NAMES``) held at the base
+        anatomy's values or at ``fixed_values[name]`` (e.g. fat measured by ultrasound).
+    **settings : fields of :class:`bmiss.fitting.SubjectFitSettings` (``max_units``, ``n_starts``, ...).
+
+    Returns
+    -------
+    SubjectFit
+        ``.anatomy`` (the fitted subject, usable as ``anatomy=`` / ``--anatomy`` after
+        ``.save_toml(path)``), ``.subject`` (value, std) per subject-level parameter, per-unit
+        parameters, observed and model MUAPs, explained variance.
+
+    Examples
+    --------
+    >>> sf = bmiss.fit("rec.npz", fix=("fat_mm",), fixed_values={"fat_mm": 3.2})  # doctest: +SKIP
     """
-    from . import fit as fit_mod
+    import time
 
-    src = kw.pop("source", None) or (str(rec) if not isinstance(rec, Recording) else "")
+    from . import electrodes, fitting
+
+    src = source or (str(rec) if not isinstance(rec, Recording) else "")
     rec = _as_recording(rec)
-    return fit_mod.fit(rec, anatomy=anatomy, electrode=electrode, progress=progress, source=src, **kw)
+    s = fitting.SubjectFitSettings(fix=tuple(fix or ()), **settings)
+    base = anatomy if isinstance(anatomy, anatomy_mod.Anatomy) else electrodes.anatomy_for_recording(
+        rec, anatomy, electrode=electrode)
+    t0 = time.perf_counter()
+    dec = decomposition if decomposition is not None else decompose(rec, "cbss", progress=False, seed=seed)
+    t_dec = time.perf_counter() - t0
+    sf = fitting.fit_subject(rec, dec, anatomy=base, settings=s, units=units, fixed_values=fixed_values, seed=seed,
+                             progress=progress, source=src)
+    sf.timing["decompose"] = round(t_dec, 2)
+    return sf
 
 
 __all__ = ["simulate", "decompose", "evaluate", "export", "fit", "oracle_identifiable", "check_pair", "UserError",

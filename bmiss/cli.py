@@ -218,7 +218,7 @@ def cmd_decompose(a) -> int:
         kw["n_iter" if a.method == "cbss" else "n_rounds"] = a.n_iter
     if a.extension_factor is not None:
         kw["R"] = a.extension_factor
-    kw.update(_parse_settings(a.setting))
+    kw.update(_parse_settings(a.setting, a.method))
     if a.deconvolve is not None:
         kw["deconvolve"] = a.deconvolve
     if a.method == "bmiss":
@@ -244,21 +244,14 @@ def cmd_decompose(a) -> int:
     return 0
 
 
-def _parse_settings(items) -> dict:
-    """``--setting KEY=VALUE`` (repeatable) -> keywords for the method's settings dataclasses
-    (bmiss.pipeline.settings); values are Python literals (``0.85``, ``False``, ``(20, 450)``) or text."""
-    import ast
+def _parse_settings(items, method: str) -> dict:
+    """``--setting KEY=VALUE`` (repeatable) -> typed keywords for the method's settings
+    (:func:`bmiss.pipeline.settings.parse_settings`: each value parsed and checked by its field's type)."""
+    if not items:
+        return {}
+    from .pipeline.settings import parse_settings
 
-    out = {}
-    for it in items or ():
-        if "=" not in it:
-            raise UserError(f"--setting must look like KEY=VALUE (e.g. sil_threshold=0.85), got {it!r}")
-        k, v = it.split("=", 1)
-        try:
-            out[k.strip()] = ast.literal_eval(v.strip())
-        except (ValueError, SyntaxError):
-            out[k.strip()] = v.strip()
-    return out
+    return parse_settings(method, items)
 
 
 def _free_name(path: Path) -> Path:
@@ -334,9 +327,9 @@ def cmd_figures(a) -> int:
 
 
 def _parse_fix(items) -> tuple[tuple, dict]:
-    """``--fix NAME`` / ``--fix NAME=VALUE`` -> (names, values) for :func:`bmiss.fit.fit`."""
+    """``--fix NAME`` / ``--fix NAME=VALUE`` -> (names, values) for :func:`bmiss.fit`."""
     from .anatomy import _did_you_mean
-    from .fit import SUBJECT_NAMES, SUBJECT_UNITS
+    from .fitting.bounds import SUBJECT_NAMES, SUBJECT_UNITS
 
     names, values = [], {}
     for it in items:

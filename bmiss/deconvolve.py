@@ -50,11 +50,53 @@ import numpy as np
 import scipy.fft as sfft
 import scipy.signal
 
-from .io import atomic_write
+from . import filters
+from .config import Settings, setting
+from .files import atomic_write
 from .quality import shared_fraction
 
-__all__ = ["DeconvResult", "Whitener", "background_whitener", "deconvolve", "deconvolve_recording", "model_emg",
+__all__ = ["DeconvolveSettings", "DeconvResult", "Whitener", "background_whitener", "deconvolve", "deconvolve_recording", "model_emg",
            "residual_psd", "variance_explained", "save_deconv_json"]
+
+
+@dataclass(frozen=True)
+class DeconvolveSettings(Settings):
+    """The ``deconvolution`` stage (``Rules.deconvolve``; see :func:`deconvolve` for each field).
+
+    enabled : run the stage; min_discharges : units with fewer discharges at least 0.1 s from
+    either end get no template and pass through unchanged; the rest are :func:`deconvolve`'s
+    keywords (``kappa`` none = ``sqrt(2 ln N)``).
+    """
+
+    enabled: bool = True
+    refractory_ms: float = setting(20.0, lo=0.0, lo_open=True, hi=1000.0)
+    kappa: float | None = setting(None, lo=0.0, lo_open=True)
+    amp_range: tuple[float, float] = setting((0.7, 1.3), lo=0.0, lo_open=True)
+    remove: bool = True
+    remove_amp: float = setting(0.3, lo=0.0)
+    kappa_remove: float = setting(2.0, lo=0.0)
+    detect_margin: float = setting(4.0, lo=0.0)
+    duplicate_fraction: float = setting(0.3, lo=0.0, lo_open=True, hi=1.0)
+    max_rounds: int = setting(20, lo=1, hi=10000)
+    whiten: bool = True
+    whiten_from: str = setting("residual", choices=("residual", "emg"))
+    ar_order: int = setting(8, lo=0, hi=256)
+    min_discharges: int = setting(10, lo=1)
+
+    def validate(self):
+        if not self.amp_range[0] <= 1.0 <= self.amp_range[1]:
+            from .errors import SettingsError
+
+            raise SettingsError(f"deconvolve.amp_range = {self.amp_range}: needs low <= 1 <= high")
+
+    def solver_kw(self) -> dict:
+        """Keywords of :func:`deconvolve`."""
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d.pop("enabled")
+        d.pop("min_discharges")
+        return d
 
 
 @dataclass
@@ -535,7 +577,7 @@ def deconvolve(emg, muaps, spikes: Sequence, fs: float, *, onset: int = 0, refra
     return res
 
 
-def deconvolve_recording(emg, spikes: Sequence, fs: float, *, band: tuple[float, float] | None = (20.0, 500.0),
+def deconvolve_recording(emg, spikes: Sequence, fs: float, *, band: tuple[float, float] | None = filters.DEFAULT_BAND,
                          template_kw: dict | None = None, min_discharges: int = 10,
                          **kw) -> tuple[DeconvResult, object]:
     """Templates by spike-triggered averaging (``bmiss.templates``), then :func:`deconvolve`.
