@@ -38,7 +38,7 @@ import numpy as np
 __all__ = ["AbstractProposer", "ProposerState", "Proposal", "Done"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: compare by identity
 class ProposerState:
     """Base of every proposer's state: frozen; hooks return ``dataclasses.replace(state, ...)``."""
 

@@ -65,7 +65,7 @@ class FixedPoint(NamedTuple):
 FIXED_POINT = {"skew": FixedPoint(_g_skew), "logcosh": FixedPoint(_g_logcosh), "kurtosis": FixedPoint(_g_kurtosis)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: compare by identity
 class Starts:
     """Start samples: the highest residual activity not used yet (see module docstring).
 
@@ -121,7 +121,7 @@ class Starts:
         return replace(self, act=act)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: compare by identity
 class FastICAState(ProposerState):
     """Qh : [K_max, n_ext] float64 orthonormal deflation rows, the first ``nq`` in use;
     Q : the same rows as float32 on the device; starts : :class:`Starts`; n_started : filters proposed."""

@@ -147,7 +147,7 @@ def resolve_anatomy(rec, anatomy=None, grid=None, ied_mm=None):
     return a
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: compare by identity
 class ModelState(ProposerState):
     """State of the model search.
 

@@ -59,7 +59,7 @@ def oracle_filters(prep: Prepared, muap: np.ndarray, *, n_lags: int | None = 8, 
     return (Wb[:, order] / nrm[order]).T.astype(np.float32), all_lags[order], pad
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: compare by identity
 class OracleState(ProposerState):
     """muaps : [n_units, n_used_channels, T] true MUAPs of the used channels; next : the next MU to
     propose; L : candidate lags per MU (fixed by the first MU so every call compiles one shape)."""
