@@ -13,8 +13,7 @@ rows, columns, IED, missing electrodes and amplifier channel order (``channel_or
 """
 from __future__ import annotations
 
-from .errors import AnatomyError  # noqa: F401  (re-exported)
-import difflib
+from .errors import AnatomyError, did_you_mean  # noqa: F401  (AnatomyError re-exported)
 import math
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -318,8 +317,7 @@ def resolve(name_or_path: str | Path) -> Path:
         if not p.is_file():
             raise FileNotFoundError(f"anatomy file {p} does not exist; shipped anatomies: {', '.join(list_anatomies())}")
         return p
-    near = difflib.get_close_matches(str(name_or_path), list_anatomies(), n=1)
-    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    hint = did_you_mean(name_or_path, list_anatomies())
     raise FileNotFoundError(
         f"no shipped anatomy named {name_or_path!r}{hint}; choose one of {', '.join(list_anatomies())} or give a "
         ".toml path")
@@ -344,8 +342,7 @@ def load(name_or_path: "str | Path | Anatomy" = "biceps_brachii") -> Anatomy:
 
 
 def _did_you_mean(word: str, options) -> str:
-    near = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.5)
-    return f" (did you mean {near[0]!r}?)" if near else ""
+    return did_you_mean(word, options, cutoff=0.5)
 
 
 def from_dict(raw: dict, source: str = "<dict>", text: str = "") -> Anatomy:

@@ -328,7 +328,7 @@ def cmd_figures(a) -> int:
 
 def _parse_fix(items) -> tuple[tuple, dict]:
     """``--fix NAME`` / ``--fix NAME=VALUE`` -> (names, values) for :func:`bmiss.fit`."""
-    from .anatomy import _did_you_mean
+    from .errors import did_you_mean
     from .fitting.bounds import SUBJECT_NAMES, SUBJECT_UNITS
 
     names, values = [], {}
@@ -336,7 +336,7 @@ def _parse_fix(items) -> tuple[tuple, dict]:
         name, eq, val = it.partition("=")
         name = name.strip()
         if name not in SUBJECT_NAMES:
-            hint = _did_you_mean(name, SUBJECT_NAMES)
+            hint = did_you_mean(name, SUBJECT_NAMES, cutoff=0.5)
             raise UserError(f"--fix {it}: unknown subject parameter {name!r}{hint}; choose from {', '.join(SUBJECT_NAMES)}")
         if eq:
             try:

@@ -52,8 +52,9 @@ import scipy.signal
 
 from . import filters
 from .config import Settings, setting
-from .files import atomic_write
+from .files import write_text
 from .quality import shared_fraction
+from .whitening import zca
 
 __all__ = ["DeconvolveSettings", "DeconvResult", "Whitener", "background_whitener", "deconvolve", "deconvolve_recording", "model_emg",
            "residual_psd", "variance_explained", "save_deconv_json"]
@@ -365,10 +366,7 @@ def background_whitener(R: np.ndarray, *, order: int = 8, max_samples: int = 409
     else:
         A = np.zeros((0, C, C))
         e = R
-    cov = e @ e.T / e.shape[1]
-    w, V = np.linalg.eigh(cov)
-    floor = max(float(np.mean(w[: max(1, len(w) // 2)])), 1e-12)
-    W = (V * np.maximum(w, floor) ** -0.5) @ V.T
+    W, *_ = zca(e @ e.T / e.shape[1])
     return Whitener(A, W)
 
 
@@ -659,4 +657,4 @@ def save_deconv_json(path, result: DeconvResult, *, force: bool = False) -> Path
                            "before_uv2_per_hz": [float(f"{v:.5g}") for v in result.psd_before],
                            "after_uv2_per_hz": [float(f"{v:.5g}") for v in result.psd_after]}
     text = json.dumps(doc, indent=1)
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), force=force)
+    return write_text(path, text, force=force)

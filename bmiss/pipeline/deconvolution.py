@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import quality
 from .accept import Unit
-from .finalize import shift_source
+from .finalize import aligned_source
 
 __all__ = ["deconvolution"]
 
@@ -29,9 +29,7 @@ def deconvolution(ws, units: list[Unit], settings) -> dict:
     for u, sp in zip(units, res.spikes):
         u.spikes = np.asarray(sp, np.int64)
         u.peaks = u.spikes - u.shift
-        s = shift_source(np.asarray(u.source, np.float64), -u.shift)  # peaks onto the discharges
-        sgn = 1.0 if len(u.spikes) == 0 or np.mean(s[np.clip(u.spikes, 0, ws.N - 1)]) >= 0 else -1.0
-        u.sil = quality.sil(sgn * s, u.spikes, ws.fs)
+        u.sil = quality.sil(aligned_source(u.source, u.shift, u.spikes), u.spikes, ws.fs)
         u.cov = quality.cov_isi(u.spikes)
     out = res.summary()
     out["units"] = [{k: v for k, v in r.items() if k != "unit"} for r in out.get("units", [])]

@@ -32,6 +32,7 @@ from threadpoolctl import threadpool_limits
 from ..errors import BmissFileError
 from ..filters import DATA_ORDER, DEFAULT_BAND, effective_band
 from ..filters import bandpass as _bandpass
+from ..whitening import zca
 
 __all__ = [
     "check_channels",
@@ -211,17 +212,6 @@ class Whitened(eqx.Module):
         return self.W.astype(np.float64) @ np.asarray(b_ext, np.float64)
 
 
-def _whitening_matrix(C: np.ndarray):
-    # float64 throughout (numpy): eigh of the extended covariance
-    C = np.asarray(C, np.float64)
-    C = 0.5 * (C + C.T)
-    d, E = np.linalg.eigh(C)
-    n = len(d)
-    floor = float(np.mean(d[: max(1, n // 2)]))  # MUedit: mean of the smaller half
-    floor = max(floor, 1e-12 * max(float(d[-1]), 1e-300))
-    dr = np.maximum(d, floor)
-    W = (E * (1.0 / np.sqrt(dr))) @ E.T
-    return W, d, E, floor
 
 
 @jax.jit
@@ -244,7 +234,7 @@ def whiten(x_ext, *, gram=None) -> Whitened:
             gram = x64 @ x64.T
             del x64
         C = np.asarray(gram, np.float64) / N - np.outer(mean, mean)
-        W, d, E, floor = _whitening_matrix(C)
+        W, d, E, floor = zca(C)
     W32 = W.astype(np.float32)
     z = _apply_whitening(jnp.asarray(W32), jnp.asarray(x_ext), jnp.asarray(mean, jnp.float32))
     return Whitened(z=z, W=W32, mean=mean, eigvals=d, eigvecs=E, floor=floor)
@@ -272,7 +262,7 @@ def _whiten_from_x(x32: np.ndarray, R: int) -> Whitened:
     with threadpool_limits(1):  # float64 eigh: extra BLAS threads only spin on 2 shared cores
         gram = extended_gram(x64, R)
         C = gram / N - np.outer(mean, mean)
-        W, d, E, floor = _whitening_matrix(C)
+        W, d, E, floor = zca(C)
     W32 = W.astype(np.float32)
     z = _extend_whiten(jnp.asarray(W32), jnp.asarray(x32), jnp.asarray(mean, jnp.float32), R=int(R))
     return Whitened(z=z, W=W32, mean=mean, eigvals=d, eigvecs=E, floor=floor)
