@@ -3,8 +3,8 @@
 Coordinates (mm): ``x`` lateral (across the fibres), ``z`` along the fibres, ``y`` depth below the
 skin surface. The muscle is centred at x = 0 and the fibre midpoints lie at z = 0.
 
-Shipped anatomies are package data in ``bmiss/anatomies/`` (the top-level ``anatomy/`` folder
-holds a README pointing there; ``bmiss.anatomy.list_anatomies()``); any TOML with the same keys
+Shipped anatomies live in the top-level ``anatomy/`` folder and install as the package data
+``bmiss.anatomies`` (``bmiss.anatomy.list_anatomies()``); any TOML with the same keys
 can be passed by path.  Unknown sections and keys are rejected with a "did you mean" hint.
 
 ``[grid] electrode = "GR08MM1305"`` (optional, with ``orientation = 0 | 180``) takes the grid's
@@ -21,7 +21,22 @@ from pathlib import Path
 
 import numpy as np
 
-ANATOMY_DIR = Path(__file__).resolve().parent / "anatomies"
+def _anatomy_dir() -> Path:
+    """The shipped anatomies: the package ``bmiss.anatomies`` (the top-level ``anatomy/`` folder of a
+    checkout, mapped by setup.py; a wheel's copy); a checkout run without installing falls back to
+    the folder itself."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("bmiss.anatomies")
+    except ImportError:
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0]).resolve()
+    return Path(__file__).resolve().parents[1] / "anatomy"
+
+
+ANATOMY_DIR = _anatomy_dir()
 MONTAGES = ("monopolar", "single_differential", "double_differential")
 
 

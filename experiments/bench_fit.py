@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bmiss.files import write_json
 import bmiss
 from bmiss import api as fit_api
 from bmiss import files as bfiles
@@ -136,7 +137,7 @@ def main(argv=None):
     print(json.dumps(summary, indent=1))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        bmiss.io.atomic_write(a.json, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1, default=str)))
+        write_json(a.json, doc)
         print(f"wrote {a.json}")
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bmiss.files import write_json
 import bmiss
 from bmiss import api, metrics
 from bmiss import api as fit_api
@@ -262,7 +263,7 @@ def main(argv=None):
                "table_md": table(rows), "total_s": round(time.perf_counter() - t0, 1), "provenance": prov,
                "complete": final, "load_after": bfiles.provenance()["load_avg"]}
         if a.json:
-            bmiss.io.atomic_write(a.json, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1, default=str)))
+            write_json(a.json, doc)
 
     for n in names:
         if n == "real":

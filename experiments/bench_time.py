@@ -15,13 +15,11 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
+from bmiss.files import write_json
 import bmiss
 from bmiss import api
-from bmiss import api as fit_api
 from bmiss import files as bfiles
-from bmiss.errors import FitError
 
 TISSUE = {"fat_thickness_mm": 4.5, "skin_thickness_mm": 1.4}
 
@@ -66,7 +64,7 @@ def main(argv=None):
                    "shapes of the unit-dependent stages (subject fit, unit fit) match"}
     print(json.dumps([{r["call"]: {m: v["time_s"] for m, v in r["methods"].items()}} for r in rows]))
     if a.json:
-        bmiss.io.atomic_write(a.json, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1, default=str)))
+        write_json(a.json, doc)
         print(f"wrote {a.json}")
 
 
