@@ -24,7 +24,8 @@ def run(a) -> int:
     import bmiss
     from bmiss import api, metrics
 
-    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    # the recording definitions of the same tree (an old tree's benchmark imports what that tree had)
+    sys.path.insert(0, f"{a.tree}/experiments" if a.tree else __file__.rsplit("/", 1)[0])
     from bench_mismatch import RECORDINGS
 
     rows = []
