@@ -70,17 +70,18 @@ def true_sources(rec, trains):
     return out
 
 
-def tiny_decomposition(rec, seed: int = 1):
-    """A fresh damaged Decomposition of ``rec`` (sources computed once per recording)."""
+def tiny_decomposition(rec_seed: int = 0, seed: int = 1):
+    """A fresh damaged Decomposition of ``tiny_recording(rec_seed)`` (computed once)."""
     import copy
 
-    return copy.deepcopy(_tiny_decomposition(rec, seed))
+    return copy.deepcopy(_tiny_decomposition(rec_seed, seed))
 
 
 @functools.lru_cache(maxsize=None)
-def _tiny_decomposition(rec, seed: int = 1):
+def _tiny_decomposition(rec_seed: int, seed: int):
     from bmiss.io import Decomposition, recording_fingerprint
 
+    rec = tiny_recording(rec_seed)
     rng = np.random.default_rng(seed)
     tr = [np.asarray(s, np.int64) for s in rec.true_spikes]
     srcs, filt = zip(*true_sources(rec, tr))

@@ -28,8 +28,8 @@ Rules of the edits (also written into each log entry):
                        (:mod:`bmiss.pipeline.spikes`), moved back by the lag onto the MUAP onset;
                        source shifted likewise and divided by its mean at the discharges
                        (MUedit's "update", on bmiss's discharge-time convention).
-``merge``              unit B's discharges shifted by the lag that best aligns them with A's
-                       (±25 ms) are added to A's; of two discharges closer than the minimum
+``merge``              unit B's discharges are added to A's, shifted by the lag that best aligns
+                       them with A's (±25 ms) when the two are duplicates (share >= 30 %); of two discharges closer than the minimum
                        distance the one with the higher value of A's source stays; B is removed.
 ``split``              the discharges' source values in two classes (2-means, or above/below a
                        given threshold); the upper class stays, the lower becomes a new unit with
@@ -63,7 +63,7 @@ RULES = {
     "update": "filter = mean whitened extended sample at the discharges at the lag of largest energy (unit norm; "
               "bmiss.pipeline.peel.sta_best_lag); source = filter . z; discharges = 2-means on the source peaks "
               "(bmiss.pipeline.spikes) moved back by that lag; source / mean at the discharges",
-    "merge": "B's discharges shifted by their best lag (+-25 ms) to A's are added to A; of two discharges closer "
+    "merge": "B's discharges (shifted by their best lag within +-25 ms when A and B are duplicates) are added to A; of two discharges closer "
              "than the minimum distance the higher value of A's source stays; B is removed",
     "split": "source values at the discharges in two classes (2-means, or a threshold); the lower class becomes "
              "a new unit with the same source and filter",
@@ -477,7 +477,8 @@ class Review:
         if i == j:
             raise UserError(f"cannot merge unit {i} with itself")
         a, b = self._unit(i), self._unit(j)
-        lag = self.best_lag(i, j)
+        # the lag only means something for duplicates: unrelated trains are merged as they are
+        lag = self.best_lag(i, j) if self.shared(i, j) >= self.dup_threshold else 0
         bs = _clean(b.spikes + lag, self.n_samples)
         sp = self._resolve_conflicts(a.spikes, np.setdiff1d(bs, a.spikes), np.asarray(a.source, np.float64))
         m = self._derive(a, spikes=sp, edited=True, origin=f"{a.origin} + {b.origin}")
