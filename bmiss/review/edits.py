@@ -152,13 +152,15 @@ class Review:
         n_p = None if dec.params is None else np.asarray(dec.params)
         s_p = None if dec.param_std is None else np.asarray(dec.param_std)
         F = None if dec.filters is None else np.asarray(dec.filters)
+        prev = (dec.meta or {}).get("review") or {}  # an earlier review's flags carry over
+        flagged = {int(k) for k in prev.get("flagged", []) if isinstance(k, (int, float))}
         for i in range(dec.n_units):
             self.units.append(self._new_unit(
                 spikes=_clean(dec.spikes[i], self.n_samples), source=np.asarray(src[i], np.float32),
                 filter=None if F is None or len(F) != dec.n_units else F[i],
                 params=None if n_p is None or len(n_p) != dec.n_units else n_p[i],
                 param_std=None if s_p is None or len(s_p) != dec.n_units else s_p[i],
-                origin=f"unit {i}"))
+                origin=f"unit {i}", flagged=i in flagged))
         self.log: list[dict] = []
         self._undo: list[_Step] = []
         self._redo: list[_Step] = []

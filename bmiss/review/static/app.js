@@ -295,7 +295,15 @@
   }
 
   // ------------------------------------------------------------------ mouse
-  function canvasXY(c, e) { const r = c.getBoundingClientRect(); return [(e.clientX - r.left) * c.width / r.width, (e.clientY - r.top) * c.height / r.height]; }
+  function canvasXY(c, e) {
+    const r = c.getBoundingClientRect();
+    return [(e.clientX - r.left - c.clientLeft) * c.width / c.clientWidth, (e.clientY - r.top - c.clientTop) * c.height / c.clientHeight];
+  }
+  // page coordinates of sample t, value v on the source or rate plot (tests, benchmarks)
+  window.bmiss.toClient = (id, t, v) => {
+    const c = $(id), r = c.getBoundingClientRect(), [y0, y1] = id === "source" ? S.sy : S.ry;
+    return [r.left + c.clientLeft + xOf(c, t) * c.clientWidth / c.width, r.top + c.clientTop + yPix(c, v, y0, y1) * c.clientHeight / c.height];
+  };
   function attach(c, yRange) {
     c.addEventListener("mousedown", (e) => {
       const [x, y] = canvasXY(c, e);
