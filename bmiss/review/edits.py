@@ -168,7 +168,7 @@ class Review:
         self._pair: dict[tuple[int, int], float] = {}
         self._muap_cache: dict[int, dict] = {}
         self._prep = None
-        self._prep_lock = threading.Lock()
+        self._prep_lock = threading.RLock()
         self._xbp = None
         self._saved = self._key()  # unit ids at the last save (or load)
 
@@ -188,9 +188,15 @@ class Review:
         return UnitState(**kw)
 
     def _derive(self, u: UnitState, **kw) -> UnitState:
-        """A new UnitState from ``u`` (new uid, so caches never serve stale values)."""
+        """A new UnitState from ``u`` (new uid, so caches never serve stale values; with the same
+        spikes and source it keeps the cached quality and MUAP)."""
         self._next_uid += 1
-        return replace(u, uid=self._next_uid, **kw)
+        v = replace(u, uid=self._next_uid, **kw)
+        if "spikes" not in kw and "source" not in kw:
+            for cache in (self._qcache, self._muap_cache):
+                if u.uid in cache:
+                    cache[v.uid] = cache[u.uid]
+        return v
 
     def _unit(self, i) -> UnitState:
         try:
@@ -409,19 +415,18 @@ class Review:
 
     def _zt(self):
         """Time-major whitened data [N, n_ext] (cached; what the pipeline's stages read)."""
-        if getattr(self, "_zt_cache", None) is None:
-            import jax.numpy as jnp
+        with self._prep_lock:
+            if getattr(self, "_zt_cache", None) is None:
+                import jax.numpy as jnp
 
-            prep = self.prepared()
-            if int(prep.z.shape[1]) != self.n_samples:
-                raise UserError("the whitened recording and the decomposition differ in length")
-            self._zt_cache = jnp.asarray(prep.z).T
+                prep = self.prepared()
+                if int(prep.z.shape[1]) != self.n_samples:
+                    raise UserError("the whitened recording and the decomposition differ in length")
+                self._zt_cache = jnp.asarray(prep.z).T.block_until_ready()
         return self._zt_cache
 
-    def update(self, i) -> int:
-        """MUedit's update: filter from the unit's discharges, new source, discharges detected
-        again (:func:`bmiss.pipeline.peel.sta_best_lag`, :func:`bmiss.pipeline.spikes.detect_core`).
-        Returns the new number of discharges."""
+    def _update_result(self, i):
+        """The update of unit ``i`` without committing it: ``(spikes, source, filter, lag)``."""
         from ..pipeline.finalize import shift_source
         from ..pipeline.peel import peel_half, sta_best_lag, window_starts
         from ..pipeline.spikes import max_peaks
@@ -429,8 +434,7 @@ class Review:
         u = self._unit(i)
         zt = self._zt()
         N = self.n_samples
-        prep = self.prepared()
-        half = peel_half(prep.R, self.fs, self.peel_ms)
+        half = peel_half(self.prepared().R, self.fs, self.peel_ms)
         d = self.d
         starts, n_ok = window_starts(u.spikes, N, half, max_peaks(N, d))
         if int(n_ok) < 2:
@@ -444,10 +448,29 @@ class Review:
         s = shift_source(np.asarray(src, np.float64), lag)
         c = float(np.mean(s[sp])) if len(sp) else float(np.max(np.abs(s)))
         s = (s / (c if c > 0 else 1.0)).astype(np.float32)
+        return sp, s, np.asarray(w, np.float32), lag
+
+    def update(self, i) -> int:
+        """MUedit's update: filter from the unit's discharges, new source, discharges detected
+        again (:func:`bmiss.pipeline.peel.sta_best_lag`, :func:`bmiss.pipeline.spikes.detect_core`).
+        Returns the new number of discharges."""
+        u = self._unit(i)
+        sp, s, w, lag = self._update_result(i)
         before = len(u.spikes)
-        self._replace(int(i), self._derive(u, spikes=sp, source=s, filter=np.asarray(w, np.float32), edited=True),
+        self._replace(int(i), self._derive(u, spikes=sp, source=s, filter=w, edited=True),
                       "update", f"filter recomputed from {before} discharges (best lag {lag}); {len(sp)} detected")
         return int(len(sp))
+
+    def warm_up(self) -> None:
+        """Whiten the recording and compile the update once (nothing is changed), so the first
+        :meth:`update` a user asks for is quick.  The server runs this in the background."""
+        if self.rec is None or self.n_units == 0:
+            return
+        k = int(np.argmax([len(u.spikes) for u in self.units]))
+        try:
+            self._update_result(k)
+        except UserError:
+            pass
 
     # ------------------------------------------------------------------ unit edits
     def delete_unit(self, i) -> None:

@@ -68,7 +68,7 @@ def build_app(review, *, token: str, out_path: Path, force: bool = True) -> Star
 
         def work():
             try:
-                review.prepared()
+                review.warm_up()
             except Exception:  # noqa: BLE001  (reported again when an update asks for it)
                 pass
 

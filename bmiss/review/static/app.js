@@ -225,9 +225,10 @@
       await Promise.all(jobs);
       if (S.unit >= S.state.n_units) S.unit = Math.max(0, S.state.n_units - 1);
       if (S.state.n_units === 0) { status("no units left"); return; }
+      const muap = withMuap ? api(`/api/muap/${S.unit}`) : null;  // asked for at once, drawn when it comes
       await loadUnitView();
       fillTable(); fillSide(); redraw();
-      if (withMuap) { S.muap = await api(`/api/muap/${S.unit}`); drawMuap(); }
+      if (muap) { S.muap = await muap; drawMuap(); }
     } finally { S.busy--; window.bmiss.seq++; }
   }
   let zoomTimer = null;
