@@ -212,6 +212,21 @@ def test_views_are_decimated_and_complete(rv):
     assert json.dumps(views.state(rv), default=float)
 
 
+def test_muap_is_the_spike_triggered_average(rv):
+    from bmiss.quality import ms_to_samples
+    from bmiss.templates import spike_triggered_muaps
+
+    m = rv.muap(1)
+    pre, post = ms_to_samples(5.0, FS), ms_to_samples(25.0, FS)
+    sp = rv.units[1].spikes
+    ok = sp[(sp >= pre) & (sp + post <= rv.n_samples)]
+    ref = spike_triggered_muaps(rv.band_passed(), [ok], FS, window=(-pre, post), band=None, search_ms=(5.0, 25.0),
+                                deconvolve_self=False, min_discharges=2, n_null=0)
+    np.testing.assert_allclose(m["muap"], ref.muaps[0], atol=1e-3 * float(np.abs(ref.muaps[0]).max()))
+    np.testing.assert_allclose(m["t_ms"], ref.t_ms, atol=1e-9)
+    assert m["n"] == len(ok)
+
+
 def _call(url, body=None, token=None):
     req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json", **({"X-Bmiss-Token": token} if token else {})},
