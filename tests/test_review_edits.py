@@ -286,3 +286,21 @@ def test_cli_review_refuses_existing_output(tmp_path, rec, capsys):
     io.save_recording(rec2, other)
     assert main(["review", str(dec_p), "--recording", str(rec2), "--no-browser", "--out", str(tmp_path / "o.npz")]) == 2
     assert "does not belong to" in capsys.readouterr().err
+
+
+def test_review_function_serves_the_files(tmp_path, rec, capsys):
+    from bmiss.review.server import default_out, review
+
+    dec_p, rec_p = tmp_path / "d.npz", tmp_path / "r.npz"
+    io.save_decomposition(dec_p, tiny_decomposition())
+    io.save_recording(rec_p, rec)
+    assert default_out(dec_p) == tmp_path / "d.edited.npz"
+    srv = review(dec_p, rec_p, open_browser=False, block=False)
+    try:
+        assert srv.url in capsys.readouterr().out
+        _, s = _call(srv.url.replace("/?token=", "/api/state?token="))
+        assert json.loads(s)["n_units"] == 4
+        _, r = _call(f"http://127.0.0.1:{srv.port}/api/save", {}, token=srv.token)
+        assert json.loads(r)["saved"] == str(tmp_path / "d.edited.npz")
+    finally:
+        srv.stop()

@@ -129,7 +129,7 @@
       const r = v.rate_hz[k]; if (r === null) return;
       const X = xOf(c, t), Y = yPix(c, Math.min(r, y1 * 0.99), y0, y1);
       ctx.beginPath(); ctx.arc(X, Y, 2.4, 0, 2 * Math.PI);
-      ctx.fillStyle = outl.has(t) || outl.has(v.rate_t[k] - 0) ? "#f39c12" : "#2a7a2a"; ctx.fill();
+      ctx.fillStyle = outl.has(t) ? "#f39c12" : "#2a7a2a"; ctx.fill();
     });
     ctx.restore();
   }
@@ -263,7 +263,7 @@
       S.state = r.state;
       const last = S.state.last;
       if (r.saved) status("saved " + r.saved);
-      else if (typeof body !== "string" && (r.result === 0 || r.result === false && body.op !== "flag")) status(label + ": nothing selected");
+      else if (typeof body !== "string" && r.result === 0) status(label + ": nothing selected");
       else status(last ? last.what : label);
       await loadAll(true);
       const ms = performance.now() - t;
