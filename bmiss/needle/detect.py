@@ -10,8 +10,9 @@ Stages (all numpy/scipy; one 11-s recording at 23.4 kHz takes a few hundred ms):
 2. **Detection** on a low-pass differentiator (LPD) of the analysis signal,
    ``d[n] = x[n + k] - x[n - k]`` (k = ``lpd_ms``), the slope signal of DQEMG (Stashuk 1999, Med
    Eng Phys 21:389-404): MUAP main spikes are the fastest deflections in the signal. Peaks of
-   ``|d|`` above ``threshold`` robust (MAD) noise stds, at least ``dead_ms`` apart, are candidate
-   MUAPs, each aligned on its steepest slope.
+   ``|d|`` above ``threshold`` robust (MAD) noise stds are candidate
+   MUAPs; slopes closer than 2.5 ms form one event (one MUAP), aligned on its first slope that
+   reaches 80 % of its steepest.
 3. **Clustering** into templates: candidates sorted by size are assigned greedily to the nearest
    template (spike window of ``cluster_ms``, best of ±``max_shift`` samples) when the normalised
    squared distance ``||w - T||^2 / ||T||^2`` is below ``match``; otherwise they seed a new
@@ -96,16 +97,37 @@ def lpd(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def detect_candidates(x: np.ndarray, fs: float, *, lpd_ms: float = 0.1, threshold: float = 6.0,
-                      dead_ms: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate MUAPs: peaks of ``|LPD(x)|`` above ``threshold`` MAD stds, ``dead_ms`` apart.
+                      merge_ms: float = 2.5, lead: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate MUAPs from the low-pass differentiator (LPD) of ``x``.
 
-    Returns (samples [K] int64, slope values [K] signed, µV per 2k samples).
+    Supra-threshold runs of ``|LPD|`` (``threshold`` robust MAD stds) closer than ``merge_ms`` are
+    one event (the steep deflections of one MUAP, or of MUAPs superimposed within a few ms); the
+    event is aligned on its first LPD peak reaching ``lead`` times the event's largest slope, so
+    that potentials with several equally steep phases are aligned on the same phase every time.
+
+    Returns (samples [K] int64, slope at each sample, event bounds [K, 2] (first, last sample)).
     """
     k = max(1, int(round(lpd_ms * 1e-3 * fs)))
     d = lpd(x, k)
+    a = np.abs(d)
     sd = max(_mad_std(d), 1e-6)
-    pk, _ = scipy.signal.find_peaks(np.abs(d), height=threshold * sd, distance=max(1, int(dead_ms * 1e-3 * fs)))
-    return pk.astype(np.int64), d[pk]
+    above = a > threshold * sd
+    if not above.any():
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, 2), np.int64)
+    edges = np.flatnonzero(np.diff(np.r_[0, above.astype(np.int8), 0]))
+    starts, stops = edges[::2], edges[1::2]
+    gap = max(1, int(merge_ms * 1e-3 * fs))
+    new_event = np.r_[True, starts[1:] - stops[:-1] > gap]
+    ev_start = starts[new_event]
+    ev_stop = stops[np.r_[new_event[1:], True]]
+    out = np.empty(len(ev_start), np.int64)
+    for j, (s0, s1) in enumerate(zip(ev_start, ev_stop)):
+        seg = a[s0:s1]
+        out[j] = s0 + int(np.argmax(seg >= lead * seg.max()))
+        # climb to the local maximum of that slope
+        while out[j] + 1 < s1 and a[out[j] + 1] > a[out[j]]:
+            out[j] += 1
+    return out, d[out], np.stack([ev_start, ev_stop], 1).astype(np.int64)
 
 
 def _windows(x: np.ndarray, idx: np.ndarray, a: int, b: int) -> np.ndarray:
@@ -119,7 +141,7 @@ def _shifted(W: np.ndarray, s: int) -> np.ndarray:
     return W
 
 
-def cluster_candidates(x: np.ndarray, idx: np.ndarray, fs: float, *, cluster_ms: float = 1.5,
+def cluster_candidates(x: np.ndarray, idx: np.ndarray, fs: float, *, cluster_ms: float = 2.5,
                        match: float = 0.25, max_shift: int = 2, min_count: int = 5,
                        max_templates: int = 40) -> tuple[list, np.ndarray, np.ndarray, int]:
     """Greedy template clustering of candidate spike windows (see module docstring).
@@ -164,39 +186,45 @@ def cluster_candidates(x: np.ndarray, idx: np.ndarray, fs: float, *, cluster_ms:
     return members, T, shift, h
 
 
-def match_pursuit(x: np.ndarray, idx: np.ndarray, templates: np.ndarray, h: int, *, max_shift_ms: float = 1.0,
-                  fs: float = 23437.5, match: float = 0.25, max_units: int = 2) -> list[tuple[int, int]]:
-    """Explain one spike window by up to ``max_units`` shifted templates (greedy matching pursuit).
+def match_pursuit(x: np.ndarray, bounds, templates: np.ndarray, h: int, *, margin_ms: float = 1.0,
+                  fs: float = 23437.5, accept: float = 0.4, max_units: int = 3,
+                  amp_range=(0.7, 1.3)) -> list[tuple[int, int]]:
+    """Explain one detected event by up to ``max_units`` shifted templates (greedy matching pursuit).
 
-    For each window centred at ``idx`` (length 2h + 1 + 2 * shift range), the template and shift
-    with the largest least-squares reduction ``<r, T>^2 / ||T||^2`` (amplitude within 0.7-1.3)
-    are subtracted, then the next; the window is explained when the residual energy is below
-    ``match`` times the energy of the subtracted templates.  Returns [(unit, sample), ...]
-    (empty when the window is not explained).
+    Over the event ``bounds`` = (first, last) sample (± ``margin_ms``), the template and position
+    whose window is closest to it, ``||r_w - a T||^2 / ||T||^2`` with the least-squares
+    amplitude ``a`` within ``amp_range``, is accepted when that distance is below ``accept``,
+    subtracted from the residual, and the search repeats. The distance is local to the
+    template's window, so the parts of a long MUAP outside another unit's (short, spike-centred)
+    template do not veto it. Templates are ``[U, 2h + 1]``, centred on the discharge.
+    Returns [(unit, sample), ...].
     """
     U = len(templates)
     if U == 0:
         return []
-    S = max(1, int(round(max_shift_ms * 1e-3 * fs)))
+    m = max(1, int(round(margin_ms * 1e-3 * fs)))
+    lo, hi = int(bounds[0]) - m, int(bounds[1]) + m  # discharge positions searched: lo..hi
+    n = len(x)
+    a0, b0 = lo - h, hi + h + 1
+    r = np.zeros(b0 - a0)
+    ca, cb = max(a0, 0), min(b0, n)
+    r[ca - a0:cb - a0] = x[ca:cb]
     L = 2 * h + 1
-    r = _windows(x, np.array([idx]), h + S, h + S + 1)[0].astype(np.float64)  # length L + 2S
     E = np.sum(templates.astype(np.float64) ** 2, axis=1)
-    # full placement grid of every template at every shift: [U, 2S + 1, L + 2S]
     found: list[tuple[int, int]] = []
-    sub_energy = 0.0
     for _ in range(max_units):
-        c = np.stack([np.correlate(r, templates[u], mode="valid") for u in range(U)])  # [U, 2S+1]
+        c = np.stack([np.correlate(r, templates[u], mode="valid") for u in range(U)])  # [U, hi - lo + 1]
+        cs = np.r_[0.0, np.cumsum(r * r)]
+        rw2 = cs[L:] - cs[:-L]  # window energy at each position
         a = c / E[:, None]
-        gain = np.where((a > 0.7) & (a < 1.3), c * c / E[:, None], -np.inf)
-        u, s = np.unravel_index(int(np.argmax(gain)), gain.shape)
-        if not np.isfinite(gain[u, s]):
+        dist = (rw2[None, :] - 2 * a * c + a * a * E[:, None]) / E[:, None]
+        dist = np.where((a > amp_range[0]) & (a < amp_range[1]), dist, np.inf)
+        u, s = np.unravel_index(int(np.argmin(dist)), dist.shape)
+        if not dist[u, s] < accept:
             break
         r[s:s + L] -= a[u, s] * templates[u]
-        sub_energy += a[u, s] ** 2 * E[u]
-        found.append((int(u), int(idx + s - S)))
-        if np.sum(r[S:S + L] ** 2) < match * sub_energy:
-            return found
-    return []
+        found.append((int(u), int(lo + s)))
+    return found
 
 
 def _dedupe(sp: np.ndarray, refractory: int) -> np.ndarray:
@@ -210,8 +238,42 @@ def _dedupe(sp: np.ndarray, refractory: int) -> np.ndarray:
     return np.asarray(keep, np.int64)
 
 
+def drop_locked(spikes: list, sizes, fs: float, *, max_lag_ms: float = 12.0, tol_ms: float = 0.3,
+                share: float = 0.5) -> list[int]:
+    """Indices of units to keep after removing time-locked duplicates.
+
+    A polyphasic MUAP (or one with a satellite) has several steep deflections, each of which can
+    be detected and clustered as a "unit"; such a unit discharges at a fixed lag after or before
+    the real one. Unit j is dropped when at least ``share`` of its discharges lie within
+    ``tol_ms`` of one lag (|lag| <= ``max_lag_ms``) from discharges of a larger unit i.
+    """
+    order = np.argsort(-np.asarray(sizes, np.float64))
+    keep: list[int] = []
+    W, tol = max_lag_ms * 1e-3 * fs, max(1, int(round(tol_ms * 1e-3 * fs)))
+    for j in order:
+        sj = np.asarray(spikes[j])
+        locked = False
+        for i in keep:
+            si = np.asarray(spikes[i])
+            if len(sj) == 0 or len(si) == 0:
+                continue
+            k = np.clip(np.searchsorted(si, sj), 1, len(si) - 1)
+            lag = np.where(np.abs(sj - si[k - 1]) < np.abs(sj - si[k]), sj - si[k - 1], sj - si[k])
+            lag = lag[np.abs(lag) <= W]
+            if len(lag) < share * len(sj):
+                continue
+            mode = np.median(lag)
+            if np.sum(np.abs(lag - mode) <= tol) >= share * len(sj):
+                locked = True
+                break
+        if not locked:
+            keep.append(int(j))
+    return sorted(keep)
+
+
 def decompose_needle(x, fs: float, *, band=(5.0, 5000.0), threshold: float = 6.0, match: float = 0.25,
-                     min_count: int = 5, pre_ms: float = 12.0, post_ms: float = 18.0,
+                     accept: float = 0.4,
+                     min_count: int = 10, pre_ms: float = 12.0, post_ms: float = 18.0,
                      refractory_ms: float = 15.0, resolve_superpositions: bool = True,
                      raw: bool = True) -> NeedleDecomposition:
     """Detect, cluster and decompose a single-channel needle recording (see module docstring).
@@ -220,7 +282,8 @@ def decompose_needle(x, fs: float, *, band=(5.0, 5000.0), threshold: float = 6.0
     ----------
     x : [n_samples] needle EMG, µV (raw when ``raw``; else already the analysis signal).
     fs : Hz.  band : analysis band-pass (Hz).  threshold : detection threshold, MAD stds of the LPD.
-    match : clustering / pursuit tolerance (normalised squared distance).
+    match : clustering tolerance (normalised squared distance to a template).
+    accept : matching-pursuit tolerance (the same distance, within the template's window).
     min_count : discharges a template needs to be kept.
     pre_ms, post_ms : template window before/after the discharge (ms); long enough for the
         longest neurogenic MUAPs (~20-25 ms).
@@ -236,20 +299,20 @@ def decompose_needle(x, fs: float, *, band=(5.0, 5000.0), threshold: float = 6.0
     >>> dec.n_units, dec.templates.shape  # doctest: +SKIP
     """
     x = analysis_signal(x, fs, band) if raw else np.asarray(x, np.float32)
-    idx, _ = detect_candidates(x, fs, threshold=threshold)
+    idx, _, bounds = detect_candidates(x, fs, threshold=threshold)
     members, T, shift, h = cluster_candidates(x, idx, fs, match=match, min_count=min_count)
     spikes = [list(idx[m] + shift[m]) for m in members]
-    n_sup = 0
-    if resolve_superpositions and len(T):
-        assigned = np.zeros(len(idx), bool)
-        for m in members:
-            assigned[m] = True
-        for i in np.flatnonzero(~assigned):
-            for u, t in match_pursuit(x, int(idx[i]), T, h, fs=fs, match=match):
-                spikes[u].append(t)
-                n_sup += 1
     refr = max(1, int(refractory_ms * 1e-3 * fs))
+    n_clustered = sum(len(_dedupe(np.asarray(s, np.int64), refr)) for s in spikes)
+    if resolve_superpositions and len(T):
+        # every event, also those assigned to a template: a clustered event can hide a second MUAP
+        for i in range(len(idx)):
+            for u, t in match_pursuit(x, bounds[i], T, h, fs=fs, accept=accept):
+                spikes[u].append(t)
     spikes = [_dedupe(np.asarray(s, np.int64), refr) for s in spikes]
+    n_sup = sum(len(s) for s in spikes) - n_clustered
+    keep = drop_locked(spikes, np.ptp(T, axis=1) if len(T) else [], fs)
+    spikes = [spikes[k] for k in keep]
     a, b = int(round(pre_ms * 1e-3 * fs)), int(round(post_ms * 1e-3 * fs)) + 1
     tpl = np.stack([np.median(_windows(x, s, a, b), axis=0) for s in spikes]).astype(np.float32) if spikes \
         else np.zeros((0, a + b), np.float32)

@@ -24,8 +24,8 @@ analysis band-pass; see :mod:`bmiss.needle.detect`):
   normal and neurogenic MUPs in concentric EMG: analysis of the MUP "thickness" and the proposal
   of "size index", Electroencephalogr Clin Neurophysiol 89:291-303).
 * **discharge rate** (Hz): 1 / median inter-discharge interval (IDI) over IDIs of 20-250 ms
-  (longer IDIs are taken as missed discharges); **IDI CoV**: std / mean of the consecutive
-  accepted IDIs (Stashuk 1999, Med Eng Phys 21:389-404, reports IDI statistics per MUAP train).
+  within 0.5-1.5 times their median (longer IDIs span a missed discharge, shorter ones an extra
+  one); **IDI CoV**: std / mean of those accepted IDIs (Stashuk 1999, Med Eng Phys 21:389-404, reports IDI statistics per MUAP train).
 
 The recording-level summary (:func:`summarize`) gives means, medians and 10th/90th percentiles
 over units, the share of polyphasic MUAPs, the number of units and candidates per second, and
@@ -154,6 +154,10 @@ def _rate(spikes: np.ndarray, fs: float, lo_ms: float = 20.0, hi_ms: float = 250
     ok = idi[(idi >= lo_ms) & (idi <= hi_ms)]
     if len(ok) < 2:
         return float("nan"), float("nan")
+    med = float(np.median(ok))
+    ok = ok[(ok > 0.5 * med) & (ok < 1.5 * med)]  # drop intervals spanning a missed or an extra discharge
+    if len(ok) < 2:
+        return 1e3 / med, float("nan")
     return 1e3 / float(np.median(ok)), float(np.std(ok) / np.mean(ok))
 
 
