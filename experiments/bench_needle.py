@@ -39,12 +39,47 @@ def evaluate(subjects, y, lp) -> dict:
     return out
 
 
+def timing(out: Path) -> None:
+    """Feature time of each shared N2001 record (22 x 11.2 s), with a baseline in the same run: one
+    zero-phase band-pass of the same signal (the first stage), so that the ratio survives load."""
+    import scipy.signal
+
+    from bmiss.needle.features import analyze_recording
+    from bmiss.needle.wfdb import load_wfdb
+
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "n2001"
+    rows = []
+    load0 = list(os.getloadavg())
+    for h in sorted(shared.glob("*.hea")):
+        rec = load_wfdb(h)
+        t = time.perf_counter()
+        sos = scipy.signal.butter(2, [5.0, 5000.0], btype="bandpass", fs=rec.fs, output="sos")
+        scipy.signal.sosfiltfilt(sos, rec.emg[0].astype(np.float64))
+        base = time.perf_counter() - t
+        t = time.perf_counter()
+        dec, units, _ = analyze_recording(rec)
+        rows.append({"record": rec.meta["record"], "seconds": time.perf_counter() - t, "baseline_s": base,
+                     "n_units": len(units), "n_candidates": dec.n_candidates})
+    sec = np.array([r["seconds"] for r in rows])
+    ratio = sec / np.array([r["baseline_s"] for r in rows])
+    res = provenance(what="needle feature time per 11.2-s recording (23,437.5 Hz), 22 shared records")
+    res.update(records=rows, median_s=float(np.median(sec)), max_s=float(sec.max()),
+               median_ratio_to_bandpass=float(np.median(ratio)), load_avg_start=load0,
+               load_avg_end=list(os.getloadavg()))
+    write_json(out, res)
+    print(f"feature time median {np.median(sec):.3f} s, max {sec.max():.3f} s "
+          f"({np.median(ratio):.1f} x one band-pass); load {load0} -> {os.getloadavg()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=Path("/work/data_n2001/als_datasets/emglab_dataset_bb"))
     ap.add_argument("--out", type=Path, default=Path("results/bench_needle.json"))
     ap.add_argument("--steps", type=int, default=CNN_STEPS)
+    ap.add_argument("--timing-only", type=Path, metavar="JSON", help="only time the features of the shared records")
     a = ap.parse_args()
+    if a.timing_only:
+        return timing(a.timing_only)
     t0 = time.perf_counter()
     c = load_cache(a.data)
     subj, y = c["subjects"], c["y"]

@@ -25,8 +25,8 @@ from bmiss.needle.features import SUMMARY_KEYS, analyze_recording
 from bmiss.needle.wfdb import load_wfdb
 
 SEED = 0
-CNN_STEPS = 600
-CNN_WIDTH = 16
+CNN_STEPS = 300
+CNN_WIDTH = 8
 L2 = 1.0
 
 
