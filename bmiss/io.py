@@ -358,6 +358,7 @@ READERS: dict[str, str | Callable] = {
     ".mat": "bmiss.formats:load_mat",
     ".json": "bmiss.formats:load_openhdemg",
     ".json.gz": "bmiss.formats:load_openhdemg",
+    ".hea": "bmiss.needle.wfdb:load_wfdb",  # WFDB record (single-channel needle EMG)
 }
 WRITERS: dict[str, str | Callable] = {
     ".npz": "bmiss.io:save_recording_npz",
