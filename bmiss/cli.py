@@ -674,6 +674,7 @@ def main(argv=None) -> int:
     cmd = "bmiss"
     interrupts.set_line("bmiss: interrupted; nothing was written")
     try:
+        interrupts.enter_main()
         try:
             args = _parse(argv)
         except SystemExit as e:  # argparse: --help (0) or a bad option (2, message already printed)

@@ -30,7 +30,7 @@ GRACE_S = 3.0
 
 _requested = threading.Event()
 _acknowledged = threading.Event()
-_state: dict = {"prev": {}, "console": False, "line": "bmiss: interrupted; no output was left half-written",
+_state: dict = {"prev": {}, "console": False, "in_main": False, "line": "bmiss: interrupted; nothing was written",
                 "hook": None, "watchdog": None}
 
 
@@ -59,6 +59,13 @@ def line() -> str:
     return _state["line"]
 
 
+def enter_main() -> None:
+    """The command line's ``main`` runs (and catches :class:`Interrupted`) from here on."""
+    _state["in_main"] = True
+    if _requested.is_set():
+        raise Interrupted()
+
+
 def acknowledge() -> None:
     """The command line has caught the interrupt: stop raising it again."""
     _acknowledged.set()
@@ -76,9 +83,25 @@ def _handler(signum, frame):
         t = threading.Thread(target=_watchdog, name="bmiss-interrupt", daemon=True)
         _state["watchdog"] = t
         t.start()
+    if _state["console"] and not _state["in_main"]:
+        _hard_exit()  # still importing the command line: nothing to unwind, nothing written
     if _acknowledged.is_set() or _already_unwinding():
         return  # never raise inside the cleanup of the first interrupt
+    if _importing(frame):  # unwinding a half-initialised extension module (jaxlib) can crash the process:
+        if _state["console"]:  # the command leaves at once (no output is written while importing)
+            _hard_exit()
+        return  # in process: the flag stops the run at the next check
     raise Interrupted()
+
+
+def _importing(frame) -> bool:
+    """Whether ``frame`` runs inside an import (importlib's bootstrap frames are on the stack)."""
+    f = frame
+    while f is not None:
+        if f.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        f = f.f_back
+    return False
 
 
 def _hard_exit() -> None:
@@ -101,10 +124,10 @@ def _watchdog() -> None:
     while not _acknowledged.wait(RETRY_S):
         if _state["console"] and time.monotonic() - t0 > GRACE_S:
             _hard_exit()
-        if _state["prev"]:  # still installed: raise again in the main thread
-            _thread.interrupt_main(signal.SIGINT)
-        else:
+        sigs = list(_state["prev"])
+        if not sigs:  # uninstalled meanwhile
             return
+        _thread.interrupt_main(sigs[0])  # runs the handler again in the main thread
 
 
 def _unraisable(args) -> None:
@@ -126,8 +149,11 @@ def install(*, console: bool = False) -> None:
     _acknowledged.clear()
     _state["console"] = console
     for sig in (signal.SIGINT, signal.SIGTERM):
-        prev = signal.signal(sig, _handler)
-        _state["prev"].setdefault(sig, prev)
+        if sig in _state["prev"]:
+            continue
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            continue  # ignored by whoever started us (e.g. a background job of a script): keep it so
+        _state["prev"][sig] = signal.signal(sig, _handler)
     if sys.unraisablehook is not _unraisable:
         _state["hook"] = sys.unraisablehook
         sys.unraisablehook = _unraisable
@@ -138,6 +164,7 @@ def uninstall() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     _acknowledged.set()  # stops a watchdog
+    _state["in_main"] = False
     for sig, prev in _state["prev"].items():
         signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
     _state["prev"] = {}
@@ -148,6 +175,11 @@ def uninstall() -> None:
 
 def installed() -> bool:
     return bool(_state["prev"])
+
+
+def default_signals() -> None:
+    """``preexec_fn`` for a child ``bmiss`` that must react to SIGINT even when this process ignores it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 __all__ = ["Interrupted", "requested", "check", "install", "uninstall", "acknowledge", "set_line", "EXIT_STATUS"]

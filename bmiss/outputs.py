@@ -77,8 +77,9 @@ def check_suffix(path, allowed: Sequence[str], *, what: str, arg: str = "--out",
     eg = f" (e.g. {example})" if example else ""
     if not raw.strip():
         raise UserError(f"{arg} is empty: give the {what} file to write, ending in {ok}{eg}")
-    if raw.endswith(("/", os.sep)) or (os.altsep and raw.endswith(os.altsep)):
-        raise UserError(f"{arg} {raw} names a folder: give the {what} file to write, ending in {ok}{eg}")
+    if raw.endswith(("/", os.sep)) or (os.altsep and raw.endswith(os.altsep)) or Path(raw).is_dir():
+        raise IsADirectoryError(f"{arg} {raw} is a folder; give the path of the {what} file to write, ending in "
+                                f"{ok}{eg}")
     name = Path(raw).name.lower()
     if not name.endswith(tuple(allowed)) or name in allowed:
         suf = f"not {Path(raw).suffix}" if Path(raw).suffix else "and the name has no suffix"
