@@ -95,7 +95,7 @@ def _cli(argv: list[str], work: Path):
     return rc, out.getvalue(), err.getvalue()
 
 
-def refused(argv: list[str], says: str = "", *, allow_new: tuple = ()) -> Callable:
+def refused(argv: list[str], says: str = "", *, allow_new: tuple = (), forbid: str = "") -> Callable:
     """A command line that must give one ``bmiss CMD: error:`` line, exit 2, and leave every file as it was."""
     def run(work):
         before = _snapshot(work)
@@ -109,10 +109,13 @@ def refused(argv: list[str], says: str = "", *, allow_new: tuple = ()) -> Callab
             problems.append(f"stderr {len(lines)} lines: {lines[-1][:160] if lines else ''!r}")
         if says and says not in err:
             problems.append(f"message lacks {says!r}")
+        if forbid and forbid in err:
+            problems.append(f"message says {forbid!r}")
         if after != before:
             problems.append("files changed: " + ", ".join(sorted(set(after) ^ set(before)) or
                                                           [k for k in after if after[k] != before.get(k)]))
-        return (not problems), "; ".join(problems) or lines[0][:200]
+        msg = lines[-1][:160] if lines else ""
+        return (not problems), ("; ".join(problems) + f" | {msg}") if problems else msg
     return run
 
 
@@ -276,7 +279,7 @@ def _settings_bool(key: str):
     def run(work):
         from bmiss.cli import _parse_settings
 
-        v = _parse_settings([f"{key}=false" if key == "deconvolve" else f"{key}={'no' if key == 'peel' else 'off'}"])
+        v = _parse_settings([f"{key}={dict(deconvolve='false', peel='no', dedupe='off')[key]}"])
         return v.get(key) is False, f"parsed as {v.get(key)!r}"
     return run
 
@@ -307,12 +310,12 @@ def _fs_vs_fingerprint(work):
         (work / "dec4096.npz").unlink()
 
 
-def _hostile_file(name: str, writer: Callable[[Path], None], argv: list[str], says: str = ""):
+def _hostile_file(name: str, writer: Callable[[Path], None], argv: list[str], says: str = "", forbid: str = ""):
     def run(work):
         p = work / name
         writer(p)
         try:
-            return refused(argv, says)(work)
+            return refused(argv, says, forbid=forbid)(work)
         finally:
             if p.exists():
                 p.unlink()
@@ -331,8 +334,13 @@ def _truncated(p):
 
 
 def _truth_past_end(p):
-    np.savez(p, emg=np.random.default_rng(0).normal(size=(16, 4096)).astype(np.float32), fs=2048.0,
-             true_spikes=np.array([100, 5000]), true_spikes_offsets=np.array([0, 2]))
+    """rec.npz (the recording dec.npz was made from: same EMG) with one true discharge past its end."""
+    with np.load(Path(p).parent / "rec.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["true_spikes"] = np.append(arrays["true_spikes"], arrays["emg"].shape[1] + 500)
+    arrays["true_spikes_offsets"] = arrays["true_spikes_offsets"].copy()
+    arrays["true_spikes_offsets"][-1] += 1
+    np.savez(p, **arrays)
 
 
 def _map_json(p):
@@ -383,7 +391,8 @@ def cases() -> list[Case]:
     add("export-units-json", OWN, "export dec.npz --recording rec.npz --out units.json", _export_units_json,
         group="silent wrong result")
     for key in ("deconvolve", "peel", "dedupe"):
-        add(f"setting-{key}-false", SETTINGS, f"--setting {key}={'false' if key == 'deconvolve' else 'no'}",
+        add(f"setting-{key}-false", SETTINGS,
+            f"--setting {key}={dict(deconvolve='false', peel='no', dedupe='off')[key]}",
             _settings_bool(key), group="silent wrong result")
     for s in ("min_spikes=-1", "n_iter=1.5", "max_fp_iter=0", "band=(20,5000)"):
         add(f"setting-{s}", SETTINGS, f"decompose --setting {s}",
@@ -394,7 +403,7 @@ def cases() -> list[Case]:
     add("dec-fs-vs-fingerprint", READERS, "export dec(fs 4096, fingerprint 2048) --recording rec.npz",
         _fs_vs_fingerprint, group="silent wrong result")
     add("truth-past-the-end", READERS, "evaluate dec.npz --truth rec_with_spike_past_end.npz",
-        _hostile_file("late.npz", _truth_past_end, ["evaluate", "dec.npz", "--truth", "late.npz"]),
+        _hostile_file("late.npz", _truth_past_end, ["evaluate", "dec.npz", "--truth", "late.npz"], "true_spikes"),
         group="silent wrong result")
 
     # tracebacks on user input
@@ -403,7 +412,7 @@ def cases() -> list[Case]:
             refused(["decompose", "rec.npz", "--method", "cbss", "--quiet", "--out", "o.npz", "--setting", s],
                     s.split("=")[0]), group="traceback")
     add("npz-fs-1e9", READERS, "decompose fs1e9.npz (fs = 1e9)",
-        _hostile_file("fs1e9.npz", _npz(emg=np.zeros((4, 4096), np.float32), fs=1e9),
+        _hostile_file("fs1e9.npz", _npz(emg=np.random.default_rng(1).normal(size=(16, 4096)), fs=1e9),
                       ["decompose", "fs1e9.npz", "--method", "cbss"], "fs"), group="traceback")
     add("channel-map-json-ten", READERS, "decompose rec.npz --electrode map.json (ied_mm: 'ten')",
         _hostile_file("map.json", _map_json, ["decompose", "rec.npz", "--method", "cbss", "--electrode", "map.json"],
@@ -444,11 +453,12 @@ def cases() -> list[Case]:
         api_refused(lambda w: __import__("bmiss").decompose("rec.npz", "cbss", n_iter="abc", progress=False),
                     "n_iter"), fast=False, group="misleading")
     add("npz-truncated", READERS, "decompose truncated.npz",
-        _hostile_file("truncated.npz", _truncated, ["decompose", "truncated.npz", "--method", "cbss"], "truncated"),
+        _hostile_file("cut.npz", _truncated, ["decompose", "cut.npz", "--method", "cbss"],
+                      forbid="not an .npz archive"),
         group="misleading")
     add("npz-1e40", READERS, "decompose big.npz (finite 1e40 values)",
         _hostile_file("big.npz", _npz(emg=np.full((4, 4096), 1e40), fs=2048.0),
-                      ["decompose", "big.npz", "--method", "cbss"], "1e+40"), group="misleading")
+                      ["decompose", "big.npz", "--method", "cbss"], forbid="NaN"), group="misleading")
     try:  # the formats helper's reader cases, when present
         sys.path.insert(0, str(ROOT / "experiments"))
         import hostile_readers  # type: ignore
