@@ -177,9 +177,12 @@ def installed() -> bool:
     return bool(_state["prev"])
 
 
-def default_signals() -> None:
-    """``preexec_fn`` for a child ``bmiss`` that must react to SIGINT even when this process ignores it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def command(*args: str) -> list[str]:
+    """argv that runs ``bmiss ARGS`` in a child Python with SIGINT at its default, so that it reacts to
+    Ctrl-C even when this process ignores it (a background job); for tests and the hostile-input trial."""
+    code = ("import signal, sys, runpy; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "sys.argv = ['bmiss'] + sys.argv[1:]; runpy.run_module('bmiss', run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-c", code, *args]
 
 
 __all__ = ["Interrupted", "requested", "check", "install", "uninstall", "acknowledge", "set_line", "EXIT_STATUS"]

@@ -174,10 +174,11 @@ def interrupt_run(sig: int, delay_s: float) -> Callable:
         out.write_bytes(b"the user's existing output")
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         env.setdefault("JAX_PLATFORMS", "cpu")
-        p = subprocess.Popen([sys.executable, "-m", "bmiss", "decompose", str(work / "rec.npz"), "--method", "cbss",
-                              "--n-iter", "10000", "--quiet", "--force", "--out", str(out)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=work,
-                             preexec_fn=__import__("bmiss.interrupts").interrupts.default_signals)
+        from bmiss import interrupts
+
+        p = subprocess.Popen(interrupts.command("decompose", str(work / "rec.npz"), "--method", "cbss",
+                                                "--n-iter", "10000", "--quiet", "--force", "--out", str(out)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=work)
         t0 = time.monotonic()
         while not _catches_sigterm(p.pid) and p.poll() is None and time.monotonic() - t0 < 60:
             time.sleep(0.005)

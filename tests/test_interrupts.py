@@ -82,10 +82,9 @@ def test_real_signals_in_every_phase_exit_130_with_one_line_and_keep_the_old_out
     for k, (sig, phase, delay) in enumerate(CASES):
         out = tiny / f"old{k}.npz"
         out.write_bytes(b"the user's old output")
-        p = subprocess.Popen([sys.executable, "-m", "bmiss", "decompose", str(tiny / "rec.npz"), "--method", "cbss",
-                              "--n-iter", "10000", "--quiet", "--force", "--out", str(out)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tiny,
-                             preexec_fn=interrupts.default_signals)
+        p = subprocess.Popen(interrupts.command("decompose", str(tiny / "rec.npz"), "--method", "cbss",
+                                                "--n-iter", "10000", "--quiet", "--force", "--out", str(out)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tiny)
         procs.append((p, sig, phase, delay, out))
     t0 = time.monotonic()
     began = {}
