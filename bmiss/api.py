@@ -213,9 +213,30 @@ def check_pair(dec: Decomposition, rec: Recording, *, dec_name: str = "the decom
 def decompose(rec: Recording | str | Path, method: str = "bmiss", *, progress: bool = True, **kw) -> Decomposition:
     """Decompose a recording into MU spike trains.
 
-    method: "bmiss" (model-informed inversion; kw: anatomy, n_rounds, forward, seed, ...),
-    "cbss" (convolutive FastICA baseline; kw: n_iter, contrast, seed, ...) or
-    "oracle" (separation filters from the recording's TRUE MUAPs: an upper bound, simulation only).
+    Parameters
+    ----------
+    rec : Recording or path of a recording file (.npz, .otb+, .mat, .json/.json.gz); EMG
+        [n_channels, n_samples] in µV at ``rec.fs`` Hz.
+    method : "bmiss" (model-informed inversion; kw: anatomy, n_rounds, forward, init, ...), "cbss"
+        (convolutive FastICA baseline; kw: n_iter, contrast, ...) or "oracle" (separation filters
+        from the recording's TRUE MUAPs: an upper bound, simulation only).
+    progress : tqdm progress on stderr.
+    **kw : seed (int, 0..2**32-1); geometry (electrode, orientation, grid, ied_mm in mm, missing);
+        any field of the method's settings (:mod:`bmiss.pipeline.settings`).
+
+    Returns
+    -------
+    Decomposition : spikes (sample indices per unit), sources [n_units, n_samples], quality
+        (SIL, PNR dB, CoV of ISI), ``meta["recording"]`` (the recording's fingerprint) and
+        ``meta["settings"]``.
+
+    Raises
+    ------
+    UserError naming the argument (``rec``, ``method``, ``seed``) when one is of the wrong type or range.
+
+    Examples
+    --------
+    >>> dec = bmiss.decompose("rec.npz", "cbss", seed=0)  # doctest: +SKIP
     """
     rec = _as_recording(rec, "rec", "decompose")
     if not isinstance(method, str) or method not in METHODS:
@@ -269,10 +290,28 @@ def oracle_identifiable(rec: Recording, *, threshold: float = 0.9, oracle: Decom
 
 def evaluate(dec: Decomposition | str | Path, rec: Recording | str | Path, *, oracle: bool = False,
              check: bool = True, **kw) -> dict:
-    """Score a decomposition against the ground truth of a simulated recording (see metrics.evaluate).
+    """Score a decomposition against the ground truth of a simulated recording (see :func:`bmiss.metrics.evaluate`).
 
-    oracle=True also runs the oracle and reports the yield as a fraction of the identifiable MUs.
-    check=True (default) refuses a decomposition of another recording (:func:`check_pair`).
+    Parameters
+    ----------
+    dec : Decomposition or path of a decomposition .npz.
+    rec : the simulated Recording (or its path) that ``dec`` was decomposed from.
+    oracle : also run the oracle and report the yield as a fraction of the identifiable MUs.
+    check : refuse a decomposition of another recording (:func:`check_pair`).
+
+    Returns
+    -------
+    dict : ``summary`` (found at RoA >= 0.9 / 0.8, false, duplicates, ...), per-unit matching,
+        blind quality, property errors.
+
+    Raises
+    ------
+    UserError when the arguments are swapped or of the wrong type; RecordingMismatchError when
+    ``dec`` belongs to another recording.
+
+    Examples
+    --------
+    >>> report = bmiss.evaluate("dec.npz", "rec.npz")  # doctest: +SKIP
     """
     from . import metrics
 

@@ -477,6 +477,14 @@ def _units_arg(p) -> None:
                         "OTBioLab+'s export unit, with a warning)")
 
 
+def _ANATOMY(s: str) -> str:
+    """argparse type: a non-empty anatomy name or path (an empty one used to be taken for the current folder)."""
+    if not s.strip():
+        raise argparse.ArgumentTypeError("is empty: give a shipped anatomy name (bmiss anatomies) or the path "
+                                         "of an anatomy .toml")
+    return s
+
+
 MIN_DURATION_S = 0.1  # = bmiss.simulate.MIN_DURATION_S (a test checks); the grid may need more
 IED_MIN_MM, IED_MAX_MM = 0.5, 100.0  # = the layout check in bmiss.electrodes (a test checks)
 _IED = _float_in(IED_MIN_MM, IED_MAX_MM, unit="mm")
@@ -506,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("simulate", help="simulate an HD-EMG recording with ground truth")
-    s.add_argument("--anatomy", default="biceps_brachii", help="shipped anatomy name or TOML path")
+    s.add_argument("--anatomy", type=_ANATOMY, default="biceps_brachii", help="shipped anatomy name or TOML path")
     s.add_argument("--duration", type=_DURATION, default=20.0,
                    help=f"seconds, [{MIN_DURATION_S:g}, 3600] (and more samples than channels)")
     s.add_argument("--snr", type=_SNR, default=20.0, help="dB in [-20, 120], or 'inf' for noise-free")
@@ -528,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("recording", help=".npz recording (or .otb+, .mat, openhdemg .json)")
     d.add_argument("--method", choices=("bmiss", "cbss", "oracle"), default="bmiss")
     d.add_argument("--out", help="decomposition to write, a .npz file (default: RECORDING_METHOD.npz)")
-    d.add_argument("--anatomy", default=None, help="bmiss: anatomy for the forward model (default: the recording's or biceps_brachii)")
+    d.add_argument("--anatomy", type=_ANATOMY, default=None, help="bmiss: anatomy for the forward model (default: the recording's or biceps_brachii)")
     d.add_argument("--grid", default=None, metavar="ROWSxCOLS",
                    help="the recording's grid when its channels run row by row (with --ied, --missing)")
     d.add_argument("--ied", type=_IED, default=None,
@@ -590,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ft = sub.add_parser("fit", help="fit the subject's forward model (tissue, fibres, grid placement) to a recording")
     ft.add_argument("recording", help=".npz recording (or .otb+, .mat, openhdemg .json)")
-    ft.add_argument("--anatomy", default=None, help="base anatomy (default: the recording's or biceps_brachii)")
+    ft.add_argument("--anatomy", type=_ANATOMY, default=None, help="base anatomy (default: the recording's or biceps_brachii)")
     _geometry_args(ft, "the recording's ")
     ft.add_argument("--fs", type=_float_in(0, 1e6, lo_open=True, unit="Hz"), default=None,
                     help="sampling rate, Hz, for files that do not store one")
@@ -617,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.set_defaults(func=cmd_anatomies)
 
     m = sub.add_parser("demo", help="simulate -> decompose -> evaluate -> figures on the default anatomy")
-    m.add_argument("--anatomy", default="biceps_brachii")
+    m.add_argument("--anatomy", type=_ANATOMY, default="biceps_brachii", help="shipped anatomy name or TOML path")
     m.add_argument("--duration", type=_DURATION, default=10.0, help=f"seconds, [{MIN_DURATION_S:g}, 3600]")
     m.add_argument("--snr", type=_SNR, default=20.0, help="dB in [-20, 120], or 'inf' for noise-free")
     m.add_argument("--n-units", type=_N_UNITS, default=60, help="MU pool size (1..2000)")

@@ -427,7 +427,7 @@ def cases() -> list[Case]:
         refused(["simulate", "--duration", "0.001", "--out", "a.npz"], "--duration"), group="misleading")
     add("snr-minus-1e1", OWN, "simulate --snr -1e1", _negative_snr, group="misleading")
     add("anatomy-empty", OWN, "simulate --anatomy '' --out a.npz",
-        refused(["simulate", "--anatomy", "", "--out", "a.npz"], "--anatomy is empty"), group="misleading")
+        refused(["simulate", "--anatomy", "", "--out", "a.npz"], "--anatomy: is empty"), group="misleading")
     add("ied-0.1", OWN, "decompose rec.npz --grid 4x4 --ied 0.1",
         refused(["decompose", "rec.npz", "--grid", "4x4", "--ied", "0.1"], "[0.5, 100] mm"), group="misleading")
     add("units-uV-advice", OWN, ".mat warning advises units='uV' on the CLI", _emg_unit, group="misleading")
