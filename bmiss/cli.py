@@ -376,7 +376,8 @@ def _parse_fix(items) -> tuple[tuple, dict]:
 def cmd_fit(a) -> int:
     from . import api, figures, io
 
-    out, rep = Path(a.out), Path(a.report) if a.report else None
+    out = check_suffix(a.out, (".toml",), what="subject anatomy", example="subject.toml")  # read by --anatomy
+    rep = Path(a.report) if a.report else None
     figdir = Path(a.figures) if a.figures else None
     fig_path = figdir / "fit_muaps.png" if figdir else None
     _check_outputs([p for p in (out, rep, fig_path) if p is not None], a.force, inputs=[a.recording])

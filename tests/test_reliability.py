@@ -147,6 +147,7 @@ def test_bmiss_fit_is_the_function_once_fitting_is_a_package(monkeypatch):
     (["simulate", "--out", "a38.txt"], "not .txt"),
     (["decompose", "REC", "--out", "newdir/"], "is a folder"),
     (["decompose", "REC", "--out", "d.txt"], "not .txt"),
+    (["fit", "REC", "--out", "subject"], "has no suffix"),
     (["simulate", "--anatomy", "", "--out", "a.npz"], "--anatomy: is empty"),
     (["decompose", "REC", "--anatomy", " "], "--anatomy: is empty"),
     (["simulate", "--duration", "0.001", "--out", "a.npz"], "allowed [0.1, 3600] s"),
