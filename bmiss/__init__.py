@@ -14,7 +14,6 @@ The functions are loaded on first use (``import bmiss`` imports neither JAX nor 
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import types
 
@@ -26,6 +25,7 @@ _LAZY = {
     "decompose": "bmiss.api:decompose",
     "evaluate": "bmiss.api:evaluate",
     "export": "bmiss.api:export",
+    "fit": "bmiss.api:fit",  # the function; the subject-fit code is the package bmiss.fitting
     "load_recording": "bmiss.api:load_recording",
     "load_decomposition": "bmiss.api:load_decomposition",
     "save_recording": "bmiss.api:save_recording",
@@ -36,15 +36,8 @@ __all__ = ["simulate", "decompose", "evaluate", "export", "fit", "load_recording
            "load_decomposition", "save_decomposition"]
 
 
-def _fit_is_a_package() -> bool:
-    """True once the subject fit lives in :mod:`bmiss.fitting` (then ``bmiss.fit`` is the API function);
-    while it is the module ``bmiss/fit.py``, ``bmiss.fit`` stays that module (``from bmiss import fit``)."""
-    return os.path.isdir(os.path.join(os.path.dirname(__file__), "fitting"))
-
-
-def _function_names() -> set:
-    """Package attributes that are API functions although a submodule has the same name."""
-    return {"simulate", "fit"} if _fit_is_a_package() else {"simulate"}
+# API functions that share their name with a submodule (bmiss/simulate.py)
+_FUNCTION_NAMES = {"simulate"}
 
 
 class _Package(types.ModuleType):
@@ -52,7 +45,7 @@ class _Package(types.ModuleType):
     (the import system sets the package attribute; the submodule stays in ``sys.modules``)."""
 
     def __setattr__(self, name, value):
-        if isinstance(value, types.ModuleType) and name in _function_names():
+        if isinstance(value, types.ModuleType) and name in _FUNCTION_NAMES:
             return
         super().__setattr__(name, value)
 
@@ -61,10 +54,6 @@ sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):
-    if name == "fit":
-        if _fit_is_a_package():
-            return importlib.import_module("bmiss.api").fit
-        return importlib.import_module("bmiss.fit")
     target = _LAZY.get(name)
     if target is None:
         raise AttributeError(f"module 'bmiss' has no attribute {name!r}")

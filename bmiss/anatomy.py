@@ -3,8 +3,8 @@
 Coordinates (mm): ``x`` lateral (across the fibres), ``z`` along the fibres, ``y`` depth below the
 skin surface. The muscle is centred at x = 0 and the fibre midpoints lie at z = 0.
 
-Shipped anatomies are package data in ``bmiss/anatomies/`` (the top-level ``anatomy/`` folder
-holds a README pointing there; ``bmiss.anatomy.list_anatomies()``); any TOML with the same keys
+Shipped anatomies live in the top-level ``anatomy/`` folder and install as the package data
+``bmiss.anatomies`` (``bmiss.anatomy.list_anatomies()``); any TOML with the same keys
 can be passed by path.  Unknown sections and keys are rejected with a "did you mean" hint.
 
 ``[grid] electrode = "GR08MM1305"`` (optional, with ``orientation = 0 | 180``) takes the grid's
@@ -13,8 +13,7 @@ rows, columns, IED, missing electrodes and amplifier channel order (``channel_or
 """
 from __future__ import annotations
 
-from .errors import AnatomyError  # noqa: F401  (re-exported)
-import difflib
+from .errors import AnatomyError, did_you_mean  # noqa: F401  (AnatomyError re-exported)
 import math
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -22,7 +21,22 @@ from pathlib import Path
 
 import numpy as np
 
-ANATOMY_DIR = Path(__file__).resolve().parent / "anatomies"
+def _anatomy_dir() -> Path:
+    """The shipped anatomies: the package ``bmiss.anatomies`` (the top-level ``anatomy/`` folder of a
+    checkout, mapped by setup.py; a wheel's copy); a checkout run without installing falls back to
+    the folder itself."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("bmiss.anatomies")
+    except ImportError:
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0]).resolve()
+    return Path(__file__).resolve().parents[1] / "anatomy"
+
+
+ANATOMY_DIR = _anatomy_dir()
 MONTAGES = ("monopolar", "single_differential", "double_differential")
 
 
@@ -318,8 +332,7 @@ def resolve(name_or_path: str | Path) -> Path:
         if not p.is_file():
             raise FileNotFoundError(f"anatomy file {p} does not exist; shipped anatomies: {', '.join(list_anatomies())}")
         return p
-    near = difflib.get_close_matches(str(name_or_path), list_anatomies(), n=1)
-    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    hint = did_you_mean(name_or_path, list_anatomies())
     raise FileNotFoundError(
         f"no shipped anatomy named {name_or_path!r}{hint}; choose one of {', '.join(list_anatomies())} or give a "
         ".toml path")
@@ -344,8 +357,7 @@ def load(name_or_path: "str | Path | Anatomy" = "biceps_brachii") -> Anatomy:
 
 
 def _did_you_mean(word: str, options) -> str:
-    near = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.5)
-    return f" (did you mean {near[0]!r}?)" if near else ""
+    return did_you_mean(word, options, cutoff=0.5)
 
 
 def from_dict(raw: dict, source: str = "<dict>", text: str = "") -> Anatomy:

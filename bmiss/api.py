@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import anatomy as anatomy_mod
 from . import interrupts, outputs
 from .checks import SEED_MAX, check_seed  # noqa: F401  (re-exported)
 from .io import (Decomposition, Recording, atomic_write, recording_fingerprint)
@@ -490,45 +491,55 @@ def _export_neural(dec, out, fmt, rec, *, force, dec_name):
     return drive.save_drive_json(out, d, reference=ref, reference_unit=unit, force=force)
 
 
-def _fitting_module():
-    """The subject-fit module: ``bmiss.fitting`` (a package) once it exists, else ``bmiss/fit.py``."""
-    import importlib
-    import sys
+def fit(rec: Recording | str | Path, *, anatomy=None, electrode=None, decomposition: Decomposition | None = None,
+        progress: bool = True, seed: int = 0, units=None, fix=(), fixed_values: dict | None = None,
+        source: str | None = None, **settings):
+    """Fit the subject-specific forward model to a recording.
 
-    try:
-        return importlib.import_module("bmiss.fitting")
-    except ModuleNotFoundError as e:
-        if e.name != "bmiss.fitting":
-            raise
-    importlib.import_module("bmiss.fit")
-    return sys.modules["bmiss.fit"]
+    Runs the blind decomposition (``cbss``) when no ``decomposition`` is given, then
+    :func:`bmiss.fitting.fit_subject` on its confident units.
 
+    Parameters
+    ----------
+    rec : Recording or path
+    anatomy : base anatomy name, path or Anatomy (default: the recording's nominal one or
+        ``biceps_brachii``); its grid becomes the recording's (``electrode`` = grid code).
+    decomposition : blind units to use (default: ``decompose(rec, "cbss")``).
+    fix, fixed_values : subject parameters (``bmiss.fitting.SUBJECT_NAMES``) held at the base
+        anatomy's values or at ``fixed_values[name]`` (e.g. fat measured by ultrasound).
+    **settings : fields of :class:`bmiss.fitting.SubjectFitSettings` (``max_units``, ``n_starts``, ...).
 
-def fit(rec: Recording | str | Path, *, anatomy=None, electrode=None, progress: bool = True, **kw):
-    """Fit the subject-specific forward model to a recording (the work of ``bmiss fit``).
-
-    Returns a ``SubjectFit``: ``.anatomy`` (the fitted subject, usable as ``anatomy=`` /
-    ``--anatomy`` after ``.save_toml(path)``), ``.subject`` (value, std) per subject-level
-    parameter, per-unit parameters, observed and model MUAPs, explained variance.
-    kw: decomposition, units, min_sil, max_cov, min_discharges, max_units (>= 2), band, n_starts,
-    n_steps, seed (0..2**32-1), ...
+    Returns
+    -------
+    SubjectFit
+        ``.anatomy`` (the fitted subject, usable as ``anatomy=`` / ``--anatomy`` after
+        ``.save_toml(path)``), ``.subject`` (value, std) per subject-level parameter, per-unit
+        parameters, observed and model MUAPs, explained variance.
 
     Examples
     --------
-    >>> f = bmiss.fit("rec.npz", anatomy="biceps_brachii", max_units=20)  # doctest: +SKIP
-    >>> f.save_toml("subject.toml")  # doctest: +SKIP
+    >>> sf = bmiss.fit("rec.npz", fix=("fat_mm",), fixed_values={"fat_mm": 3.2})  # doctest: +SKIP
     """
-    if "max_units" in kw:
-        m = kw["max_units"]
-        if isinstance(m, bool) or not isinstance(m, numbers.Integral) or not 2 <= int(m) <= 10000:
-            raise UserError(f"fit: max_units must be an integer >= 2 (units fitted at most), got {m!r}")
-    if "seed" in kw:
-        kw["seed"] = check_seed(kw["seed"], "seed", where="fit")
-    fit_mod = _fitting_module()
-    src = kw.pop("source", None) or (str(rec) if _path_like(rec) else "")
+    import time
+
+    seed = check_seed(seed, "seed", where="fit")
+    if decomposition is not None and not isinstance(decomposition, Decomposition):
+        decomposition = _as_decomposition(decomposition, "decomposition", "fit")
+    from . import electrodes, fitting
+
+    src = source or (str(rec) if _path_like(rec) else "")
     rec = _as_recording(rec, "rec", "fit")
     interrupts.check()
-    return fit_mod.fit(rec, anatomy=anatomy, electrode=electrode, progress=progress, source=src, **kw)
+    s = fitting.SubjectFitSettings(fix=tuple(fix or ()), **settings)
+    base = anatomy if isinstance(anatomy, anatomy_mod.Anatomy) else electrodes.anatomy_for_recording(
+        rec, anatomy, electrode=electrode)
+    t0 = time.perf_counter()
+    dec = decomposition if decomposition is not None else decompose(rec, "cbss", progress=False, seed=seed)
+    t_dec = time.perf_counter() - t0
+    sf = fitting.fit_subject(rec, dec, anatomy=base, settings=s, units=units, fixed_values=fixed_values, seed=seed,
+                             progress=progress, source=src)
+    sf.timing["decompose"] = round(t_dec, 2)
+    return sf
 
 
 __all__ = ["simulate", "decompose", "evaluate", "export", "fit", "load_recording", "load_decomposition",

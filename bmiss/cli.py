@@ -216,7 +216,7 @@ def cmd_decompose(a) -> int:
     out = (check_suffix(a.out, DECOMPOSITION_SUFFIXES, what="decomposition", example="dec.npz") if a.out is not None
            else _default_decomposition_name(a.recording, a.method))
     _check_outputs([out], a.force, inputs=[a.recording])
-    settings = _parse_settings(a.setting)
+    settings = _parse_settings(a.setting, a.method)  # refused before any work
     from . import api, io
 
     rec = io.load_recording(a.recording, **_reader_kw(a))
@@ -258,21 +258,14 @@ def cmd_decompose(a) -> int:
     return 0
 
 
-def _parse_settings(items) -> dict:
-    """``--setting KEY=VALUE`` (repeatable) -> keywords for the method's settings dataclasses
-    (bmiss.pipeline.settings); values are Python literals (``0.85``, ``False``, ``(20, 450)``) or text."""
-    import ast
+def _parse_settings(items, method: str) -> dict:
+    """``--setting KEY=VALUE`` (repeatable) -> typed keywords for the method's settings
+    (:func:`bmiss.pipeline.settings.parse_settings`: each value parsed and checked by its field's type)."""
+    if not items:
+        return {}
+    from .pipeline.settings import parse_settings
 
-    out = {}
-    for it in items or ():
-        if "=" not in it:
-            raise UserError(f"--setting must look like KEY=VALUE (e.g. sil_threshold=0.85), got {it!r}")
-        k, v = it.split("=", 1)
-        try:
-            out[k.strip()] = ast.literal_eval(v.strip())
-        except (ValueError, SyntaxError):
-            out[k.strip()] = v.strip()
-    return out
+    return parse_settings(method, items)
 
 
 def _free_name(path: Path) -> Path:
@@ -349,16 +342,16 @@ def cmd_figures(a) -> int:
 
 
 def _parse_fix(items) -> tuple[tuple, dict]:
-    """``--fix NAME`` / ``--fix NAME=VALUE`` -> (names, values) for :func:`bmiss.fit.fit`."""
-    from .anatomy import _did_you_mean
-    from .fit import SUBJECT_NAMES, SUBJECT_UNITS
+    """``--fix NAME`` / ``--fix NAME=VALUE`` -> (names, values) for :func:`bmiss.fit`."""
+    from .errors import did_you_mean
+    from .fitting.bounds import SUBJECT_NAMES, SUBJECT_UNITS
 
     names, values = [], {}
     for it in items:
         name, eq, val = it.partition("=")
         name = name.strip()
         if name not in SUBJECT_NAMES:
-            hint = _did_you_mean(name, SUBJECT_NAMES)
+            hint = did_you_mean(name, SUBJECT_NAMES, cutoff=0.5)
             raise UserError(f"--fix {it}: unknown subject parameter {name!r}{hint}; choose from {', '.join(SUBJECT_NAMES)}")
         if eq:
             try:

@@ -50,11 +50,54 @@ import numpy as np
 import scipy.fft as sfft
 import scipy.signal
 
-from .io import atomic_write
+from . import filters
+from .config import Settings, setting
+from .files import write_text
 from .quality import shared_fraction
+from .whitening import zca
 
-__all__ = ["DeconvResult", "Whitener", "background_whitener", "deconvolve", "deconvolve_recording", "model_emg",
+__all__ = ["DeconvolveSettings", "DeconvResult", "Whitener", "background_whitener", "deconvolve", "deconvolve_recording", "model_emg",
            "residual_psd", "variance_explained", "save_deconv_json"]
+
+
+@dataclass(frozen=True)
+class DeconvolveSettings(Settings):
+    """The ``deconvolution`` stage (``Rules.deconvolve``; see :func:`deconvolve` for each field).
+
+    enabled : run the stage; min_discharges : units with fewer discharges at least 0.1 s from
+    either end get no template and pass through unchanged; the rest are :func:`deconvolve`'s
+    keywords (``kappa`` none = ``sqrt(2 ln N)``).
+    """
+
+    enabled: bool = True
+    refractory_ms: float = setting(20.0, lo=0.0, lo_open=True, hi=1000.0)
+    kappa: float | None = setting(None, lo=0.0, lo_open=True)
+    amp_range: tuple[float, float] = setting((0.7, 1.3), lo=0.0, lo_open=True)
+    remove: bool = True
+    remove_amp: float = setting(0.3, lo=0.0)
+    kappa_remove: float = setting(2.0, lo=0.0)
+    detect_margin: float = setting(4.0, lo=0.0)
+    duplicate_fraction: float = setting(0.3, lo=0.0, lo_open=True, hi=1.0)
+    max_rounds: int = setting(20, lo=1, hi=10000)
+    whiten: bool = True
+    whiten_from: str = setting("residual", choices=("residual", "emg"))
+    ar_order: int = setting(8, lo=0, hi=256)
+    min_discharges: int = setting(10, lo=1)
+
+    def validate(self):
+        if not self.amp_range[0] <= 1.0 <= self.amp_range[1]:
+            from .errors import SettingsError
+
+            raise SettingsError(f"deconvolve.amp_range = {self.amp_range}: needs low <= 1 <= high")
+
+    def solver_kw(self) -> dict:
+        """Keywords of :func:`deconvolve`."""
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d.pop("enabled")
+        d.pop("min_discharges")
+        return d
 
 
 @dataclass
@@ -323,19 +366,13 @@ def background_whitener(R: np.ndarray, *, order: int = 8, max_samples: int = 409
     else:
         A = np.zeros((0, C, C))
         e = R
-    cov = e @ e.T / e.shape[1]
-    w, V = np.linalg.eigh(cov)
-    floor = max(float(np.mean(w[: max(1, len(w) // 2)])), 1e-12)
-    W = (V * np.maximum(w, floor) ** -0.5) @ V.T
+    W, *_ = zca(e @ e.T / e.shape[1])
     return Whitener(A, W)
 
 
 # ------------------------------------------------------------------ the solver
-def deconvolve(emg, muaps, spikes: Sequence, fs: float, *, onset: int = 0, refractory_ms: float = 20.0,
-               kappa: float | None = None, amp_range: tuple[float, float] = (0.7, 1.3),
-               remove: bool = True, remove_amp: float = 0.3, kappa_remove: float = 2.0,
-               detect_margin: float = 4.0, duplicate_fraction: float = 0.3, max_rounds: int = 20,
-               whiten: bool = True, whiten_from: str = "residual", ar_order: int = 8, support=None, progress: bool = False) -> DeconvResult:
+def deconvolve(emg, muaps, spikes: Sequence, fs: float, *, onset: int = 0, settings: DeconvolveSettings | None = None,
+               support=None, progress: bool = False, **overrides) -> DeconvResult:
     """Refine discharge trains by greedy sparse deconvolution of the EMG (see module docstring).
 
     Parameters
@@ -345,6 +382,8 @@ def deconvolve(emg, muaps, spikes: Sequence, fs: float, *, onset: int = 0, refra
     spikes : initial discharge trains (0-based samples), one per template.
     fs : sampling rate, Hz.
     onset : samples of template before the discharge (``Templates.onset``; 0 for true MUAPs).
+    settings : :class:`DeconvolveSettings` (keyword overrides of its fields may be given directly);
+        its fields:
     refractory_ms : no two discharges of a unit closer than this (ms). 20 ms allows up to 50 Hz.
     kappa : detection threshold in matched-filter noise stds; default ``sqrt(2 ln N)``.
     amp_range : allowed amplitude of an added discharge relative to the template.
@@ -368,36 +407,60 @@ def deconvolve(emg, muaps, spikes: Sequence, fs: float, *, onset: int = 0, refra
     -------
     DeconvResult
     """
+    s = (settings or DeconvolveSettings()).replace(**overrides) if overrides else (settings or DeconvolveSettings())
     t_start = time.perf_counter()
     X, M, sp = _check(emg, muaps, spikes, onset)
-    U, C, T = M.shape
-    N = X.shape[1]
-    refr = max(1, int(math.floor(refractory_ms * fs / 1000.0 + 0.5)))
-    if kappa is None:
-        kappa = math.sqrt(2.0 * math.log(N))
-    amin, amax = amp_range
-    if not 0 < amin <= 1 <= amax:
-        raise ValueError(f"amp_range must satisfy 0 < low <= 1 <= high, got {amp_range}")
-    E = np.sum(np.square(M, dtype=np.float64), axis=(1, 2))
-    if np.any(E <= 0):
+    kappa = s.kappa if s.kappa is not None else math.sqrt(2.0 * math.log(X.shape[1]))
+    if np.any(np.sum(np.square(M, dtype=np.float64), axis=(1, 2)) <= 0):
         raise ValueError("a template is all zeros: drop that unit before deconvolving")
-    amps = [np.ones(len(s)) for s in sp]
+    w = _solve_domain(X, M, sp, onset, s, support)
+    det, aref, frozen = _freeze(w, sp, kappa, s)
+    trains, tamps, added, removed = _pursue(w, sp, aref, ~frozen, kappa, fs, s, progress)
+    res = _report(np.asarray(emg, np.float32), w, sp, trains, tamps, added, removed, frozen, det, kappa, fs, s)
+    res.timing_s = time.perf_counter() - t_start
+    return res
+
+
+@dataclass
+class _Work:
+    """The solver's working data in its domain (whitened or raw): EMG ``X``, templates ``M`` [U, C, T],
+    their matched filter ``mf`` and energies ``E``, the residual ``R`` (changed in place as discharges
+    are added/removed), the matched-filter noise ``sigma`` [U]; plus the original-domain filter ``mf0``,
+    residual ``R0`` and templates ``M0`` for the report, and the whitener's order (or None)."""
+
+    X: np.ndarray
+    M: np.ndarray
+    mf: "_MatchedFilter"
+    E: np.ndarray
+    R: np.ndarray
+    sigma: np.ndarray
+    mf0: "_MatchedFilter"
+    R0: np.ndarray
+    M0: np.ndarray
+    onset: int
+    ar_order: int | None
+
+
+def _solve_domain(X, M, sp, onset: int, s: DeconvolveSettings, support) -> _Work:
+    """Step 1: whiten (background_whitener of the input residual) and crop the templates to their support."""
+    U, _, T = M.shape
+    N = X.shape[1]
     mf0 = _MatchedFilter(M, N, onset)  # original domain, for the report
     R0 = X - mf0.synth(sp)  # residual of the input trains
-    M_orig = M
-    if whiten:
-        wh = background_whitener(R0 if whiten_from == "residual" else X, order=ar_order,
-                                 robust_window=max(T, 16) if whiten_from == "residual" else 0)
+    M0, order = M, None
+    if s.whiten:
+        wh = background_whitener(R0 if s.whiten_from == "residual" else X, order=s.ar_order,
+                                 robust_window=max(T, 16) if s.whiten_from == "residual" else 0)
         X = wh.apply(X)
         M = wh.apply(M, pad=wh.order)
-        T = M.shape[2]
+        order = wh.order
         if support is not None:
             # Crop in the whitened domain: outside its measured support a STA template is averaged
             # background, and whitening turns that into white noise of energy ~ n_ch*T/n_discharges
             # that inflates E and biases every amplitude low (median own amplitude 0.3-0.6 instead
             # of ~1 on cbss units). Cropping the raw template instead would create edges that the
             # prediction-error filter amplifies.
-            j = np.arange(T) - onset
+            j = np.arange(M.shape[2]) - onset
             for i, (lo, hi) in enumerate(np.asarray(support, np.int64).reshape(U, 2)):
                 M[i][:, (j < lo) | (j >= hi + wh.order)] = 0.0
         mf = _MatchedFilter(M, N, onset)
@@ -405,137 +468,155 @@ def deconvolve(emg, muaps, spikes: Sequence, fs: float, *, onset: int = 0, refra
     else:
         if support is not None:
             raise ValueError("support cropping needs whiten=True (a raw-domain crop leaves edges)")
-        mf = mf0
-        R = R0.copy()
+        mf, R = mf0, R0.copy()
     E = np.sum(np.square(M, dtype=np.float64), axis=(1, 2))
-    c = mf(R)
-    sigma = np.maximum(_robust_std(c), 1e-12)
+    sigma = np.maximum(_robust_std(mf(R)), 1e-12)
+    return _Work(X=X, M=M, mf=mf, E=E, R=R, sigma=sigma, mf0=mf0, R0=R0, M0=M0, onset=onset, ar_order=order)
 
+
+def _freeze(w: _Work, sp, kappa: float, s: DeconvolveSettings):
+    """Step 2: each unit's detectability and own amplitude; units too faint to carry evidence, and the
+    less detectable of two duplicates (put back into the residual), are frozen: left unchanged."""
+    c = w.mf(w.R)
+    E = w.E
+    T = w.M.shape[2]
     # Detectability of each unit from its own input discharges (leave-one-out).
-    det = np.array([float(np.median((c[i, s] + E[i]) / sigma[i])) if len(s) else 0.0 for i, s in enumerate(sp)])
+    det = np.array([float(np.median((c[i, t] + E[i]) / w.sigma[i])) if len(t) else 0.0 for i, t in enumerate(sp)])
     # Amplitude of the unit's own discharges relative to its template (~1 for a clean template;
     # below 1 where the template still carries averaging noise): added discharges must look like
     # the unit's own, so the amplitude band is taken around this value.
-    aref = np.array([float(np.clip(np.median((c[i, s] + E[i]) / E[i]), 0.5, 1.5)) if len(s) else 1.0
-                     for i, s in enumerate(sp)])
-    frozen = det < kappa + detect_margin
-    # Duplicates: the less detectable of two units that share discharges is taken out of the model.
+    aref = np.array([float(np.clip(np.median((c[i, t] + E[i]) / E[i]), 0.5, 1.5)) if len(t) else 1.0
+                     for i, t in enumerate(sp)])
+    frozen = det < kappa + s.detect_margin
     order = np.argsort(-det)
     for a_i, i in enumerate(order):
         for j in order[:a_i]:
-            if not frozen[j] and shared_fraction(sp[j], sp[i], tol=1, max_lag=T) >= duplicate_fraction:
+            if not frozen[j] and shared_fraction(sp[j], sp[i], tol=1, max_lag=T) >= s.duplicate_fraction:
                 frozen[i] = True
                 for t in sp[i]:  # put it back: its MUAP is already explained by unit j
-                    _add_template(R, M[i], int(t), onset, 1.0)
+                    _add_template(w.R, w.M[i], int(t), w.onset, 1.0)
                 break
-    out_model = ~frozen
+    return det, aref, frozen
 
-    added = [[] for _ in range(U)]
-    removed = [[] for _ in range(U)]
-    trains = [list(map(int, s)) for s in sp]
-    tamps = [list(a) for a in amps]
+
+def _propose(w: _Work, c, trains, tamps, aref, active, kappa: float, refr: int, half: int, s: DeconvolveSettings):
+    """Candidate changes ``(error decrease, kind 0 add / 1 remove, unit, t, amplitude)`` of one round."""
+    amin, amax = s.amp_range
+    E, sigma = w.E, w.sigma
+    cands = []
+    for i in np.flatnonzero(active):
+        ci = c[i]
+        tr = np.asarray(trains[i], np.int64)
+        # --- additions
+        Ei = aref[i] * E[i]  # expected c of one of the unit's own discharges
+        ok = np.flatnonzero((ci >= kappa * sigma[i]) & (ci >= amin * Ei) & (ci <= amax * Ei))
+        ok = ok[_local_max(ci, ok, half)]
+        if len(ok) and len(tr):
+            pos = np.searchsorted(tr, ok)
+            prev = tr[np.maximum(pos - 1, 0)]
+            nxt = tr[np.minimum(pos, len(tr) - 1)]
+            ok = ok[(np.abs(ok - prev) >= refr) & (np.abs(nxt - ok) >= refr)]
+        for t in ok:
+            a = float(np.clip(ci[t] / Ei, amin, amax)) * aref[i]
+            cands.append((2 * a * ci[t] - a * a * E[i], 0, int(i), int(t), a))
+        # --- removals (and the refractory rule on the input trains)
+        if s.remove and len(tr):
+            ta = np.asarray(tamps[i])
+            loo = ci[tr] + ta * E[i]
+            bad = (loo < s.remove_amp * Ei) & (loo < s.kappa_remove * sigma[i])
+            for k in np.flatnonzero(np.diff(tr) < refr):  # of two discharges too close, the weaker one goes
+                bad[k if loo[k] < loo[k + 1] else k + 1] = True
+            for k in np.flatnonzero(bad):
+                # error change when removing: ||R + aM||^2 - ||R||^2 = 2 a c + a^2 E = 2 a loo - a^2 E
+                gain = -(2 * ta[k] * loo[k] - ta[k] ** 2 * E[i])
+                cands.append((max(gain, 0.0), 1, int(i), int(tr[k]), float(ta[k])))
+    return cands
+
+
+def _apply(w: _Work, cands, trains, tamps, added, removed, refr: int) -> int:
+    """Make the best non-overlapping (``|dt| >= T``) changes, in order of error decrease; returns their count."""
+    T = w.M.shape[2]
+    taken: list[int] = []  # times changed this round (any unit): changes must not overlap
+    taken_arr = np.zeros(0, np.int64)
+    for gain, kind, i, t, a in sorted(cands, key=lambda x: -x[0]):
+        if len(taken_arr) and np.min(np.abs(taken_arr - t)) < T:
+            continue
+        tr = trains[i]
+        k = int(np.searchsorted(tr, t))
+        if kind == 0:
+            if (k > 0 and t - tr[k - 1] < refr) or (k < len(tr) and tr[k] - t < refr):
+                continue
+            tr.insert(k, t)
+            tamps[i].insert(k, a)
+            _add_template(w.R, w.M[i], t, w.onset, -a)
+            added[i].append(t)
+        else:
+            if k >= len(tr) or tr[k] != t:
+                continue
+            tr.pop(k)
+            tamps[i].pop(k)
+            _add_template(w.R, w.M[i], t, w.onset, a)
+            if t in added[i]:
+                added[i].remove(t)
+            else:
+                removed[i].append(t)
+        taken.append(t)
+        taken_arr = np.asarray(taken, np.int64)
+    return len(taken)
+
+
+def _pursue(w: _Work, sp, aref, active, kappa: float, fs: float, s: DeconvolveSettings, progress: bool):
+    """Step 3: add/remove rounds (each recomputes the matched filters) until nothing changes."""
+    U = len(sp)
+    refr = max(1, int(math.floor(s.refractory_ms * fs / 1000.0 + 0.5)))
     half = max(1, int(round(1e-3 * fs)))  # candidates must be the best score within ±1 ms
-
-    it = range(max_rounds)
+    added, removed = [[] for _ in range(U)], [[] for _ in range(U)]
+    trains = [list(map(int, t)) for t in sp]
+    tamps = [[1.0] * len(t) for t in sp]
+    it = range(s.max_rounds)
     if progress:
         from tqdm.auto import tqdm
+
         it = tqdm(it, desc="deconvolve", leave=False)
     for _ in it:
-        c = mf(R)
-        cands = []  # (gain, kind, unit, t, amp)
-        for i in np.flatnonzero(out_model):
-            ci = c[i]
-            tr = np.asarray(trains[i], np.int64)
-            # --- additions
-            Ei = aref[i] * E[i]  # expected c of one of the unit's own discharges
-            ok = np.flatnonzero((ci >= kappa * sigma[i]) & (ci >= amin * Ei) & (ci <= amax * Ei))
-            ok = ok[_local_max(ci, ok, half)]
-            if len(ok) and len(tr):
-                pos = np.searchsorted(tr, ok)
-                prev = tr[np.maximum(pos - 1, 0)]
-                nxt = tr[np.minimum(pos, len(tr) - 1)]
-                far = (np.abs(ok - prev) >= refr) & (np.abs(nxt - ok) >= refr)
-                ok = ok[far]
-            for t in ok:
-                a = float(np.clip(ci[t] / Ei, amin, amax)) * aref[i]
-                cands.append((2 * a * ci[t] - a * a * E[i], 0, int(i), int(t), a))
-            # --- removals (and the refractory rule on the input trains)
-            if remove and len(tr):
-                ta = np.asarray(tamps[i])
-                loo = ci[tr] + ta * E[i]
-                bad = (loo < remove_amp * Ei) & (loo < kappa_remove * sigma[i])
-                close = np.flatnonzero(np.diff(tr) < refr)
-                for k in close:  # of two discharges too close, the weaker one goes
-                    bad[k if loo[k] < loo[k + 1] else k + 1] = True
-                for k in np.flatnonzero(bad):
-                    # error change when removing: ||R + aM||^2 - ||R||^2 = 2 a c + a^2 E = 2 a loo - a^2 E
-                    gain = -(2 * ta[k] * loo[k] - ta[k] ** 2 * E[i])
-                    cands.append((max(gain, 0.0), 1, int(i), int(tr[k]), float(ta[k])))
-        if not cands:
+        cands = _propose(w, w.mf(w.R), trains, tamps, aref, active, kappa, refr, half, s)
+        if not cands or _apply(w, cands, trains, tamps, added, removed, refr) == 0:
             break
-        cands.sort(key=lambda x: -x[0])
-        taken: list[int] = []  # times changed this round (any unit): changes must not overlap
-        taken_arr = np.zeros(0, np.int64)
-        n_done = 0
-        for gain, kind, i, t, a in cands:
-            if len(taken_arr) and np.min(np.abs(taken_arr - t)) < T:
-                continue
-            tr = trains[i]
-            if kind == 0:
-                k = int(np.searchsorted(tr, t))
-                if (k > 0 and t - tr[k - 1] < refr) or (k < len(tr) and tr[k] - t < refr):
-                    continue
-                tr.insert(k, t)
-                tamps[i].insert(k, a)
-                _add_template(R, M[i], t, onset, -a)
-                added[i].append(t)
-            else:
-                k = int(np.searchsorted(tr, t))
-                if k >= len(tr) or tr[k] != t:
-                    continue
-                tr.pop(k)
-                tamps[i].pop(k)
-                _add_template(R, M[i], t, onset, a)
-                if t in added[i]:
-                    added[i].remove(t)
-                else:
-                    removed[i].append(t)
-            taken.append(t)
-            taken_arr = np.asarray(taken, np.int64)
-            n_done += 1
-        if n_done == 0:
-            break
+    return trains, tamps, added, removed
 
+
+def _report(X0, w: _Work, sp, trains, tamps, added, removed, frozen, det, kappa: float, fs: float,
+            s: DeconvolveSettings) -> DeconvResult:
+    """Step 4: every unit (frozen ones included) against the input model, in the original domain."""
+    N = X0.shape[1]
+    amps = [np.ones(len(t)) for t in sp]
     out_sp = [np.asarray(tr, np.int64) for tr in trains]
     out_amp = [np.asarray(a, np.float64) for a in tamps]
-    # Report on every unit (frozen ones included) against the input model.
-    X0 = np.asarray(emg, np.float32)
-    R_after = X0 - mf0.synth(out_sp, out_amp)
-    A = _autocorr(M_orig)
-    f, p0 = residual_psd(R0, fs)
+    R_after = X0 - w.mf0.synth(out_sp, out_amp)
+    A = _autocorr(w.M0)
+    f, p0 = residual_psd(w.R0, fs)
     _, p1 = residual_psd(R_after, fs)
-    res = DeconvResult(
+    return DeconvResult(
         spikes=out_sp, amplitudes=out_amp,
         added=[np.sort(np.asarray(a, np.int64)) for a in added],
         removed=[np.sort(np.asarray(r, np.int64)) for r in removed],
-        frozen=frozen, sigma=sigma, energy=E, detectability=det,
-        ve_before=variance_explained(X0, R0), ve_after=variance_explained(X0, R_after),
-        ve_unit_before=_unit_ve(X0, R0, mf0(R0), A, sp, amps),
-        ve_unit_after=_unit_ve(X0, R_after, mf0(R_after), A, out_sp, out_amp),
+        frozen=frozen, sigma=w.sigma, energy=w.E, detectability=det,
+        ve_before=variance_explained(X0, w.R0), ve_after=variance_explained(X0, R_after),
+        ve_unit_before=_unit_ve(X0, w.R0, w.mf0(w.R0), A, sp, amps),
+        ve_unit_after=_unit_ve(X0, R_after, w.mf0(R_after), A, out_sp, out_amp),
         psd_freqs_hz=f, psd_before=p0, psd_after=p1,
         settings={"solver": "greedy matching pursuit (L0, refractory)", "kappa": float(kappa),
                   "kappa_rule": "sqrt(2 ln N)" if kappa == math.sqrt(2.0 * math.log(N)) else "given",
-                  "sigma": "MAD of the matched filter on the residual", "refractory_ms": refractory_ms,
-                  "amp_range": list(amp_range), "remove": remove, "remove_amp": remove_amp,
-                  "kappa_remove": kappa_remove, "detect_margin": detect_margin,
-                  "duplicate_fraction": duplicate_fraction, "onset": int(onset), "T": int(T),
-                  "whiten": bool(whiten), "whiten_from": whiten_from if whiten else None, "ar_order": int(wh.order) if whiten else None},
+                  "sigma": "MAD of the matched filter on the residual", "refractory_ms": s.refractory_ms,
+                  "amp_range": list(s.amp_range), "remove": s.remove, "remove_amp": s.remove_amp,
+                  "kappa_remove": s.kappa_remove, "detect_margin": s.detect_margin,
+                  "duplicate_fraction": s.duplicate_fraction, "onset": int(w.onset), "T": int(w.M.shape[2]),
+                  "whiten": bool(s.whiten), "whiten_from": s.whiten_from if s.whiten else None,
+                  "ar_order": int(w.ar_order) if s.whiten else None},
     )
-    res.timing_s = time.perf_counter() - t_start
-    return res
 
 
-def deconvolve_recording(emg, spikes: Sequence, fs: float, *, band: tuple[float, float] | None = (20.0, 500.0),
+def deconvolve_recording(emg, spikes: Sequence, fs: float, *, band: tuple[float, float] | None = filters.DEFAULT_BAND,
                          template_kw: dict | None = None, min_discharges: int = 10,
                          **kw) -> tuple[DeconvResult, object]:
     """Templates by spike-triggered averaging (``bmiss.templates``), then :func:`deconvolve`.
@@ -617,4 +698,4 @@ def save_deconv_json(path, result: DeconvResult, *, force: bool = False) -> Path
                            "before_uv2_per_hz": [float(f"{v:.5g}") for v in result.psd_before],
                            "after_uv2_per_hz": [float(f"{v:.5g}") for v in result.psd_after]}
     text = json.dumps(doc, indent=1)
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), force=force)
+    return write_text(path, text, force=force)

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 from scipy.signal import oaconvolve
 
-from .io import atomic_write
+from .files import write_text
 
 __all__ = [
     "DEFAULT_WINDOW_S",
@@ -279,7 +279,7 @@ def save_drive_csv(path, drive: NeuralDrive, *, reference=None, reference_name: 
     header = ",".join(c[0] for c in cols) + "\n# units," + ",".join(c[1] for c in cols[1:]) + "\n"
     lines = [",".join("" if not np.isfinite(v) else f"{v:.6g}" for v in row) for row in data]
     text = header + "\n".join(lines) + "\n"
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), force=force)
+    return write_text(path, text, force=force)
 
 
 def drive_to_dict(drive: NeuralDrive, *, reference=None, reference_unit: str = "",
@@ -315,4 +315,4 @@ def save_drive_json(path, drive: NeuralDrive, *, reference=None, reference_unit:
                     out_fs: float | None = 100.0, force: bool = False) -> Path:
     """Write :func:`drive_to_dict` as JSON (NaN written as null)."""
     text = json.dumps(drive_to_dict(drive, reference=reference, reference_unit=reference_unit, out_fs=out_fs))
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), force=force)
+    return write_text(path, text, force=force)

@@ -12,7 +12,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.signal
+
+from . import filters
 
 
 def spike_matrix(spikes: list[np.ndarray], n_samples: int) -> np.ndarray:
@@ -67,8 +68,7 @@ def add_noise(emg: np.ndarray, fs: float, key: jax.Array, *, snr_db: float | Non
         std = noise_std_for_snr(out, snr_db)
         n = np.array(jax.random.normal(k_noise, out.shape, jnp.float32))
         if band_hz is not None:
-            sos = scipy.signal.butter(4, band_hz, btype="bandpass", fs=fs, output="sos")
-            n = scipy.signal.sosfiltfilt(sos, n, axis=1).astype(np.float32)
+            n = filters.bandpass(n, fs, band_hz, order=4, axis=1).astype(np.float32)
         n *= std / max(float(n.std()), 1e-12)
         out += n
         info["noise_std_uv"] = std

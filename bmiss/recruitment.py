@@ -44,7 +44,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .io import atomic_write
+from .files import write_text
 from .quality import cov_isi  # the project's one definition
 
 __all__ = ["UNIT_FIELDS", "reference_signal", "firing_runs", "steady_segment", "unit_properties",
@@ -390,7 +390,7 @@ def save_mu_properties_csv(path, props: Sequence[dict], *, ref_unit: str = "", e
         vals += [_fmt(v[i]) for _, v in extra.values()]
         lines.append(",".join(vals))
     text = "\n".join(lines) + "\n"
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), force=force)
+    return write_text(path, text, force=force)
 
 
 def save_mu_properties_json(path, props: Sequence[dict], pool_fit: dict | None = None, *, ref_unit: str = "",
@@ -415,4 +415,4 @@ def save_mu_properties_json(path, props: Sequence[dict], pool_fit: dict | None =
                              "peak_rate_first_hz": "pps", "peak_rate_last_hz": "pps", "peak_rate_spread_hz": "pps",
                              "recruitment_min": ref_unit, "recruitment_max": ref_unit}
     text = json.dumps(doc, indent=1)
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), force=force)
+    return write_text(path, text, force=force)

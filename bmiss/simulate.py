@@ -18,7 +18,7 @@ from . import motoneurons
 from .anatomy import Anatomy
 from .checks import check_int, check_number, check_seed
 from .errors import UserError
-from .conductor import PARAM_NAMES, Conductor, muaps
+from .conductor import PARAM_NAMES, PARAM_UNITS, Conductor, muaps
 from .io import Recording
 
 
@@ -190,7 +190,7 @@ def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 2
                          "grid_rotation_deg": float(a.grid.rotation_deg), "grid_centre_z_mm": float(a.grid.centre_z_mm)},
         "seed": seed, "duration_s": duration_s,
         "excitation": exc_spec, "muap_mode": muap_mode, "n_units": len(spikes), "montage": a.grid.montage,
-        "units": "uV", "param_units": dict(zip(PARAM_NAMES, ("mm", "mm", "ln(fibres)", "mm", "m/s", "mm"))),
+        "units": "uV", "param_units": dict(zip(PARAM_NAMES, PARAM_UNITS)),
         "simulate_time_s": round(time.perf_counter() - t0, 3), **noise_info,
     }
     geo = {}

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 import scipy.linalg
-import scipy.signal
+
+from . import filters
 
 
 @dataclass
@@ -82,10 +83,8 @@ class Templates:
 
 
 def _bandpass(x: np.ndarray, fs: float, band, axis=-1) -> np.ndarray:
-    lo, hi = band
-    hi = min(hi, 0.45 * fs)
-    sos = scipy.signal.butter(4, (lo, hi), btype="bandpass", fs=fs, output="sos")
-    return scipy.signal.sosfiltfilt(sos, x, axis=axis)
+    """The templates' band-pass (order 4, :mod:`bmiss.filters`)."""
+    return filters.bandpass(x, fs, band, order=filters.TEMPLATE_ORDER, axis=axis)
 
 
 def bandpass_muaps(muaps: np.ndarray, fs: float, band: tuple[float, float] | None, pad: int | None = None) -> np.ndarray:
@@ -142,9 +141,32 @@ def _own_segments(tpl: np.ndarray, ok: np.ndarray, s: np.ndarray) -> np.ndarray:
     return out
 
 
+SEARCH_MS = (20.0, 80.0)  # default generous window: 20 ms before to 80 ms after the discharge
+
+
+def search_bounds(fs: float, search_ms: tuple[float, float] = SEARCH_MS,
+                  window: tuple[int, int] | None = None) -> tuple[int, int]:
+    """``(pre, post)`` samples of the generous window the averages read around each discharge
+    (``search_ms`` at ``fs``, widened to cover ``window`` (start <= 0 < stop) when given)."""
+    pre = int(np.ceil(search_ms[0] * 1e-3 * fs))
+    post = int(np.ceil(search_ms[1] * 1e-3 * fs))
+    if window is not None:
+        if not (window[0] <= 0 < window[1]):
+            raise ValueError(f"window must satisfy start <= 0 < stop (samples), got {window}")
+        pre, post = max(pre, -window[0]), max(post, window[1])
+    return pre, post
+
+
+def usable_discharges(spikes, n_samples: int, pre: int, post: int) -> np.ndarray:
+    """The discharges whose whole ``[-pre, post)`` window lies inside the recording (the averages'
+    rule for a usable discharge)."""
+    s = np.asarray(spikes, np.int64)
+    return s[(s - pre >= 0) & (s + post <= n_samples)]
+
+
 def spike_triggered_muaps(emg: np.ndarray, spikes: list, fs: float, *, window: tuple[int, int] | None = None,
-                          band: tuple[float, float] | None = (20.0, 500.0),
-                          search_ms: tuple[float, float] = (20.0, 80.0), threshold: float = 1.0,
+                          band: tuple[float, float] | None = filters.DEFAULT_BAND,
+                          search_ms: tuple[float, float] = SEARCH_MS, threshold: float = 1.0,
                           margin_ms: float = 2.0, deconvolve_self: bool = True, min_discharges: int = 5, n_null: int = 16,
                           seed: int = 0) -> Templates:
     """Estimate each unit's multichannel MUAP by spike-triggered averaging.
@@ -188,12 +210,7 @@ def spike_triggered_muaps(emg: np.ndarray, spikes: list, fs: float, *, window: t
         raise ValueError(f"emg must be [n_channels, n_samples], got shape {x.shape}")
     n_ch, N = x.shape
     x = _bandpass(x, fs, band) if band is not None else x - x.mean(axis=1, keepdims=True)
-    pre = int(np.ceil(search_ms[0] * 1e-3 * fs))
-    post = int(np.ceil(search_ms[1] * 1e-3 * fs))
-    if window is not None:
-        if not (window[0] <= 0 < window[1]):
-            raise ValueError(f"window must satisfy start <= 0 < stop (samples), got {window}")
-        pre, post = max(pre, -window[0]), max(post, window[1])
+    pre, post = search_bounds(fs, search_ms, window)
     lags = np.arange(-pre, post)
     L = len(lags)
     sm = max(int(round(0.5e-3 * fs)), 1)  # 1 ms smoothing of the energy curve
@@ -210,7 +227,7 @@ def spike_triggered_muaps(emg: np.ndarray, spikes: list, fs: float, *, window: t
     stas, noises, supports, counts, trunc = [], [], [], [], []
     for u, s in enumerate(spikes):
         s = np.unique(np.asarray(s, np.int64))
-        ok = s[(s - pre >= 0) & (s + post <= N)]
+        ok = usable_discharges(s, N, pre, post)
         if len(ok) < min_discharges:
             raise ValueError(f"unit {u} has {len(ok)} discharges with a full {search_ms} ms window inside the "
                              f"recording (need >= {min_discharges}); drop it before averaging")

@@ -13,16 +13,15 @@ of the true discharges of the matched true units and deconvolves with the TRUE M
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bmiss.files import write_json
 from bmiss import metrics
 from bmiss.deconvolve import deconvolve, deconvolve_recording
-from bmiss.io import atomic_write
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_drive import get_case, git_commit, machine  # noqa: E402  (same cache and provenance)
@@ -134,8 +133,7 @@ def main(argv=None) -> int:
                       f" added {rr['added']} ({rr['added_correct']} right)", flush=True)
     doc["machine_after"] = machine()
     if a.json:
-        text = json.dumps(metrics._jsonable(doc), indent=1)
-        atomic_write(a.json, lambda tmp: Path(tmp).write_text(text))
+        write_json(a.json, doc)
         print("wrote", a.json)
     return 0
 

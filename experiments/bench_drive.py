@@ -15,7 +15,6 @@ match the units to the truth, then
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -24,11 +23,12 @@ import time
 from pathlib import Path
 
 
+from bmiss.files import write_json
 import bmiss
 from bmiss import drive as dv
 from bmiss import metrics
 from bmiss import recruitment as rc
-from bmiss.io import atomic_write, load_decomposition, load_recording, save_decomposition, save_recording
+from bmiss.io import load_decomposition, load_recording, save_decomposition, save_recording
 
 
 def machine() -> dict:
@@ -130,8 +130,7 @@ def main(argv=None) -> int:
               f"(half-ISI {eh['RT_fraction_of_range']['mae']})", flush=True)
     doc["machine_after"] = machine()
     if a.json:
-        text = json.dumps(metrics._jsonable(doc), indent=1)
-        atomic_write(a.json, lambda tmp: Path(tmp).write_text(text))
+        write_json(a.json, doc)
         print("wrote", a.json)
     return 0
 

@@ -21,8 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bmiss.files import write_json
 import bmiss
-from bmiss import fit as fit_mod
+from bmiss import api as fit_api
+from bmiss import files as bfiles
+from bmiss.errors import FitError
 from bmiss import metrics
 from bmiss.io import Decomposition
 
@@ -55,14 +58,14 @@ def one(anatomy: str, seed: int, duration: float, snr: float | None, n_units: in
     dec = _truth_dec(rec) if spikes == "truth" else bmiss.decompose(rec, "cbss", progress=False, seed=seed)
     t = time.perf_counter()
     try:
-        f = fit_mod.fit(rec, decomposition=dec, progress=False, seed=seed, **fit_kw)
-    except fit_mod.FitError as e:
+        f = fit_api.fit(rec, decomposition=dec, progress=False, seed=seed, **fit_kw)
+    except FitError as e:
         return {"seed": seed, "truth": d, "error": str(e)}
     fit_s = time.perf_counter() - t
     warm = None
     if do_warm:
         # the same call again: every jitted function is cached, so this is the after-JIT time
-        f2 = fit_mod.fit(rec, decomposition=dec, progress=False, seed=seed, **fit_kw)
+        f2 = fit_api.fit(rec, decomposition=dec, progress=False, seed=seed, **fit_kw)
         warm = dict(f2.timing)
     # true MU of each fitted unit (truth spikes: itself; cbss: best RoA match)
     if spikes == "truth":
@@ -130,11 +133,11 @@ def main(argv=None):
             summary[k] = {"mean_abs": float(np.mean(np.abs(e))), "max_abs": float(np.max(np.abs(e))),
                           "target": TARGETS.get(k), "n_met": int(sum(r["target_met"].get(k, False) for r in good))}
     doc = {"settings": vars(a), "targets": TARGETS, "rows": rows, "summary": summary,
-           "provenance": fit_mod.provenance()}
+           "provenance": bfiles.provenance()}
     print(json.dumps(summary, indent=1))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        bmiss.io.atomic_write(a.json, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1, default=str)))
+        write_json(a.json, doc)
         print(f"wrote {a.json}")
 
 

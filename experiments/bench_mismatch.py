@@ -29,9 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bmiss.files import write_json
 import bmiss
 from bmiss import api, metrics
-from bmiss import fit as fit_mod
+from bmiss import api as fit_api
+from bmiss import files as bfiles
+from bmiss.errors import FitError
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "scd_example_gr10mm0808_10240hz.mat"
@@ -154,11 +157,11 @@ def run_sim(name, snr, methods, duration, n_units, seed, do_fit, progress):
               f"{s['n_false']:3d}  time {dt:6.1f} s", flush=True)
     if do_fit and "cbss" in decs:
         try:
-            f = fit_mod.fit(rec, decomposition=decs["cbss"][0], progress=False, seed=seed)
+            f = fit_api.fit(rec, decomposition=decs["cbss"][0], progress=False, seed=seed)
             row["fit"] = fit_accuracy(f, rec)
             print(f"{name:8s} {str(snr):>4s} fit: EV {f.overall_ev:.3f}, errors {row['fit'].get('errors')}, "
                   f"fit {f.timing['fit']:.1f} s", flush=True)
-        except fit_mod.FitError as e:
+        except FitError as e:
             row["fit"] = {"error": str(e)}
     return row
 
@@ -207,13 +210,13 @@ def run_real(methods, duration, seed, do_fit, progress, real_anatomy="vastus_lat
         if do_fit:
             try:
                 # the grid (8x8 @ 10 mm) does not fit the default biceps anatomy; the example is a thigh muscle
-                f = fit_mod.fit(rec, anatomy=real_anatomy, decomposition=decs["cbss"], progress=False, seed=seed)
+                f = fit_api.fit(rec, anatomy=real_anatomy, decomposition=decs["cbss"], progress=False, seed=seed)
                 row["fit"] = {"anatomy": real_anatomy, "fitted": {k: v for k, (v, _) in f.subject.items()},
                               "std": {k: s for k, (_, s) in f.subject.items()},
                               "explained_variance": f.overall_ev, "unit_ev": f.explained_variance.tolist(),
                               "chi2_reduced": f.chi2_reduced, "n_units": int(len(f.unit_index)), "timing_s": f.timing}
                 print(f"real      fit: EV {f.overall_ev:.3f} on {len(f.unit_index)} units, fit {f.timing['fit']:.1f} s")
-            except (fit_mod.FitError, bmiss.io.BmissFileError) as e:
+            except (FitError, bmiss.io.BmissFileError) as e:
                 row["fit"] = {"error": str(e)}
     return row
 
@@ -252,15 +255,15 @@ def main(argv=None):
         ap.error(f"unknown recording(s) {bad}; choose from {list(RECORDINGS)} real all")
     rows = []
     t0 = time.perf_counter()
-    prov = fit_mod.provenance()
+    prov = bfiles.provenance()
 
     def write(final: bool):
         # after every row, so a long run stopped part-way keeps what it measured
         doc = {"command": " ".join([sys.executable] + sys.argv), "settings": vars(a), "rows": rows,
                "table_md": table(rows), "total_s": round(time.perf_counter() - t0, 1), "provenance": prov,
-               "complete": final, "load_after": fit_mod.provenance()["load_avg"]}
+               "complete": final, "load_after": bfiles.provenance()["load_avg"]}
         if a.json:
-            bmiss.io.atomic_write(a.json, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1, default=str)))
+            write_json(a.json, doc)
 
     for n in names:
         if n == "real":

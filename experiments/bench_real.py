@@ -16,8 +16,9 @@ Usage (heavy: 102,401 samples x 64 channels; run once, niced)::
 """
 from __future__ import annotations
 
+from bmiss.files import write_json
+
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -179,8 +180,7 @@ def main(argv=None) -> int:
                 msg += f"; matched to the {rec.fs:g}-Hz run at RoA>=0.9: {agr['matched_90']}"
             print(msg, flush=True)
     out["machine_after"] = _machine()
-    text = json.dumps(out, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-    io.atomic_write(a.json, lambda tmp: Path(tmp).write_text(text))
+    write_json(a.json, out)
     print(f"wrote {a.json}")
     return 0
 

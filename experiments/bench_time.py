@@ -15,26 +15,19 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
+from bmiss.files import write_json
 import bmiss
 from bmiss import api
-from bmiss import fit as fit_mod
+from bmiss import files as bfiles
 
 TISSUE = {"fat_thickness_mm": 4.5, "skin_thickness_mm": 1.4}
 
 
 def stages(dec) -> dict:
+    """Seconds per named stage of the run (``meta["timing_s"]``), plus the total."""
     t = dict(dec.meta.get("timing_s", {}))
-    sm = dec.meta.get("subject_model") or {}
-    uf = dec.meta.get("unit_fit") or {}
-    out = {"total": t.get("total"), "prepare": t.get("prepare"), "deconvolve": t.get("deconvolve"),
-           "properties": t.get("properties")}
-    if sm:
-        out["subject_fit"] = sm.get("time_s")
-        out["unit_fit"] = (uf.get("timing_s") or {}).get("total")
-    out["raw"] = t
-    return out
+    return {k: v for k, v in t.items() if k != "search_steps"} | {"search_steps": t.get("search_steps")}
 
 
 def main(argv=None):
@@ -46,7 +39,7 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="+", default=["cbss", "bmiss"])
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
-    prov = fit_mod.provenance()
+    prov = bfiles.provenance()
     rows = []
     for k, seed in enumerate(a.seeds):
         rec = bmiss.simulate("biceps_brachii", duration_s=a.duration, snr_db=a.snr, seed=seed, n_units=a.n_units,
@@ -66,12 +59,12 @@ def main(argv=None):
             row["ratio_to_cbss"] = {m: round(v["time_s"] / base, 2) for m, v in row["methods"].items()}
         rows.append(row)
     doc = {"command": " ".join([sys.executable] + sys.argv), "settings": vars(a), "tissue": TISSUE, "rows": rows,
-           "provenance": prov, "load_after": fit_mod.provenance()["load_avg"],
+           "provenance": prov, "load_after": bfiles.provenance()["load_avg"],
            "note": "recording shapes are equal, so the second call reuses the compiled kernels where the "
                    "shapes of the unit-dependent stages (subject fit, unit fit) match"}
     print(json.dumps([{r["call"]: {m: v["time_s"] for m, v in r["methods"].items()}} for r in rows]))
     if a.json:
-        bmiss.io.atomic_write(a.json, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1, default=str)))
+        write_json(a.json, doc)
         print(f"wrote {a.json}")
 
 

@@ -239,7 +239,8 @@ def _deconvolve_help(work):
 
     h = " ".join(cli.build_parser()._bmiss_subparsers["decompose"].format_help().split())
     says = "on for --method bmiss, off for cbss and oracle" in h
-    true = S.METHOD_RULES["bmiss"].deconvolve and not S.METHOD_RULES["cbss"].deconvolve
+    on = {m: bool(getattr(r.deconvolve, "enabled", r.deconvolve)) for m, r in S.METHOD_RULES.items()}
+    true = on == {"bmiss": True, "cbss": False, "oracle": False}
     return says and true, "help: on for bmiss, off for cbss/oracle; settings agree" if says and true else h[:200]
 
 
@@ -260,27 +261,21 @@ def _emg_unit(work):
 
 
 def _bmiss_fit(work):
-    import importlib.util
-
     import bmiss
     from bmiss import api
 
-    if importlib.util.find_spec("bmiss.fitting") is not None:
-        return bmiss.fit is api.fit, f"bmiss.fit is {bmiss.fit!r}"
-    orig = bmiss._fit_is_a_package
-    try:  # this tree still has the module bmiss/fit.py: check the rule that applies after the rename
-        bmiss._fit_is_a_package = lambda: True
-        ok = bmiss.__getattr__("fit") is api.fit
-    finally:
-        bmiss._fit_is_a_package = orig
-    return ok, "bmiss.fit resolves to api.fit once bmiss.fitting exists (here bmiss/fit.py is still a module)"
+    return bmiss.fit is api.fit, f"bmiss.fit is {bmiss.fit.__module__}.{bmiss.fit.__name__}"
 
 
 def _settings_bool(key: str):
     def run(work):
+        import inspect
+
         from bmiss.cli import _parse_settings
 
-        v = _parse_settings([f"{key}={dict(deconvolve='false', peel='no', dedupe='off')[key]}"])
+        item = [f"{key}={dict(deconvolve='false', peel='no', dedupe='off')[key]}"]
+        v = _parse_settings(item, "bmiss") if len(inspect.signature(_parse_settings).parameters) > 1 \
+            else _parse_settings(item)
         return v.get(key) is False, f"parsed as {v.get(key)!r}"
     return run
 

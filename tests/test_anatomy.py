@@ -88,9 +88,12 @@ def test_anatomies_are_real_package_data():
 
     assert anatomy.ANATOMY_DIR.is_dir() and not anatomy.ANATOMY_DIR.is_symlink()
     assert all(not p.is_symlink() for p in anatomy.ANATOMY_DIR.glob("*.toml"))
+    assert anatomy.list_anatomies() == ["biceps_brachii", "forearm_flexors", "tibialis_anterior", "vastus_lateralis"]
     root = Path(anatomy.__file__).resolve().parents[1]
-    if (root / "pyproject.toml").is_file():  # a source checkout: package-data must name them
-        assert "anatomies/*.toml" in (root / "pyproject.toml").read_text()
+    if (root / "setup.py").is_file():  # a source checkout: the top-level anatomy/ folder installs as package data
+        assert anatomy.ANATOMY_DIR == (root / "anatomy").resolve()
+        text = (root / "setup.py").read_text()
+        assert '"bmiss.anatomies": "anatomy"' in text and '"*.toml"' in text
 
 
 def test_unknown_section_and_key_suggest():

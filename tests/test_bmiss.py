@@ -43,24 +43,29 @@ def test_bmiss_finds_every_unit_cbss_finds(case):
     a, rec, cbss = case
     f_cbss, rep_cbss = _found(cbss, rec)
     assert len(f_cbss) >= 2  # a non-trivial case
-    # min_fit_ev above 1 forces the refit with fat and skin free, so both fits of the subject run
-    dec = bmiss.decompose(rec, "bmiss", progress=False, seed=0, min_fit_ev=1.01, **FAST)
+    # min_ev = 1 forces the refit with fat and skin free (no fit explains all), so both fits of the subject run
+    dec = bmiss.decompose(rec, "bmiss", progress=False, seed=0, **{"subject_fit.min_ev": 1.0}, **FAST)
     f_bmiss, rep = _found(dec, rec)
     assert f_cbss <= f_bmiss, (f_cbss, f_bmiss)
     assert rep["summary"]["n_false"] <= rep_cbss["summary"]["n_false"]
     assert dec.meta["deconvolved"] is True
-    assert dec.meta["settings"]["phases"][1]["proposer"] == "SubjectModelProposer"
+    assert dec.meta["settings"]["phases"][1]["proposer"] == "ModelProposer"
+    # every stage of the default bmiss ran and was timed under its own name, in data-flow order
+    stages = ["prepare", "blind_search", "subject_fit", "model_search", "deconvolution", "unit_properties",
+              "finalize"]
+    assert dec.meta["settings"]["stages"] == stages
+    assert [k for k in dec.meta["timing_s"] if k in stages] == stages
+    assert dec.meta["settings"]["phases"][1]["settings"]["subject_fit"]["min_ev"] == 1.0
     sm = dec.meta["subject_model"]
-    assert "subject" in sm or "error" in sm  # the fit ran, or says why it could not
-    if "subject" in sm:
-        r = sm["refit_free"]
-        assert r["kept"] == ("free" if r["free_explained_variance"] > r["held_explained_variance"] else "held")
-        assert abs(sm["overall_explained_variance"] - max(r["free_explained_variance"],
-                                                          r["held_explained_variance"])) < 1e-9
-    if "subject" in sm:  # every unit with a usable average gets properties from its own MUAP
-        assert dec.meta["unit_fit"]["n_fitted"] >= 1, dec.meta["unit_fit"]
-        assert sum(m["params_from"] == "unit fit under the subject model" for m in dec.meta["units"]) \
-            == dec.meta["unit_fit"]["n_fitted"]
+    assert "subject" in sm, sm.get("error")  # this case has enough blind units: the fit must run
+    r = sm["refit_free"]
+    assert r["kept"] == ("free" if r["free_explained_variance"] > r["held_explained_variance"] else "held")
+    assert abs(sm["overall_explained_variance"] - max(r["free_explained_variance"],
+                                                      r["held_explained_variance"])) < 1e-9
+    # every unit with a usable average gets properties from its own MUAP
+    assert dec.meta["unit_fit"]["n_fitted"] >= 1, dec.meta["unit_fit"]
+    assert sum(m["params_from"] == "unit fit under the subject model" for m in dec.meta["units"]) \
+        == dec.meta["unit_fit"]["n_fitted"]
     assert dec.params.shape == (dec.n_units, 6) and dec.param_names == PARAM_NAMES
     # units the subject fit described carry finite properties near the truth (depth within 4 mm)
     by_est = {r["est"]: r["true"] for r in rep["per_true"] if r["est"] >= 0}

@@ -196,22 +196,85 @@ def test_settings_resolve_routes_and_rejects():
     rules, fi = settings.resolve("cbss", n_iter=7, sil_threshold=0.8, R=12)
     assert fi.n_iter == 7 and rules.sil_threshold == 0.8 and rules.R == 12
     rules, ms = settings.resolve("bmiss", n_rounds=2)
-    assert ms.n_rounds == 2 and rules.keep == "sil" and rules.deconvolve and not settings.Rules().deconvolve
+    assert ms.n_rounds == 2 and rules.keep == "sil" and rules.deconvolve.enabled
+    assert not settings.Rules().deconvolve.enabled
     with pytest.raises(settings.SettingsError, match="did you mean 'n_iter'"):
         settings.resolve("cbss", n_itr=3)
     with pytest.raises(ValueError, match="contrast"):
         settings.resolve("cbss", contrast="cubic")
     d = settings.as_dict(settings.Rules())
-    assert d["band"] == [20.0, 500.0] and d["keep"] == "cov"
+    assert d["band"] == [20.0, 500.0] and d["keep"] == "cov" and d["deconvolve"]["enabled"] is False
 
 
-def test_model_settings_subject_fix_and_patience_are_checked():
-    _, ms = settings.resolve("bmiss", subject_fix="fat_mm", patience=2)
-    assert ms.subject_fix == ("fat_mm",) and ms.patience == 2
-    assert settings.ModelSettings().subject_fix == ("fat_mm", "skin_mm")  # the measured default
-    assert settings.ModelSettings(subject_fix="anisotropy, fat_mm").subject_fix == ("anisotropy", "fat_mm")
-    assert settings.ModelSettings(subject_fix="none").subject_fix == ()
-    with pytest.raises(settings.SettingsError, match="subject_fix.*fatt"):
-        settings.resolve("bmiss", subject_fix=("fatt",))
+def test_nested_settings_reached_by_dotted_keys_and_recorded():
+    rules, ms = settings.resolve("bmiss", **{"subject_fit.n_starts": 2, "unit_fit.enabled": False,
+                                            "deconvolve.refractory_ms": 25.0, "blind.n_iter": 12})
+    assert ms.subject_fit.n_starts == 2 and ms.subject_fit.fix == ("fat_mm", "skin_mm")  # the rest kept
+    assert not ms.unit_fit.enabled and ms.blind.n_iter == 12 and rules.deconvolve.refractory_ms == 25.0
+    assert rules.deconvolve.enabled  # bmiss's default kept under the dotted change
+    d = settings.as_dict(ms)
+    assert d["subject_fit"]["n_starts"] == 2 and d["unit_fit"]["enabled"] is False
+    # ``group=false`` is short for ``group.enabled=false``, and keeps the group's other values
+    rules, ms = settings.resolve("bmiss", deconvolve=False, subject_fit=False)
+    assert not rules.deconvolve.enabled and not ms.subject_fit.enabled and ms.subject_fit.fix == ("fat_mm", "skin_mm")
+    assert settings.ModelSettings().subject_fit.fix == ("fat_mm", "skin_mm")  # the measured default
+    _, ms = settings.resolve("bmiss", **settings.parse_settings("bmiss", ["subject_fit.fix=anisotropy,fat_mm"]))
+    assert ms.subject_fit.fix == ("anisotropy", "fat_mm")
+    _, ms = settings.resolve("bmiss", **settings.parse_settings("bmiss", ["subject_fit.fix=none"]))
+    assert ms.subject_fit.fix == ()
+    with pytest.raises(settings.SettingsError, match="fatt"):
+        settings.resolve("bmiss", **{"subject_fit.fix": ("fatt",)})
+    with pytest.raises(settings.SettingsError, match="did you mean 'n_starts'"):
+        settings.resolve("bmiss", **{"subject_fit.n_startz": 2})
     with pytest.raises(settings.SettingsError, match="patience"):
         settings.resolve("bmiss", patience=0)
+
+
+@pytest.mark.parametrize("method, item, expect", [
+    ("bmiss", "deconvolve=false", {"deconvolve": False}),
+    ("bmiss", "peel=no", {"peel": False}),
+    ("cbss", "dedupe=off", {"dedupe": False}),
+    ("cbss", "band=20,450", {"band": (20.0, 450.0)}),
+    ("cbss", "band=(20, 450)", {"band": (20.0, 450.0)}),
+    ("cbss", "max_cov=none", {"max_cov": None}),
+    ("bmiss", "subject_fit.n_starts=2", {"subject_fit.n_starts": 2}),
+])
+def test_setting_text_is_parsed_by_the_field_type(method, item, expect):
+    kw = settings.parse_settings(method, [item])
+    assert kw == expect
+    settings.resolve(method, **kw)  # and accepted
+
+
+@pytest.mark.parametrize("method, item, msg", [
+    ("bmiss", "min_spikes=-1", "min_spikes.*range"),
+    ("cbss", "n_iter=1.5", "n_iter.*integer"),
+    ("cbss", "max_fp_iter=0", "max_fp_iter.*range"),
+    ("cbss", "sil_threshold=5", "sil_threshold.*range"),
+    ("cbss", "sil_threshold=nan", "sil_threshold.*finite"),
+    ("cbss", "sil_threshold=abc", "sil_threshold.*number"),
+    ("cbss", "min_distance_ms=nan", "min_distance_ms.*finite"),
+    ("cbss", "R=abc", "R.*integer"),
+    ("cbss", "band=(500,20)", "low < high"),
+    ("bmiss", "peel=maybe", "true or false"),
+    ("bmiss", "subject_fit=2", "true or false"),
+    ("cbss", "nonsense=1", "unknown setting"),
+    ("cbss", "sil_threshold", "KEY=VALUE"),
+])
+def test_bad_setting_text_is_refused_with_the_allowed_values(method, item, msg):
+    with pytest.raises(settings.SettingsError, match=msg):
+        settings.resolve(method, **settings.parse_settings(method, [item]))
+
+
+def test_api_settings_are_type_checked():
+    for kw, msg in (({"deconvolve": "false"}, "true or false"), ({"peel": "no"}, "true or false"), ({"n_iter": "abc"}, "integer"),
+                    ({"sil_threshold": 5}, "range"), ({"min_spikes": True}, "integer")):
+        with pytest.raises(settings.SettingsError, match=msg):
+            settings.resolve("cbss", **kw)
+
+
+def test_band_is_recorded_as_used():
+    from bmiss.pipeline.prepare import prepare
+
+    x = np.random.default_rng(0).standard_normal((4, 4096)).astype(np.float32)
+    prep = prepare(x, 2048.0, R=2, band=(20.0, 5000.0))
+    assert prep.band == (20.0, 0.475 * 2048.0)  # the upper corner clipped at 0.95 x Nyquist, and said so

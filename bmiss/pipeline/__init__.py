@@ -1,13 +1,15 @@
-"""The decomposition pipeline (see :mod:`bmiss.pipeline.run`) and its three methods.
+"""The decomposition pipeline (:mod:`bmiss.pipeline.run`) and its three methods.
 
-    prepare -> propose filters -> source -> spikes -> refine -> accept -> dedupe -> peel
-            -> (repeat) -> finalize
+Every method: ``prepare -> search -> [deconvolution] -> finalize``; the search is
+``propose -> refine -> accept -> dedupe -> peel`` until the proposer is exhausted. The default
+``bmiss``: ``prepare -> blind search -> subject fit -> model search -> deconvolution -> unit
+properties -> finalize``.
 
-One module per stage: :mod:`.prepare`, :mod:`.proposers`, :mod:`.spikes`, :mod:`.refine`
-(source, spikes and refinement of a pool of candidates on device), :mod:`.accept`,
-:mod:`.dedupe`, :mod:`.peel`, :mod:`.finalize`; :mod:`.settings` holds the frozen settings.
-Methods differ only in the proposer: :func:`decompose_cbss` (FastICA), :func:`decompose_oracle`
-(true MUAPs), :func:`decompose_bmiss` (forward model).
+One module per stage: :mod:`.prepare`, :mod:`.search` (with :mod:`.proposers`, :mod:`.refine`,
+:mod:`.spikes`, :mod:`.accept`, :mod:`.dedupe`, :mod:`.peel`), :mod:`.subject`,
+:mod:`.deconvolution`, :mod:`.properties`, :mod:`.finalize`; :mod:`.settings` holds the frozen,
+validated settings. Methods differ only in the proposer: :func:`decompose_cbss` (FastICA),
+:func:`decompose_oracle` (true MUAPs), :func:`decompose_bmiss` (forward model).
 """
 from __future__ import annotations
 
@@ -15,11 +17,11 @@ import dataclasses
 
 from ..io import Decomposition
 from .proposers import FastICA, ModelProposer, Oracle
-from .proposers.model import SubjectModelProposer, resolve_anatomy
-from .run import run
+from .proposers.model import resolve_anatomy
+from .run import run, run_bmiss
 from .settings import METHOD_RULES, FastICASettings, ModelSettings, OracleSettings, Rules, SettingsError, resolve
 
-__all__ = ["decompose_cbss", "decompose_oracle", "decompose_bmiss", "run", "Rules", "FastICASettings",
+__all__ = ["decompose_cbss", "decompose_oracle", "decompose_bmiss", "run", "run_bmiss", "Rules", "FastICASettings",
            "OracleSettings", "ModelSettings", "resolve"]
 
 
@@ -56,33 +58,37 @@ def decompose_oracle(emg, fs: float, true_muaps, *, rules: Rules | None = None,
 
 
 def decompose_bmiss(rec, *, rules: Rules | None = None, settings: ModelSettings | None = None,
-                    init: str = "blind", blind: FastICASettings | None = None, progress: bool = True,
-                    **kw) -> Decomposition:
+                    init: str = "blind", progress: bool = True, **kw) -> Decomposition:
     """Model-informed decomposition of a :class:`~bmiss.io.Recording`.
 
-    ``init="blind"`` (default): blind units first (FastICA phase, the ``cbss`` rules), then a
-    subject fit of the forward model to their MUAPs (:func:`bmiss.fit.fit`), then the
-    model-informed search within the fitted model for the units the blind phase missed, on the
-    data with the blind units peeled (:class:`.proposers.model.SubjectModelProposer`).
-    ``init="model"``: the model-informed search alone, within the anatomy as given.
+    ``init="blind"`` (default): the named stages of :func:`bmiss.pipeline.run.run_bmiss`: blind
+    search (FastICA, the ``cbss`` rules with bmiss's CoV-of-ISI limit; ``settings.blind``) ->
+    subject fit of the forward model to the blind units' MUAPs (``settings.subject_fit``) ->
+    model search within the fitted model on the data with the blind units peeled -> sparse
+    deconvolution -> every unit's properties under the subject model (``settings.unit_fit``).
+    ``init="model"``: the model search alone, within the anatomy as given.
     Units carry MU properties (``params``); ``meta["subject_model"]`` records the fit.
 
     Examples
     --------
-    >>> dec = decompose_bmiss(rec, n_rounds=4)  # doctest: +SKIP
+    >>> dec = decompose_bmiss(rec, n_rounds=4, **{"subject_fit.n_starts": 1})  # doctest: +SKIP
     """
+    from .properties import unit_properties
+
     if init not in ("blind", "model"):
         raise SettingsError(f"init must be 'blind' or 'model', got {init!r}")
     rules, settings = resolve("bmiss", rules, settings, **kw)
     a = resolve_anatomy(rec, settings.anatomy, settings.grid, settings.ied_mm)
     if init == "model":
+        def props(units):  # the search's own parameters: no subject model to fit them under
+            return unit_properties(rec, units, None, settings.unit_fit, seed=settings.seed)
+
         return run(rec.emg, rec.fs, ModelProposer(settings=settings, anatomy=a), rules, method="bmiss",
-                   batch=settings.n_starts, progress=progress)
-    blind = blind or FastICASettings(seed=settings.seed)
+                   batch=settings.n_starts, progress=progress, properties=props)
+    blind = dataclasses.replace(settings.blind, seed=settings.seed)
     # the blind phase keeps the cbss rules but bmiss's CoV-of-ISI limit: every false cbss unit on four
     # mismatched recordings had CoV 0.66-0.94, every found one 0.13-0.29 (results/diag_blind_cov.json)
-    blind_rules = dataclasses.replace(METHOD_RULES["cbss"], R=rules.R, band=rules.band, max_cov=rules.max_cov)
-    return run(rec.emg, rec.fs, FastICA(settings=blind), blind_rules, method="bmiss",
-               batch=min(blind.batch, blind.n_iter), progress=progress, total=blind.n_iter,
-               then=[(SubjectModelProposer(settings=settings, anatomy=a, rec=rec, progress=progress), rules,
-                          settings.n_starts)])
+    blind_rules = METHOD_RULES["cbss"].replace(R=rules.R, band=rules.band, max_cov=rules.max_cov)
+    return run_bmiss(rec, blind=FastICA(settings=blind), blind_rules=blind_rules,
+                     model=lambda anatomy: ModelProposer(settings=settings, anatomy=anatomy), rules=rules,
+                     base_anatomy=a, settings=settings, progress=progress)

@@ -21,7 +21,7 @@ from ..io import Decomposition
 from ..quality import SIL_DEFINITION, pnr
 from .accept import Unit
 
-__all__ = ["onset_shift", "shift_source", "finalize"]
+__all__ = ["onset_shift", "shift_source", "aligned_source", "finalize"]
 
 SPIKE_TIME = "onset of the unit's MUAP (bmiss.quality convention)"
 SOURCE_NORMALISATION = "shifted onto the discharges, sign so discharges are positive, divided by the mean at the discharges"
@@ -61,6 +61,17 @@ def shift_source(s: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def aligned_source(source, shift: int, spikes) -> np.ndarray:
+    """The one source normalisation: shifted onto the discharges (``-shift``), signed so that the
+    discharges are positive, divided by the mean at the discharges (float64 [N])."""
+    s = shift_source(np.asarray(source, np.float64), -int(shift))
+    sp = np.clip(np.asarray(spikes, np.int64), 0, len(s) - 1)
+    sgn = 1.0 if (len(sp) == 0 or np.mean(s[sp]) >= 0) else -1.0
+    s = s * sgn
+    c = float(np.mean(s[sp])) if len(sp) else float(np.max(np.abs(s)))
+    return s / (c if c > 0 else 1.0)
+
+
 def finalize(units: list[Unit], *, fs: float, N: int, n_ext: int, method: str, meta: dict,
              extra: dict | None = None) -> Decomposition:
     """Build the :class:`~bmiss.io.Decomposition` of ``units`` (in the order found).
@@ -69,12 +80,8 @@ def finalize(units: list[Unit], *, fs: float, N: int, n_ext: int, method: str, m
     sources = np.zeros((len(units), N), np.float32)
     spikes_out = []
     for i, u in enumerate(units):
-        s = shift_source(np.asarray(u.source, np.float64), -u.shift)
         sp = np.asarray(u.spikes, np.int64)
-        sgn = 1.0 if (len(sp) == 0 or np.mean(s[sp]) >= 0) else -1.0
-        s = s * sgn
-        c = float(np.mean(s[sp])) if len(sp) else float(np.max(np.abs(s)))
-        sources[i] = (s / (c if c > 0 else 1.0)).astype(np.float32)
+        sources[i] = aligned_source(u.source, u.shift, sp).astype(np.float32)
         spikes_out.append(sp)
     meta = dict(meta, spike_time=SPIKE_TIME, source_normalisation=SOURCE_NORMALISATION, sil_definition=SIL_DEFINITION,
                 candidate_index=[u.cand for u in units])

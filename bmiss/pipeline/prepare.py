@@ -29,7 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ..io import BmissFileError
+from ..errors import BmissFileError
+from ..filters import DATA_ORDER, DEFAULT_BAND, effective_band
+from ..filters import bandpass as _bandpass
+from ..whitening import zca
 
 __all__ = [
     "check_channels",
@@ -107,24 +110,10 @@ def check_channels(emg, fs: float, *, clip_frac: float = 0.01, rms_factor: float
 
 
 # ---------------------------------------------------------------------------- filtering
-def bandpass(emg, fs: float, lo: float = 20.0, hi: float = 500.0, order: int = 2) -> np.ndarray:
-    """Zero-phase Butterworth band-pass (scipy ``butter`` + ``sosfiltfilt``), float64 out.
-
-    ``hi`` is clipped to 0.95 x Nyquist for low sampling rates; ``hi=None`` gives a high-pass.
-    """
-    from scipy.signal import butter, sosfiltfilt
-
-    x = np.asarray(emg, np.float64)
-    nyq = fs / 2.0
-    if hi is not None and hi >= 0.95 * nyq:
-        hi = 0.95 * nyq
-    if hi is None:
-        sos = butter(order, lo, btype="highpass", fs=fs, output="sos")
-    else:
-        if not 0 < lo < hi:
-            raise ValueError(f"band-pass needs 0 < lo < hi, got lo={lo}, hi={hi}")
-        sos = butter(order, [lo, hi], btype="bandpass", fs=fs, output="sos")
-    return sosfiltfilt(sos, x, axis=-1)
+def bandpass(emg, fs: float, lo: float = DEFAULT_BAND[0], hi: float | None = DEFAULT_BAND[1],
+             order: int = DATA_ORDER) -> np.ndarray:
+    """The data's zero-phase band-pass (:func:`bmiss.filters.bandpass`), float64 out; ``hi=None``: high-pass."""
+    return _bandpass(emg, fs, (lo, hi), order=order)
 
 
 # ---------------------------------------------------------------------------- extension
@@ -223,17 +212,6 @@ class Whitened(eqx.Module):
         return self.W.astype(np.float64) @ np.asarray(b_ext, np.float64)
 
 
-def _whitening_matrix(C: np.ndarray):
-    # float64 throughout (numpy): eigh of the extended covariance
-    C = np.asarray(C, np.float64)
-    C = 0.5 * (C + C.T)
-    d, E = np.linalg.eigh(C)
-    n = len(d)
-    floor = float(np.mean(d[: max(1, n // 2)]))  # MUedit: mean of the smaller half
-    floor = max(floor, 1e-12 * max(float(d[-1]), 1e-300))
-    dr = np.maximum(d, floor)
-    W = (E * (1.0 / np.sqrt(dr))) @ E.T
-    return W, d, E, floor
 
 
 @jax.jit
@@ -256,7 +234,7 @@ def whiten(x_ext, *, gram=None) -> Whitened:
             gram = x64 @ x64.T
             del x64
         C = np.asarray(gram, np.float64) / N - np.outer(mean, mean)
-        W, d, E, floor = _whitening_matrix(C)
+        W, d, E, floor = zca(C)
     W32 = W.astype(np.float32)
     z = _apply_whitening(jnp.asarray(W32), jnp.asarray(x_ext), jnp.asarray(mean, jnp.float32))
     return Whitened(z=z, W=W32, mean=mean, eigvals=d, eigvecs=E, floor=floor)
@@ -284,7 +262,7 @@ def _whiten_from_x(x32: np.ndarray, R: int) -> Whitened:
     with threadpool_limits(1):  # float64 eigh: extra BLAS threads only spin on 2 shared cores
         gram = extended_gram(x64, R)
         C = gram / N - np.outer(mean, mean)
-        W, d, E, floor = _whitening_matrix(C)
+        W, d, E, floor = zca(C)
     W32 = W.astype(np.float32)
     z = _extend_whiten(jnp.asarray(W32), jnp.asarray(x32), jnp.asarray(mean, jnp.float32), R=int(R))
     return Whitened(z=z, W=W32, mean=mean, eigvals=d, eigvecs=E, floor=floor)
@@ -306,7 +284,7 @@ class Prepared:
     fs: float
     channel_mask: np.ndarray
     report: list[str] = field(default_factory=list)
-    band: tuple | None = (20.0, 500.0)
+    band: tuple | None = DEFAULT_BAND
 
     @property
     def z(self):
@@ -327,7 +305,7 @@ def min_samples(n_channels: int, R: int) -> int:
     return max(20 * R, n_channels * R)
 
 
-def prepare(emg, fs: float, *, R: int | None = None, band=(20.0, 500.0)) -> Prepared:
+def prepare(emg, fs: float, *, R: int | None = None, band=DEFAULT_BAND) -> Prepared:
     """check_channels -> bandpass -> extend -> whiten.
 
     ``R=None`` uses :func:`extension_factor` of the number of KEPT channels.  ``band=None``
@@ -355,7 +333,8 @@ def prepare(emg, fs: float, *, R: int | None = None, band=(20.0, 500.0)) -> Prep
             f"factor R={R}; need at least {need} samples ({need / fs:.2f} s). Use a longer recording "
             "or a smaller extension factor (setting R; CLI --extension-factor)")
     if band is not None:
-        x = bandpass(x, fs, float(band[0]), None if band[1] is None else float(band[1]))
+        band = effective_band(fs, band)  # recorded as used (the upper corner may be clipped)
+        x = bandpass(x, fs, band[0], band[1])
     x = x - x.mean(axis=1, keepdims=True)
     x32 = x.astype(np.float32)
     wh = _whiten_from_x(x32, R)

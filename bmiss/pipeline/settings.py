@@ -1,24 +1,31 @@
 """Settings of a decomposition: one frozen dataclass for the shared pipeline rules, one per proposer.
 
-Every field has a documented default; :func:`resolve` maps keyword overrides (API ``**kw``, CLI
-flags) onto them and rejects unknown names with the list of valid ones.  The decomposition's
-``meta["settings"]`` records the full resolved settings (:func:`as_dict`).
+Every class derives from :class:`bmiss.config.Settings`: each field is checked for type and range
+on construction (a bad value is refused with its allowed range, never stored). Nested groups
+(``ModelSettings.subject_fit``, ``.unit_fit``, ``.blind``, ``Rules.deconvolve``) are reached with
+dotted keys (``subject_fit.n_starts=2``). :func:`resolve` maps keyword overrides (API ``**kw``,
+CLI ``--setting``) onto them and rejects unknown names with a suggestion; :func:`parse_settings`
+parses the CLI's text by each field's type. The decomposition's ``meta["settings"]`` records
+the full resolved settings (:func:`as_dict`).
 """
 from __future__ import annotations
 
-from ..errors import SettingsError  # noqa: F401  (re-exported)
 import dataclasses
-import difflib
 from dataclasses import dataclass
 
-__all__ = ["SettingsError", "Rules", "FastICASettings", "OracleSettings", "ModelSettings", "METHOD_RULES", "PROPOSER_SETTINGS",
-           "resolve", "as_dict"]
+from ..config import Settings, as_dict, parse_value, setting
+from ..deconvolve import DeconvolveSettings
+from ..errors import SettingsError, did_you_mean
+from ..filters import DEFAULT_BAND
+from ..fitting.settings import SubjectFitSettings, UnitFitSettings
 
-
+__all__ = ["SettingsError", "Rules", "FastICASettings", "OracleSettings", "ModelSettings", "DeconvolveSettings",
+           "SubjectFitSettings", "UnitFitSettings", "METHOD_RULES", "PROPOSER_SETTINGS", "resolve", "as_dict",
+           "parse_settings"]
 
 
 @dataclass(frozen=True)
-class Rules:
+class Rules(Settings):
     """Rules of the shared stages (prepare, spikes, refine, accept, dedupe, peel, finalize).
 
     Attributes
@@ -49,45 +56,41 @@ class Rules:
         on the lag the proposer knows (``"proposer"``, oracle).
     deconvolve : after the search, re-estimate every unit's discharges by sparse deconvolution
         of the EMG with the units' spike-triggered MUAPs (:func:`bmiss.deconvolve.deconvolve`:
-        non-negative, refractory, threshold from the noise level); off by default until the
-        benchmark shows it helps (``experiments/bench_deconvolve.py``); on for ``bmiss``.
+        non-negative, refractory, threshold from the noise level): a group of settings
+        (:class:`~bmiss.deconvolve.DeconvolveSettings`; ``deconvolve=false`` is short for
+        ``deconvolve.enabled=false``); off by default until the benchmark shows it helps
+        (``experiments/bench_deconvolve.py``); on for ``bmiss``.
     """
 
-    R: int | None = None
-    band: tuple[float, float] | None = (20.0, 500.0)
-    min_distance_ms: float = 20.0
+    R: int | None = setting(None, lo=1, hi=256)
+    band: tuple[float, float] | None = setting(DEFAULT_BAND, lo=0.0, lo_open=True)
+    min_distance_ms: float = setting(20.0, lo=0.0, lo_open=True, hi=1000.0)
     flip: bool = True
     refine: bool = True
-    max_refine_iter: int = 10
-    sil_threshold: float = 0.9
-    min_spikes: int = 10
-    max_cov: float | None = None
+    max_refine_iter: int = setting(10, lo=0, hi=1000)
+    sil_threshold: float = setting(0.9, lo=0.0, hi=1.0)
+    min_spikes: int = setting(10, lo=2)
+    max_cov: float | None = setting(None, lo=0.0, lo_open=True)
     accept_all: bool = False
     dedupe: bool = True
-    dup_threshold: float = 0.3
-    dup_tol_ms: float = 0.5
-    dup_max_lag_ms: float = 25.0
-    keep: str = "cov"
+    dup_threshold: float = setting(0.3, lo=0.0, lo_open=True, hi=1.0)
+    dup_tol_ms: float = setting(0.5, lo=0.0, hi=50.0)
+    dup_max_lag_ms: float = setting(25.0, lo=0.0, hi=1000.0)
+    keep: str = setting("cov", choices=("cov", "sil"))
     peel: bool = True
-    peel_ms: float = 50.0
-    peel_floor: float = 0.0
+    peel_ms: float = setting(50.0, lo=0.0, hi=1000.0)
+    peel_floor: float = setting(0.0, lo=0.0)
     retime: bool = True
-    align: str = "onset"
-    deconvolve: bool = False
+    align: str = setting("onset", choices=("onset", "proposer"))
+    deconvolve: DeconvolveSettings = setting(default_factory=lambda: DeconvolveSettings(enabled=False))
 
-    def __post_init__(self):
-        if self.keep not in ("cov", "sil"):
-            raise SettingsError(f"keep must be 'cov' or 'sil', got {self.keep!r}")
-        if self.align not in ("onset", "proposer"):
-            raise SettingsError(f"align must be 'onset' or 'proposer', got {self.align!r}")
-        if self.R is not None and int(self.R) < 1:
-            raise SettingsError(f"extension factor R must be >= 1, got {self.R}")
-        if self.min_distance_ms <= 0:
-            raise SettingsError(f"min_distance_ms must be > 0, got {self.min_distance_ms}")
+    def validate(self):
+        if self.band is not None and not self.band[0] < self.band[1]:
+            raise SettingsError(f"band = {self.band}: needs low < high (Hz), e.g. band=20,500")
 
 
 @dataclass(frozen=True)
-class FastICASettings:
+class FastICASettings(Settings):
     """Convolutive FastICA (Negro et al. 2016), the ``cbss`` proposer.
 
     n_iter : candidate filters (outer iterations).
@@ -100,36 +103,30 @@ class FastICASettings:
     seed : used only when start samples run out (tiny recordings); otherwise deterministic.
     """
 
-    n_iter: int = 50
-    contrast: str = "skew"
-    max_fp_iter: int = 200
-    tol: float = 1e-4
-    batch: int = 16
+    n_iter: int = setting(50, lo=1, hi=10000)
+    contrast: str = setting("skew", choices=("skew", "logcosh", "kurtosis"))
+    max_fp_iter: int = setting(200, lo=1, hi=100000)
+    tol: float = setting(1e-4, lo=0.0, lo_open=True, hi=1.0)
+    batch: int = setting(16, lo=1, hi=1024)
     deflate_rejected: bool = True
     signal_subspace: bool = True
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.contrast not in ("skew", "logcosh", "kurtosis"):
-            raise SettingsError(f"contrast must be one of skew, logcosh, kurtosis; got {self.contrast!r}")
-        if int(self.n_iter) < 1:
-            raise SettingsError(f"n_iter must be >= 1, got {self.n_iter}")
+    seed: int = setting(0, lo=0, hi=2**32 - 1)
 
 
 @dataclass(frozen=True)
-class OracleSettings:
+class OracleSettings(Settings):
     """Filters from the TRUE MUAPs (simulation only): the identifiable upper bound.
 
     n_lags : candidate extension lags per MUAP (largest ``||W b||``); the best SIL is kept.
     pad : zero padding (samples) of the MUAP before band-passing (default 25 ms).
     """
 
-    n_lags: int | None = 8
-    pad: int | None = None
+    n_lags: int | None = setting(8, lo=1, hi=1024)
+    pad: int | None = setting(None, lo=0)
 
 
 @dataclass(frozen=True)
-class ModelSettings:
+class ModelSettings(Settings):
     """Model-informed proposer (BMISS): filters from forward-model MUAPs fitted by Adam.
 
     anatomy, grid, ied_mm : the forward model's anatomy (default: the recording's own).
@@ -144,59 +141,38 @@ class ModelSettings:
         (in seconds, not samples, so that a 10,240-Hz recording gets the same evidence as a
         2,048-Hz one: 4 s = 8192 samples at 2048 Hz).
     max_units : stop after this many units.
-    subject_fit : ``init="blind"``: fit the subject model to the blind units before the model search
-        (off: search within the base anatomy as given; for comparisons).
-    subject_fix : subject parameters (:data:`bmiss.fit.SUBJECT_NAMES`) that fit holds at the base
-        anatomy's values. Fat and skin by default: under per-fibre MUAPs (every real recording)
-        their fitted values were further from the truth than the base values (fat -2.3 / -2.5 mm
-        fitted vs +0.6 / +1.1 mm base, ``results/bench_fit.json``), and a model searched with the
-        fitted fat found fewer units (``results/diag_subject_fix.json``).
-    min_fit_ev : when the fit with ``subject_fix`` held explains less than this fraction of the
-        MUAPs' variance, it is repeated with them free and the better one is kept.
-    unit_fit : with a subject fit (``init="blind"``), fit every final unit's properties to its own
-        spike-triggered MUAP under the fitted subject model (:func:`bmiss.fit.fit_units`), so that
-        amplitude informs size; off: blind units keep the subject fit's values, found units the
+    subject_fit : the ``subject_fit`` stage (``init="blind"``): a group of settings
+        (:class:`~bmiss.fitting.SubjectFitSettings`, e.g. ``subject_fit.n_starts``,
+        ``subject_fit.fix=none`` to fit fat and skin too, ``subject_fit.min_ev``;
+        ``subject_fit=false`` is short for ``subject_fit.enabled=false``: search within the base
+        anatomy as given). The pipeline holds fat and skin at the anatomy's values by default.
+    unit_fit : the ``unit_properties`` stage (:class:`~bmiss.fitting.UnitFitSettings`): every final
+        unit's properties fitted to its own spike-triggered MUAP under the fitted subject model
+        (amplitude informs size); off: blind units keep the subject fit's values, found units the
         search's (scale-free) parameters.
+    blind : the blind search of the default ``bmiss`` (:class:`FastICASettings`; its ``seed`` is
+        the method's ``seed``).
     """
 
     anatomy: object = None
-    grid: tuple[int, int] | None = None
-    ied_mm: float | None = None
-    forward: str = "conductor"
-    n_rounds: int = 6
-    patience: int = 1
-    n_probe: int = 1024
+    grid: tuple[int, int] | None = setting(None, lo=1, hi=1024)
+    ied_mm: float | None = setting(None, lo=0.5, hi=100.0)
+    forward: str = setting("conductor", choices=("conductor", "surrogate"))
+    n_rounds: int = setting(6, lo=1, hi=1000)
+    patience: int = setting(1, lo=1, hi=1000)
+    n_probe: int = setting(1024, lo=1, hi=1_000_000)
     probe_shifts: tuple[float, ...] = (-12.0, -4.0, 4.0, 12.0)
-    n_starts: int = 16
-    n_steps: int = 30
-    lr: float = 0.08
-    contrast: str = "skew"
-    fit_s: float = 4.0
-    probe_s: float = 2.0
-    max_units: int = 128
-    subject_fit: bool = True
-    subject_fix: tuple[str, ...] = ("fat_mm", "skin_mm")
-    min_fit_ev: float = 0.8
-    unit_fit: bool = True
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.forward not in ("conductor", "surrogate"):
-            raise SettingsError(f"forward must be 'conductor' or 'surrogate', got {self.forward!r}")
-        if self.contrast not in ("skew", "logcosh", "kurtosis"):
-            raise SettingsError(f"contrast must be one of skew, logcosh, kurtosis; got {self.contrast!r}")
-        fix = self.subject_fix
-        if isinstance(fix, str):  # --setting subject_fix=fat_mm,skin_mm (or "none")
-            fix = [] if fix.strip().lower() in ("", "none") else [k.strip() for k in fix.split(",")]
-        fix = tuple(fix or ())
-        from ..fit import SUBJECT_NAMES
-
-        bad = [k for k in fix if k not in SUBJECT_NAMES]
-        if bad:
-            raise SettingsError(f"subject_fix: unknown subject parameter(s) {bad}; choose from {', '.join(SUBJECT_NAMES)}")
-        object.__setattr__(self, "subject_fix", fix)
-        if int(self.patience) < 1:
-            raise SettingsError(f"patience must be >= 1, got {self.patience}")
+    n_starts: int = setting(16, lo=1, hi=1024)
+    n_steps: int = setting(30, lo=1, hi=100000)
+    lr: float = setting(0.08, lo=0.0, lo_open=True, hi=10.0)
+    contrast: str = setting("skew", choices=("skew", "logcosh", "kurtosis"))
+    fit_s: float = setting(4.0, lo=0.0, lo_open=True, hi=3600.0)
+    probe_s: float = setting(2.0, lo=0.0, lo_open=True, hi=3600.0)
+    max_units: int = setting(128, lo=1, hi=100000)
+    subject_fit: SubjectFitSettings = setting(default_factory=lambda: SubjectFitSettings(fix=("fat_mm", "skin_mm")))
+    unit_fit: UnitFitSettings = setting(default_factory=UnitFitSettings)
+    blind: FastICASettings = setting(default_factory=FastICASettings)
+    seed: int = setting(0, lo=0, hi=2**32 - 1)
 
 
 #: shared-rule defaults of each method (what differs is named here, not copied into code)
@@ -214,40 +190,65 @@ METHOD_RULES = {
 PROPOSER_SETTINGS = {"cbss": FastICASettings, "bmiss": ModelSettings, "oracle": OracleSettings}
 
 
+def _split(method: str, rules: Rules, settings, kw: dict) -> tuple[dict, dict]:
+    """Keyword overrides -> (proposer's, rules'): a key (or a dotted key's head) goes to the
+    proposer's settings when it names one of its fields, else to :class:`Rules`."""
+    pf = {f.name for f in dataclasses.fields(settings)}
+    rf = {f.name for f in dataclasses.fields(rules)}
+    p_kw, r_kw, bad = {}, {}, []
+    for k, v in kw.items():
+        head = k.split(".", 1)[0]
+        if head in pf:
+            p_kw[k] = v
+        elif head in rf:
+            r_kw[k] = v
+        else:
+            bad.append(k)
+    if bad:
+        names = sorted(pf | rf)
+        raise SettingsError(f"unknown setting(s) for method {method!r}: "
+                            f"{', '.join(repr(k) + did_you_mean(k.split('.', 1)[0], names) for k in bad)}; "
+                            f"valid: {', '.join(names)}")
+    return p_kw, r_kw
+
+
 def resolve(method: str, rules: Rules | None = None, settings=None, **kw):
-    """``(rules, proposer settings)`` of ``method`` with keyword overrides applied.
+    """``(rules, proposer settings)`` of ``method`` with keyword overrides applied and checked.
 
     A keyword goes to the proposer's settings when it names one of its fields, else to
-    :class:`Rules`; an unknown name raises ``ValueError`` listing the valid ones.
+    :class:`Rules`; dotted keys (``subject_fit.n_starts``) reach nested groups; an unknown name,
+    a value of the wrong type or out of range raises :class:`~bmiss.errors.SettingsError`.
+
+    Examples
+    --------
+    >>> rules, s = resolve("bmiss", **{"subject_fit.n_starts": 2, "sil_threshold": 0.85})
+    >>> s.subject_fit.n_starts, rules.sil_threshold
+    (2, 0.85)
+    """
+    if method not in PROPOSER_SETTINGS:
+        raise SettingsError(f"unknown method {method!r}; choose one of {', '.join(PROPOSER_SETTINGS)}"
+                            f"{did_you_mean(method, PROPOSER_SETTINGS)}")
+    rules = rules if rules is not None else METHOD_RULES[method]
+    settings = settings if settings is not None else PROPOSER_SETTINGS[method]()
+    p_kw, r_kw = _split(method, rules, settings, kw)
+    return rules.replace(**r_kw), settings.replace(**p_kw)
+
+
+def parse_settings(method: str, items) -> dict:
+    """``KEY=VALUE`` texts (the CLI's ``--setting``) -> typed keywords for :func:`resolve`.
+
+    Each value is parsed by its field's type: booleans ``true/false/yes/no/on/off/1/0``,
+    integers, numbers, ``none``, tuples ``20,450``; a group (``deconvolve``, ``subject_fit``)
+    takes ``true``/``false`` for its ``enabled`` field.
     """
     if method not in PROPOSER_SETTINGS:
         raise SettingsError(f"unknown method {method!r}; choose one of {', '.join(PROPOSER_SETTINGS)}")
-    rules = rules if rules is not None else METHOD_RULES[method]
-    settings = settings if settings is not None else PROPOSER_SETTINGS[method]()
-    pf = {f.name for f in dataclasses.fields(settings)}
-    rf = {f.name for f in dataclasses.fields(rules)}
-    p_kw = {k: v for k, v in kw.items() if k in pf}
-    r_kw = {k: v for k, v in kw.items() if k in rf and k not in pf}
-    bad = [k for k in kw if k not in pf and k not in rf]
-    if bad:
-        names = sorted(pf | rf)
-        hints = [f"{k!r} (did you mean {difflib.get_close_matches(k, names, 1)[0]!r}?)"
-                 if difflib.get_close_matches(k, names, 1) else repr(k) for k in bad]
-        raise SettingsError(f"unknown setting(s) for method {method!r}: {', '.join(hints)}; valid: {', '.join(names)}")
-    if "band" in r_kw and r_kw["band"] is not None:
-        r_kw["band"] = tuple(float(b) for b in r_kw["band"])
-    return dataclasses.replace(rules, **r_kw), dataclasses.replace(settings, **p_kw)
-
-
-def as_dict(obj) -> dict:
-    """JSON-ready dict of a settings dataclass (tuples as lists, objects by name)."""
+    rules, settings = METHOD_RULES[method], PROPOSER_SETTINGS[method]()
     out = {}
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        if isinstance(v, tuple):
-            v = list(v)
-        elif not isinstance(v, (int, float, str, bool, list, dict, type(None))):
-            v = getattr(v, "name", str(v))
-        out[f.name] = v
+    for it in items or ():
+        if "=" not in it:
+            raise SettingsError(f"--setting must look like KEY=VALUE (e.g. sil_threshold=0.85), got {it!r}")
+        k, v = (x.strip() for x in it.split("=", 1))
+        p_kw, _ = _split(method, rules, settings, {k: v})
+        out[k] = parse_value(type(settings) if p_kw else type(rules), k, v)
     return out
-

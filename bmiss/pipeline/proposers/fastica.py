@@ -20,13 +20,14 @@ kernel serves every recording of the same shape.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
 from ..settings import FastICASettings, as_dict
-from .base import AbstractProposer, Done, Proposal
+from .base import AbstractProposer, Done, Proposal, ProposerState
 
 __all__ = ["FastICA", "FixedPoint", "FIXED_POINT"]
 
@@ -64,54 +65,81 @@ class FixedPoint(NamedTuple):
 FIXED_POINT = {"skew": FixedPoint(_g_skew), "logcosh": FixedPoint(_g_logcosh), "kurtosis": FixedPoint(_g_kurtosis)}
 
 
-class _Starts:
+@dataclass(frozen=True, eq=False)  # arrays inside: compare by identity
+class Starts:
     """Start samples: the highest residual activity not used yet (see module docstring).
 
-    Without peel-off, :meth:`explain` removes an accepted unit's average activity around its
-    discharges (the STA of the activity over ``±half`` minus the median), so later starts go
-    to samples the accepted units do not explain.
+    act : [N] residual activity; base : its median at the start; avail : [N] samples not yet
+    excluded; excl : half-width (samples) excluded around a used start; half : half-width of the
+    activity an accepted unit explains (no peel-off); seed, n_taken : random starts once the
+    samples run out (tiny recordings) come from ``default_rng((seed, n_taken))``.
     """
 
-    def __init__(self, activity: np.ndarray, excl: int, half: int, seed: int, edge: int = 0):
-        self.act = np.asarray(activity, np.float64).copy()
-        self.base = float(np.median(self.act))
-        self.avail = np.ones(len(self.act), bool)
-        if 0 < 2 * edge < len(self.act):  # record edges: extension zeros, filter transients
-            self.avail[:edge] = False
-            self.avail[-edge:] = False
-        self.excl, self.half = int(excl), int(half)
-        self.rng = np.random.default_rng(seed)
+    act: np.ndarray
+    base: float
+    avail: np.ndarray
+    excl: int
+    half: int
+    seed: int
+    n_taken: int = 0
 
-    def next(self) -> int:
+    @classmethod
+    def new(cls, activity: np.ndarray, excl: int, half: int, seed: int, edge: int = 0) -> "Starts":
+        act = np.asarray(activity, np.float64).copy()
+        avail = np.ones(len(act), bool)
+        if 0 < 2 * edge < len(act):  # record edges: extension zeros, filter transients
+            avail[:edge] = False
+            avail[-edge:] = False
+        return cls(act, float(np.median(act)), avail, int(excl), int(half), int(seed))
+
+    def take(self) -> tuple[int, "Starts"]:
+        """The next start sample and the starts without it."""
         a = np.where(self.avail, self.act, -np.inf)
         t = int(np.argmax(a))
         if not np.isfinite(a[t]):  # exhausted (tiny recordings): random sample
-            t = int(self.rng.integers(len(self.act)))
-        self.avail[max(0, t - self.excl): t + self.excl + 1] = False
-        return t
+            t = int(np.random.default_rng((self.seed, self.n_taken)).integers(len(self.act)))
+        avail = self.avail.copy()
+        avail[max(0, t - self.excl): t + self.excl + 1] = False
+        return t, replace(self, avail=avail, n_taken=self.n_taken + 1)
 
-    def explain(self, spikes) -> None:
+    def explained(self, spikes) -> "Starts":
+        """Without peel-off: the starts with an accepted unit's average activity around its
+        discharges removed (the STA of the activity over ``±half`` minus the median), so later
+        starts go to samples the accepted units do not explain."""
         sp = np.asarray(spikes, np.int64)
         if len(sp) == 0:
-            return
-        N = len(self.act)
+            return self
+        act = self.act.copy()
+        N = len(act)
         idx = sp[:, None] + np.arange(-self.half, self.half + 1)[None, :]
         ok = (idx >= 0) & (idx < N)
         idx = np.clip(idx, 0, N - 1)
-        sta = np.where(ok, self.act[idx], 0.0).sum(0) / np.maximum(ok.sum(0), 1)
+        sta = np.where(ok, act[idx], 0.0).sum(0) / np.maximum(ok.sum(0), 1)
         sub = np.where(ok, np.maximum(sta - self.base, 0.0)[None, :], 0.0)
-        np.subtract.at(self.act, idx.ravel(), sub.ravel())
-        np.maximum(self.act, 0.0, out=self.act)
+        np.subtract.at(act, idx.ravel(), sub.ravel())
+        np.maximum(act, 0.0, out=act)
+        return replace(self, act=act)
 
 
-class _State:
-    def __init__(self, Qh, nq, starts, n_started):
-        self.Qh, self.nq, self.starts, self.n_started = Qh, nq, starts, n_started
-        self.Q = jnp.asarray(Qh.astype(np.float32))
+@dataclass(frozen=True, eq=False)  # arrays inside: compare by identity
+class FastICAState(ProposerState):
+    """Qh : [K_max, n_ext] float64 orthonormal deflation rows, the first ``nq`` in use;
+    Q : the same rows as float32 on the device; starts : :class:`Starts`; n_started : filters proposed."""
+
+    Qh: np.ndarray
+    nq: int
+    starts: Starts
+    n_started: int
+    Q: object
+
+
+def _state(Qh, nq, starts, n_started) -> FastICAState:
+    return FastICAState(Qh, nq, starts, n_started, jnp.asarray(Qh.astype(np.float32)))
 
 
 def _orthonormal_add(Qh: np.ndarray, k: int, w: np.ndarray) -> int:
-    """Gram-Schmidt ``w`` (float64, twice: Kahan) into row ``k`` of ``Qh``; new row count."""
+    """Gram-Schmidt ``w`` (float64, twice: Kahan) into row ``k`` of ``Qh`` (a fresh copy the
+    caller owns); new row count."""
     if k >= Qh.shape[0]:
         return k
     v = np.asarray(w, np.float64).copy()
@@ -133,7 +161,7 @@ class FastICA(AbstractProposer):
     def on_device(self):
         return FIXED_POINT[self.settings.contrast], int(self.settings.max_fp_iter), float(self.settings.tol)
 
-    def init(self, ws):
+    def init(self, ws) -> FastICAState:
         s = self.settings
         wh = ws.prep.whitened
         n = ws.n
@@ -143,38 +171,40 @@ class FastICA(AbstractProposer):
             E_floor = np.asarray(wh.eigvecs[:, wh.eigvals < wh.floor], np.float64)
             nq = E_floor.shape[1]
             Qh[:nq] = E_floor.T
-        starts = _Starts(np.asarray(ws.act, np.float64), ws.d, ws.peel_half, s.seed, edge=ws.prep.R + ws.d)
-        return _State(Qh, nq, starts, 0)
+        starts = Starts.new(np.asarray(ws.act, np.float64), ws.d, ws.peel_half, s.seed, edge=ws.prep.R + ws.d)
+        return _state(Qh, nq, starts, 0)
 
-    def propose(self, state, ws, k, idle):
+    def propose(self, state: FastICAState, ws, k, idle):
         out = []
-        while len(out) < k and state.n_started < self.settings.n_iter:
-            t = state.starts.next()
+        starts, n_started = state.starts, state.n_started
+        Qn = state.Qh[:state.nq]
+        while len(out) < k and n_started < self.settings.n_iter:
+            t, starts = starts.take()
             v = np.asarray(ws.zt[t], np.float64)
             if state.nq:
-                v = v - state.Qh[:state.nq].T @ (state.Qh[:state.nq] @ v)
+                v = v - Qn.T @ (Qn @ v)
             nv = np.linalg.norm(v)
             if nv < 1e-12:
                 v = np.random.default_rng(self.settings.seed + t).standard_normal(ws.n)
                 nv = np.linalg.norm(v)
             out.append(Proposal((v / nv).astype(np.float32), {"start": int(t)}))
-            state.n_started += 1
-        return state, out
+            n_started += 1
+        return replace(state, starts=starts, n_started=n_started), out
 
-    def update(self, state, ws, done: list[Done]):
+    def update(self, state: FastICAState, ws, done: list[Done]) -> FastICAState:
+        Qh, nq, starts = state.Qh.copy(), state.nq, state.starts
         for d in done:
             if d.verdict in ("accepted", "duplicate"):
-                state.nq = _orthonormal_add(state.Qh, state.nq, d.w)
+                nq = _orthonormal_add(Qh, nq, d.w)
                 if not ws.rules.peel and d.verdict == "accepted":
-                    state.starts.explain(d.unit.spikes)
+                    starts = starts.explained(d.unit.spikes)
             elif self.settings.deflate_rejected:
-                state.nq = _orthonormal_add(state.Qh, state.nq, d.fp_w)
-        state.Q = jnp.asarray(state.Qh.astype(np.float32))
+                nq = _orthonormal_add(Qh, nq, d.fp_w)
         if ws.rules.peel:
-            state.starts.act = np.asarray(ws.act, np.float64)  # residual activity for the next starts
-        return state
+            starts = replace(starts, act=np.asarray(ws.act, np.float64))  # residual activity for the next starts
+        return _state(Qh, nq, starts, state.n_started)
 
-    def deflation(self, state):
+    def deflation(self, state: FastICAState):
         return state.Q
 
     def settings_meta(self):

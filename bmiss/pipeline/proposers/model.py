@@ -19,22 +19,24 @@ refine/accept/dedupe/peel stages.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import scipy.signal
 from jax.scipy.special import logit
 from scipy.stats import qmc
 
 from ... import anatomy as anatomy_mod
-from ...io import BmissFileError
 from ...conductor import PARAM_NAMES, Conductor
+from ...errors import BmissFileError
+from ...filters import DEFAULT_BAND, band_power_response
 from ..settings import ModelSettings, as_dict
-from .base import AbstractProposer, Proposal
+from .base import AbstractProposer, Proposal, ProposerState
 
-__all__ = ["FilterModel", "ModelProposer", "SubjectModelProposer", "resolve_anatomy"]
+__all__ = ["FilterModel", "ModelProposer", "ModelState", "resolve_anatomy"]
 
 
 class FilterModel(eqx.Module):
@@ -145,33 +147,45 @@ def resolve_anatomy(rec, anatomy=None, grid=None, ied_mm=None):
     return a
 
 
-class _State:
-    pass
+@dataclass(frozen=True, eq=False)  # arrays inside: compare by identity
+class ModelState(ProposerState):
+    """State of the model search.
 
+    model : the :class:`FilterModel`; fit_idx, probe_idx : sample indices the loss / the probe
+    scores use; V_probe [n_probe*n_shifts, n_ext], U_probe [n_probe*n_shifts, 7] : probe filters
+    and their unconstrained parameters; queue : proposals of the current round not yet handed
+    out; round : rounds started; new_in_round : units accepted in the current round; n_units :
+    units accepted by this search; rounds : one summary per round; used : probe rows a round
+    started from (never again); empty_rounds : rounds in a row without a new unit; done : exhausted.
+    """
 
-def _finite(v):
-    v = float(v)
-    return v if np.isfinite(v) else None
+    model: FilterModel
+    fit_idx: jax.Array
+    probe_idx: jax.Array
+    V_probe: jax.Array
+    U_probe: np.ndarray
+    queue: tuple = ()
+    round: int = 0
+    new_in_round: int = 0
+    n_units: int = 0
+    rounds: tuple = ()
+    used: frozenset = frozenset()
+    empty_rounds: int = 0
+    done: bool = False
 
 
 class ModelProposer(AbstractProposer):
-    """BMISS proposer over an anatomy (see module docstring)."""
+    """BMISS proposer over an anatomy (see module docstring).
+
+    ``anatomy`` is the model the search inverts: the base anatomy (``--init model``) or the
+    subject model that the ``subject_fit`` stage fitted (the default ``bmiss``).
+    """
 
     settings: ModelSettings
     anatomy: object
-    progress: bool = False
 
-    def _say(self, msg):
-        if self.progress:  # the subject and unit fits take tens of seconds and have no bar of their own
-            import sys
-
-            print(f"[bmiss] {msg}", file=sys.stderr, flush=True)
-
-    def init(self, ws):
-        return self._init_with(ws, self.anatomy)
-
-    def _init_with(self, ws, a):
-        s, prep = self.settings, ws.prep
+    def init(self, ws) -> ModelState:
+        s, prep, a = self.settings, ws.prep, self.anatomy
         fs = ws.fs
         if s.forward == "conductor":
             fwd = Conductor.from_anatomy(a, fs=fs)
@@ -181,35 +195,29 @@ class ModelProposer(AbstractProposer):
             fwd = load_surrogate(a)
         T = int(fwd.n_samples)
         P = int(2 ** np.ceil(np.log2(T + 64)))
-        band = prep.band or (20.0, 500.0)
-        sos = scipy.signal.butter(2, [band[0], min(band[1], 0.45 * fs)], btype="bandpass", fs=fs, output="sos")
-        _, h = scipy.signal.sosfreqz(sos, worN=np.fft.rfftfreq(P) * fs, fs=fs)
         bounds = a.param_bounds()
         lo = np.array([bounds[n][0] for n in PARAM_NAMES], np.float32)
         hi = np.array([bounds[n][1] for n in PARAM_NAMES], np.float32)
         R = prep.R
+        h2 = band_power_response(np.fft.rfftfreq(P) * fs, fs, prep.band or DEFAULT_BAND)
         model = FilterModel(forward=fwd, W=jnp.asarray(prep.whitened.W), chan=jnp.asarray(prep.channels_used),
-                            band=jnp.asarray(np.abs(h) ** 2, jnp.float32), lo=jnp.asarray(lo), hi=jnp.asarray(hi),
+                            band=jnp.asarray(h2, jnp.float32), lo=jnp.asarray(lo), hi=jnp.asarray(hi),
                             R=R, lag0=min(T - 1, T // 3 + R // 2), P=P, max_shift=float(T // 3))
         rng = np.random.default_rng(s.seed)
-        st = _State()
-        st.model, st.anatomy, st.fixed_params, st.fit_meta = model, a, {}, None
         n_fit, n_probe = (min(int(round(sec * fs)), ws.N) for sec in (s.fit_s, s.probe_s))
-        st.fit_idx = jnp.asarray(np.sort(rng.choice(ws.N, size=n_fit, replace=False)))
-        st.probe_idx = jnp.asarray(np.sort(rng.choice(ws.N, size=n_probe, replace=False)))
+        fit_idx = jnp.asarray(np.sort(rng.choice(ws.N, size=n_fit, replace=False)))
+        probe_idx = jnp.asarray(np.sort(rng.choice(ws.N, size=n_probe, replace=False)))
         u_th = np.asarray(logit(jnp.asarray(np.clip(qmc.LatinHypercube(d=6, seed=rng).random(s.n_probe), 1e-3,
                                                             1 - 1e-3))))
         shifts = np.asarray(s.probe_shifts, np.float32)
-        st.V_probe = _probe_filters(model, jnp.asarray(u_th, jnp.float32), jnp.asarray(shifts)).reshape(-1, ws.n)
-        st.U_probe = np.concatenate([np.repeat(u_th, len(shifts), 0),
-                                     np.tile(np.arctanh(shifts / model.max_shift), s.n_probe)[:, None]],
-                                    1).astype(np.float32)
-        st.queue, st.round, st.new_in_round, st.n_units, st.rounds = [], 0, 0, 0, []
-        st.used, st.empty_rounds = set(), 0
-        st.done = False
-        return st
+        V_probe = _probe_filters(model, jnp.asarray(u_th, jnp.float32), jnp.asarray(shifts)).reshape(-1, ws.n)
+        U_probe = np.concatenate([np.repeat(u_th, len(shifts), 0),
+                                  np.tile(np.arctanh(shifts / model.max_shift), s.n_probe)[:, None]],
+                                 1).astype(np.float32)
+        return ModelState(model=model, fit_idx=fit_idx, probe_idx=probe_idx, V_probe=V_probe, U_probe=U_probe)
 
-    def _round(self, st, ws):
+    def _round(self, st: ModelState, ws) -> ModelState:
+        """Score the probe on the current data, pick diverse starts, optimise them: the next round's queue."""
         s = self.settings
         sc, S = _scores(st.V_probe, ws.zt[st.probe_idx].T, s.contrast)
         sc, S = np.asarray(sc), np.asarray(S)
@@ -228,158 +236,45 @@ class ModelProposer(AbstractProposer):
             picked.append(int(i))
             if len(picked) == s.n_starts:
                 break
-        st.used.update(picked)
+        st = replace(st, used=st.used | frozenset(picked))
         if not picked:
-            st.done = True
-            return
+            return replace(st, done=True)
         ubest, lbest = _optimise(st.model, jnp.asarray(st.U_probe[picked]), ws.zt[st.fit_idx].T, s.contrast,
                                  s.n_steps, s.lr)
         ubest, lbest = np.asarray(ubest), np.asarray(lbest)
         V = np.asarray(jax.vmap(st.model.filter)(jnp.asarray(ubest)))
+        queue = list(st.queue)
         for k in np.argsort(lbest):
             th, sh = (np.asarray(x) for x in st.model.theta(jnp.asarray(ubest[k])))
-            st.queue.append(Proposal(V[k].astype(np.float32), {"round": st.round, "loss": float(lbest[k]),
-                                                               "theta": th, "shift_samples": float(sh)}))
-        st.rounds.append({"round": st.round, "starts": len(picked), "best_loss": float(np.min(lbest))})
+            queue.append(Proposal(V[k].astype(np.float32), {"round": st.round, "loss": float(lbest[k]),
+                                                            "theta": th, "shift_samples": float(sh)}))
+        summary = {"round": st.round, "starts": len(picked), "best_loss": float(np.min(lbest))}
+        return replace(st, queue=tuple(queue), rounds=st.rounds + (summary,))
 
-    def propose(self, st, ws, k, idle):
+    def propose(self, st: ModelState, ws, k, idle):
         if not st.queue and idle and not st.done:
             if st.round > 0:
-                st.rounds[-1]["new_units"] = st.new_in_round
-                st.empty_rounds = 0 if st.new_in_round else st.empty_rounds + 1
-                if st.empty_rounds >= self.settings.patience or st.round >= self.settings.n_rounds:
-                    st.done = True
+                last = dict(st.rounds[-1], new_units=st.new_in_round)
+                empty = 0 if st.new_in_round else st.empty_rounds + 1
+                st = replace(st, rounds=st.rounds[:-1] + (last,), empty_rounds=empty,
+                             done=empty >= self.settings.patience or st.round >= self.settings.n_rounds)
             if not st.done and st.n_units < self.settings.max_units:
-                self._round(st, ws)
-                st.round += 1
-                st.new_in_round = 0
-        out, st.queue = st.queue[:k], st.queue[k:]
-        return st, out
+                st = self._round(st, ws)
+                st = replace(st, round=st.round + 1, new_in_round=0)
+        return replace(st, queue=st.queue[k:]), list(st.queue[:k])
 
-    def update(self, st, ws, done):
+    def update(self, st: ModelState, ws, done) -> ModelState:
         n = sum(d.verdict == "accepted" for d in done)
-        st.new_in_round += n
-        st.n_units += n
+        st = replace(st, new_in_round=st.new_in_round + n, n_units=st.n_units + n)
         if st.n_units >= self.settings.max_units:
-            st.queue, st.done = [], True
+            st = replace(st, queue=(), done=True)
         return st
 
-    def extras(self, st, units):
-        def theta(u):
-            if "theta" in u.info:
-                return np.asarray(u.info["theta"], np.float32)
-            return np.asarray(st.fixed_params.get(u.cand, np.full(6, np.nan)), np.float32)
-
-        def spread(u):
-            th = [u.info["theta"]] + [i["theta"] for i in u.absorbed if "theta" in i] if "theta" in u.info else []
-            return np.std(np.stack(th), 0) if len(th) > 1 else np.full(6, np.nan)
-
-        params = np.stack([theta(u) for u in units]) if units else np.zeros((0, 6), np.float32)
-        pstd = np.stack([spread(u) for u in units]) if units else np.zeros((0, 6), np.float32)
-        src = ["model search" if "theta" in u.info else "subject fit" if u.cand in st.fixed_params else "none"
-               for u in units]
-        uf, uf_meta = self._unit_fit(st, units)
-        if uf is not None:
-            for i, ok in enumerate(np.array(uf.status) == "fitted"):
-                if ok:
-                    params[i], pstd[i], src[i] = uf.params[i], uf.std[i], "unit fit under the subject model"
-        extra = {"params": params.astype(np.float32), "param_std": pstd.astype(np.float32),
-                 "param_names": PARAM_NAMES}
-        meta = {"rounds": st.rounds, "anatomy": st.anatomy.name,
-                "units": [{"shift_samples": u.info.get("shift_samples"), "round": u.info.get("round"),
-                           "phase": u.info.get("phase"), "params_from": src[i],
-                           **({"muap_explained_variance": _finite(uf.explained_variance[i]),
-                               "unit_fit": uf.status[i], "gain": _finite(uf.gain[i])} if uf is not None else {}),
-                           "n_starts_converged": 1 + sum("theta" in i_ for i_ in u.absorbed)}
-                          for i, u in enumerate(units)],
-                "param_units": {"depth_mm": "mm", "x_mm": "mm", "log_fibres": "ln(fibres)", "iz_mm": "mm",
-                                "cv_m_s": "m/s", "length_mm": "mm"},
-                "param_std_meaning": ("Laplace std of the unit fit under the subject model where params_from says so; "
-                                      "else std of θ over the starts that converged to the unit (NaN: one start)")}
-        if st.fit_meta is not None:
-            meta["subject_model"] = st.fit_meta
-        if uf_meta:
-            meta["unit_fit"] = uf_meta
-        return extra, meta
-
-    def _unit_fit(self, st, units):
-        """Every unit's properties fitted to its own MUAP under the subject model (``unit_fit``)."""
-        sf = getattr(st, "subject_fit", None)
-        if sf is None or not self.settings.unit_fit or not units:
-            return None, None
-        from ... import fit as fit_mod
-
-        self._say(f"fitting the properties of {len(units)} units to their own MUAPs ...")
-        try:
-            uf = fit_mod.fit_units(sf, self.rec, [u.spikes for u in units], seed=self.settings.seed)
-        except (ValueError, fit_mod.FitError) as e:  # properties are a by-product: keep the units, say why
-            return None, {"error": f"{type(e).__name__}: {e}"}
-        return uf, {"n_fitted": int(sum(x == "fitted" for x in uf.status)), "timing_s": uf.timing,
-                    "median_explained_variance": _finite(np.nanmedian(uf.explained_variance))
-                    if np.isfinite(uf.explained_variance).any() else None}
+    def extras(self, st: ModelState, units):
+        """The search's own record: its rounds (the units' properties are the ``unit_properties`` stage's)."""
+        return {}, {"rounds": list(st.rounds), "anatomy": self.anatomy.name}
 
     def settings_meta(self):
         d = as_dict(self.settings)
         d["anatomy"] = self.anatomy.name
         return d
-
-
-class SubjectModelProposer(ModelProposer):
-    """The model-informed search on top of a subject fit (``bmiss`` default, ``init="blind"``).
-
-    Runs as the second phase of the pipeline, after the blind (FastICA) units were accepted
-    and peeled: :func:`bmiss.fit.fit` fits the subject-level forward model (tissue, fibre
-    geometry, grid placement) and per-unit parameters to those units' spike-triggered MUAPs;
-    the search then proposes model filters within the FITTED anatomy for the units the blind
-    search missed.  Blind units get their properties from the fit, found units from the search.
-    When the fit is impossible (too few confident units), the search runs within the base
-    anatomy and ``meta["subject_model"]["error"]`` says why.
-    """
-
-    rec: object = None
-
-    def init(self, ws):
-        import time
-
-        from ... import fit as fit_mod
-        from ..finalize import finalize
-
-        if not self.settings.subject_fit:
-            st = self._init_with(ws, self.anatomy)
-            st.fit_meta = {"error": "not fitted (subject_fit=False)", "anatomy": "base (not fitted)"}
-            return st
-        t = time.perf_counter()
-        blind = sorted(ws.units or [], key=lambda u: u.cand)
-        self._say(f"fitting the subject model to the {len(blind)} blind units' MUAPs ...")
-        dec = finalize(blind, fs=ws.fs, N=ws.N, n_ext=ws.n, method="cbss",
-                       meta={"channels_used": ws.prep.channels_used})
-        def subject_fit(fix):
-            return fit_mod.fit(self.rec, anatomy=self.anatomy, decomposition=dec, progress=False,
-                               seed=self.settings.seed, fix=fix)
-
-        try:
-            sf = subject_fit(tuple(self.settings.subject_fix))
-            refit = None
-            if self.settings.subject_fix and sf.overall_ev < self.settings.min_fit_ev:
-                # the held values cannot explain the MUAPs (measured: fat held at 3 mm for 4.1 mm and
-                # 61-mm fibres converged to 163-mm fibres, EV 0.48; results/bench_fit_fat_held.json):
-                # fit them too and keep the better explanation
-                self._say(f"explained variance {sf.overall_ev:.2f} with {', '.join(self.settings.subject_fix)} held: "
-                          "refitting with them free ...")
-                sf2 = subject_fit(())
-                refit = {"held_explained_variance": float(sf.overall_ev), "free_explained_variance": float(sf2.overall_ev),
-                         "kept": "free" if sf2.overall_ev > sf.overall_ev else "held"}
-                sf = sf2 if sf2.overall_ev > sf.overall_ev else sf
-        except fit_mod.FitError as e:
-            st = self._init_with(ws, self.anatomy)
-            st.fit_meta = {"error": str(e), "anatomy": "base (not fitted)"}
-            return st
-        st = self._init_with(ws, sf.anatomy)
-        st.subject_fit = sf
-        st.fixed_params = {blind[int(i)].cand: np.asarray(sf.unit_params[k], np.float32)
-                           for k, i in enumerate(sf.unit_index)}
-        st.fit_meta = {"subject": {k: [float(v[0]), float(v[1])] for k, v in sf.subject.items()},
-                       "overall_explained_variance": float(sf.overall_ev), "n_units_fitted": int(len(sf.unit_index)),
-                       "degenerate": list(sf.degenerate), "anatomy_toml": sf.toml(), "refit_free": refit,
-                       "time_s": round(time.perf_counter() - t, 2)}
-        return st

@@ -13,17 +13,18 @@ unit.  The filter for lag ``l`` peaks at ``t0 - pad + l``, so the discharges are
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...io import BmissFileError
+from ...errors import BmissFileError
 from ..prepare import Prepared, bandpass, muap_to_ext
 from ..settings import OracleSettings, as_dict
 from ..spikes import detect_core
-from .base import AbstractProposer, Proposal
+from .base import AbstractProposer, Proposal, ProposerState
 
 __all__ = ["Oracle", "oracle_filters"]
 
@@ -58,6 +59,16 @@ def oracle_filters(prep: Prepared, muap: np.ndarray, *, n_lags: int | None = 8, 
     return (Wb[:, order] / nrm[order]).T.astype(np.float32), all_lags[order], pad
 
 
+@dataclass(frozen=True, eq=False)  # arrays inside: compare by identity
+class OracleState(ProposerState):
+    """muaps : [n_units, n_used_channels, T] true MUAPs of the used channels; next : the next MU to
+    propose; L : candidate lags per MU (fixed by the first MU so every call compiles one shape)."""
+
+    muaps: np.ndarray
+    next: int
+    L: int | None
+
+
 class Oracle(AbstractProposer):
     """Proposes, for each true MU, its best-SIL true-MUAP filter (see module docstring)."""
 
@@ -71,15 +82,15 @@ class Oracle(AbstractProposer):
         if muaps.shape[1] != len(ws.prep.channel_mask):
             raise BmissFileError(f"true_muaps have {muaps.shape[1]} channels but the EMG has "
                                  f"{len(ws.prep.channel_mask)}")
-        return {"muaps": muaps[:, ws.prep.channel_mask, :], "next": 0, "L": None}
+        return OracleState(muaps=muaps[:, ws.prep.channel_mask, :], next=0, L=None)
 
-    def propose(self, state, ws, k, idle):
+    def propose(self, state: "OracleState", ws, k, idle):
         out = []
-        while len(out) < k and state["next"] < len(state["muaps"]):
-            j = state["next"]
-            F, lags, pad = oracle_filters(ws.prep, state["muaps"][j], n_lags=self.settings.n_lags,
+        j, L = state.next, state.L
+        while len(out) < k and j < len(state.muaps):
+            F, lags, pad = oracle_filters(ws.prep, state.muaps[j], n_lags=self.settings.n_lags,
                                           pad=self.settings.pad)
-            L = state["L"] = state["L"] or max(len(F), 1)
+            L = L or max(len(F), 1)
             if len(F) == 0:  # a silent MUAP: any filter, it will find nothing
                 F, lags = np.eye(1, ws.n, dtype=np.float32), np.zeros(1, np.int64)
             if len(F) < L:  # one compiled shape: pad with repeats of the best filter
@@ -90,8 +101,8 @@ class Oracle(AbstractProposer):
             b = int(np.argmax(sil))
             out.append(Proposal(F[b], {"true_index": j, "lag": int(lags[b]), "shift": int(pad - lags[b]),
                                        "lag_sil": [float(v) for v in sil]}))
-            state["next"] += 1
-        return state, out
+            j += 1
+        return replace(state, next=j, L=L), out
 
     def extras(self, state, units):
         return {}, {"true_index": [u.info["true_index"] for u in units], "lag": [u.info["lag"] for u in units],

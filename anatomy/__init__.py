@@ -1,0 +1,1 @@
+"""Shipped anatomies (TOML), installed as the package data ``bmiss.anatomies`` (see setup.py)."""

@@ -1,0 +1,172 @@
+"""The fit's differentiable model: MUAPs of a subject and its units, the loss and the optimisers.
+
+:class:`FitModel` holds everything static the loss needs (conductor, band response, bounds,
+held parameters, prior widths); ``muaps(s, U)`` gives the band-passed model MUAPs
+[n_units, C, T] µV of subject parameters ``s`` [8] and unit parameters ``U`` [n, 8]
+(unconstrained). Loss = ``0.5 Σ ((obs - model) w)²`` (``w = 1/σ``) + the population prior.
+"""
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .. import filters
+from ..conductor import Conductor, Tissue
+from ..errors import SettingsError
+from ..templates import Templates
+from .bounds import to_phys
+
+__all__ = ["FitModel", "loss", "optimise", "phys_all", "band_response", "decimate", "observations"]
+
+
+class FitModel(eqx.Module):
+    """Everything static the loss needs (conductor, band filter, bounds, data)."""
+
+    cond: Conductor
+    sub_lo: jax.Array
+    sub_hi: jax.Array
+    unit_lo: jax.Array
+    unit_hi: jax.Array
+    filt: jax.Array  # [F] real zero-phase response (|H|²), or ones
+    sub_fixed: jax.Array  # [8] bool: subject parameters held at sub_fixed_val
+    sub_fixed_val: jax.Array  # [8] unconstrained values of the fixed ones
+    pad: int = eqx.field(static=True)
+    nfft: int = eqx.field(static=True)
+    T: int = eqx.field(static=True)
+    sigma_r: float = eqx.field(static=True)
+    sigma_fat: float = eqx.field(static=True)
+    sigma_skin: float = eqx.field(static=True)
+    prior_sd: tuple = eqx.field(static=True)  # (length frac, cv m/s, iz fraction, log gain)
+
+    def subject(self, s):
+        s = jnp.where(self.sub_fixed, self.sub_fixed_val, s)  # fixed parameters never move
+        return to_phys(s, self.sub_lo, self.sub_hi)
+
+    def unit_phys(self, u, subj):
+        """Per-unit physical [8]: PARAM_NAMES (absolute depth, iz in mm) + log_gain, shift_ms."""
+        v = to_phys(u, self.unit_lo, self.unit_hi)
+        depth = subj[1] + subj[0] + v[0]
+        iz = (v[3] - 0.5) * v[5]
+        return jnp.stack([depth, v[1], v[2], iz, v[4], v[5], v[6], v[7]])
+
+    def tissue(self, subj):
+        dt = self.sub_lo.dtype
+        f = lambda x: jnp.asarray(x, dt)  # noqa: E731
+        return Tissue(skin_mm=subj[1], fat_mm=subj[0], sigma_skin=f(self.sigma_skin), sigma_fat=f(self.sigma_fat),
+                      sigma_r=f(self.sigma_r), sigma_z=self.sigma_r * subj[2])
+
+    def muaps(self, s, U):
+        """Model MUAPs [n_units, C, T] (band-passed like the observations) for params (s [8], U [n, 8])."""
+        subj = self.subject(s)
+        cond = self.cond.placed(subj[3], subj[4])
+        tis = self.tissue(subj)
+
+        def one(u):
+            ph = self.unit_phys(u, subj)
+            m = cond.muap(ph[:6], ph[7], tis) * jnp.exp(ph[6])  # [C, T + 2 pad]
+            mf = jnp.fft.irfft(jnp.fft.rfft(m, n=self.nfft, axis=-1) * self.filt, n=self.nfft, axis=-1)
+            return mf[:, self.pad:self.pad + self.T]
+
+        return jax.vmap(one)(U)
+
+    def prior(self, s, U):
+        subj = self.subject(s)
+        ph = jax.vmap(lambda u: self.unit_phys(u, subj))(U)
+        sdL, sdcv, sdiz, sdg = self.prior_sd
+        zL = (ph[:, 5] - subj[5]) / (sdL * subj[5])
+        zcv = (ph[:, 4] - subj[6]) / sdcv
+        izf = ph[:, 3] / ph[:, 5] + 0.5
+        ziz = (izf - subj[7]) / sdiz
+        zg = ph[:, 6] / sdg
+        return 0.5 * jnp.sum(zL**2 + zcv**2 + ziz**2 + zg**2)
+
+
+def _residuals(model: FitModel, s, U, obs, w):
+    return (obs - model.muaps(s, U)) * w
+
+
+def loss(theta, model, obs, w):
+    s, U = theta
+    r = _residuals(model, s, U, obs, w)
+    return 0.5 * jnp.sum(r**2) + model.prior(s, U)
+
+
+@eqx.filter_jit
+def _run_adam(theta, opt_state, model, obs, w, n_steps: int, lr: float):
+    opt = optax.adam(lr)
+    vg = jax.value_and_grad(loss)
+
+    def step(carry, _):
+        th, st = carry
+        val, g = vg(th, model, obs, w)
+        upd, st = opt.update(g, st, th)
+        return (optax.apply_updates(th, upd), st), val
+
+    (theta, opt_state), losses = jax.lax.scan(step, (theta, opt_state), None, length=n_steps)
+    return theta, opt_state, losses
+
+
+@eqx.filter_jit
+def _run_lbfgs(theta, model, obs, w, n_steps: int):
+    opt = optax.lbfgs()
+    fn = lambda th: loss(th, model, obs, w)  # noqa: E731
+    vg = optax.value_and_grad_from_state(fn)
+
+    def step(carry, _):
+        th, st = carry
+        val, g = vg(th, state=st)
+        upd, st = opt.update(g, st, th, value=val, grad=g, value_fn=fn)
+        return (optax.apply_updates(th, upd), st), val
+
+    (theta, _), losses = jax.lax.scan(step, (theta, opt.init(theta)), None, length=n_steps)
+    return theta, losses
+
+
+def optimise(theta, model, obs, w, n_steps, optimiser, lr):
+    if optimiser == "lbfgs":
+        return _run_lbfgs(theta, model, obs, w, n_steps)
+    if optimiser == "adam":
+        th, _, losses = _run_adam(theta, optax.adam(lr).init(theta), model, obs, w, n_steps, lr)
+        return th, losses
+    raise SettingsError(f"unknown optimiser {optimiser!r}; use 'lbfgs' or 'adam'")
+
+
+def phys_all(model: FitModel, flat, ns, n):
+    s, U = flat[:ns], flat[ns:].reshape(n, 8)
+    subj = model.subject(s)
+    ph = jax.vmap(lambda u: model.unit_phys(u, subj))(U)
+    return jnp.concatenate([subj, ph.ravel()])
+
+
+def band_response(nfft: int, fs: float, band) -> np.ndarray:
+    """|H(f)|² of the templates' band-pass (order 4) on an rfft grid of ``nfft`` samples."""
+    return filters.band_power_response(np.fft.rfftfreq(nfft, 1 / fs), fs, band, order=filters.TEMPLATE_ORDER)
+
+
+def decimate(tpl: Templates) -> tuple[Templates, int]:
+    """Band-limited averages (<= band[1] Hz) lose nothing at ~2 kHz, and the model's cost grows with
+    the samples: keep every q-th sample (q = fs // 2048 where the band allows). Returns (tpl, q)."""
+    fs = tpl.fs
+    q = int(fs // 2048) if tpl.band is not None and tpl.band[1] * 3 <= fs / max(int(fs // 2048), 1) else 1
+    if q <= 1:
+        return tpl, 1
+    r0 = tpl.onset % q
+    n = len(range(r0, tpl.muaps.shape[-1], q))
+    return Templates(muaps=tpl.muaps[..., r0::q].copy(), noise_std=tpl.noise_std[..., r0::q].copy(),
+                     onset=tpl.onset // q, window=(-(tpl.onset // q), -(tpl.onset // q) + n),
+                     support=tpl.support // q, n_discharges=tpl.n_discharges, fs=fs / q, band=tpl.band,
+                     truncated=tpl.truncated), q
+
+
+def observations(tpl: Templates, cmask: np.ndarray):
+    """Observations [n, C, T] and their weights 1/σ (0 on unused channels); σ has a floor of 1e-3 of
+    each unit's peak so that noiseless averages keep finite weights."""
+    floor = 1e-3 * np.abs(tpl.muaps).max(axis=(1, 2), keepdims=True)
+    sig = np.sqrt(tpl.noise_std.astype(np.float64) ** 2 + floor**2)
+    return (jnp.asarray(tpl.muaps, jnp.float32),
+            jnp.asarray((cmask[None, :, None] / np.maximum(sig, 1e-30)).astype(np.float32)))
+
+

@@ -1,0 +1,90 @@
+"""Settings of the subject fit and of the per-unit property fit (validated on construction)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import Settings, setting
+from ..errors import SettingsError, did_you_mean
+from ..filters import DEFAULT_BAND
+from .bounds import SUBJECT_NAMES
+
+__all__ = ["SubjectFitSettings", "UnitFitSettings"]
+
+
+@dataclass(frozen=True)
+class SubjectFitSettings(Settings):
+    """The subject fit (:func:`bmiss.fitting.fit_subject`).
+
+    enabled : run it (the default ``bmiss``'s ``subject_fit`` stage; off: the model search inverts
+        the base anatomy as given, for comparisons).
+    min_sil, max_cov, min_discharges : confident blind units (SIL, CoV of ISI, discharges).
+    max_units : fit at most this many units (the highest template SNR).
+    min_template_snr : drop units whose average has less energy than this multiple of its noise energy.
+    band : (lo, hi) Hz band-pass of the averages (the model is filtered the same way) or none.
+    n_starts : starts of the fat profile (fat held at 1, 0.5, 1.5, 2, 0.25, 3 x the base value;
+        one start when fat is held).
+    n_steps_start, n_steps : iterations per start (strongest ``start_units`` units) and of the best
+        start on all units.
+    optimiser, lr : ``lbfgs`` (Optax L-BFGS with zoom line search) or ``adam`` (learning rate ``lr``).
+    n_bank : random MUAPs the units' starting points are chosen from.
+    gain_prior_sd : std of the per-unit log amplitude gain (ties gain against log fibres).
+    prior_sd : population prior widths (fibre length as a fraction of the mean, CV m/s, IZ fraction).
+    laplace : compute the Laplace std.
+    fix : subject parameters (``SUBJECT_NAMES``) held at the base anatomy's values. The pipeline
+        holds fat and skin: under per-fibre MUAPs (every real recording) their fitted values were
+        further from the truth than the base values (fat -2.3 / -2.5 mm fitted vs +0.6 / +1.1 mm
+        base, ``results/bench_fit.json``), and a model searched with the fitted fat found fewer
+        units (``results/diag_subject_fix.json``). ``bmiss fit`` fits them unless told otherwise.
+    min_ev : when the fit with ``fix`` held explains less than this fraction of the MUAPs'
+        variance, the pipeline repeats it with them free and keeps the better one.
+    """
+
+    enabled: bool = True
+    min_sil: float = setting(0.85, lo=0.0, hi=1.0)
+    max_cov: float = setting(0.4, lo=0.0, lo_open=True)
+    min_discharges: int = setting(30, lo=2)
+    max_units: int = setting(30, lo=2, hi=500)
+    min_template_snr: float = setting(10.0, lo=0.0)
+    band: tuple[float, float] | None = setting(DEFAULT_BAND, lo=0.0, lo_open=True)
+    n_starts: int = setting(4, lo=1, hi=6)
+    n_steps_start: int = setting(40, lo=1, hi=10000)
+    n_steps: int = setting(100, lo=1, hi=10000)
+    optimiser: str = setting("lbfgs", choices=("lbfgs", "adam"))
+    lr: float = setting(0.05, lo=0.0, lo_open=True, hi=10.0)
+    n_bank: int = setting(256, lo=1, hi=100000)
+    start_units: int = setting(8, lo=1, hi=500)
+    gain_prior_sd: float = setting(0.5, lo=0.0, lo_open=True)
+    prior_sd: tuple[float, float, float] = setting((0.1, 0.5, 0.1), lo=0.0, lo_open=True)
+    laplace: bool = True
+    fix: tuple[str, ...] = ()
+    min_ev: float = setting(0.8, lo=0.0, hi=1.0)
+
+    def validate(self):
+        bad = [k for k in self.fix if k not in SUBJECT_NAMES]
+        if bad:
+            raise SettingsError(f"subject_fit.fix: unknown subject parameter(s) {bad}{did_you_mean(bad[0], SUBJECT_NAMES)}; "
+                                f"choose from {', '.join(SUBJECT_NAMES)} (or none)")
+        object.__setattr__(self, "fix", tuple(dict.fromkeys(self.fix)))
+        if self.band is not None and not self.band[0] < self.band[1]:
+            raise SettingsError(f"subject_fit.band = {self.band}: needs low < high (Hz)")
+
+
+@dataclass(frozen=True)
+class UnitFitSettings(Settings):
+    """Every final unit's properties fitted to its own MUAP under the subject model
+    (:func:`bmiss.fitting.fit_units`; the default ``bmiss``'s ``unit_properties`` stage).
+
+    enabled : fit them (off: blind units keep the subject fit's values, found units the search's).
+    n_steps : L-BFGS iterations; n_bank : random MUAPs the starting points are chosen from.
+    min_discharges, min_template_snr : units with fewer usable discharges, or whose average has
+        less energy than this multiple of its noise energy, are not fitted (NaN, with the reason).
+    laplace : per-unit Laplace std; pad_to : units padded to a multiple of this (shared compiles).
+    """
+
+    enabled: bool = True
+    n_steps: int = setting(100, lo=1, hi=10000)
+    n_bank: int = setting(256, lo=1, hi=100000)
+    min_discharges: int = setting(10, lo=2)
+    min_template_snr: float = setting(3.0, lo=0.0)
+    laplace: bool = True
+    pad_to: int = setting(8, lo=1, hi=256)

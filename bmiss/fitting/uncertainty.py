@@ -1,0 +1,69 @@
+"""Uncertainty of the fitted parameters: Laplace approximations.
+
+* :func:`laplace`: joint covariance of all unconstrained parameters (subject and units):
+  Gauss-Newton Hessian of the data term (exact Jacobians, ``jax.jacfwd`` per unit) + exact
+  Hessian of the prior.
+* :func:`unit_laplace`: with the subject held, each unit's own block, scaled by its reduced χ².
+
+These are local curvature widths: they say how well the data pin a parameter WITHIN the model,
+not how far the model is from the truth (model mismatch); see ``bmiss.posterior`` for calibrated
+intervals.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .model import FitModel
+
+__all__ = ["laplace", "unit_laplace"]
+
+
+def laplace(model: FitModel, s, U, obs, w):
+    """Covariance of all unconstrained parameters [(8 + 8n)²] (Gauss-Newton data + exact prior Hessian)."""
+    n = U.shape[0]
+    ns = s.shape[0]
+
+    def r_unit(su, o, ww):
+        s_, u_ = su[:ns], su[ns:]
+        return ((o - model.muaps(s_, u_[None])[0]) * ww).ravel()
+
+    def jac_unit(u, o, ww):
+        return jax.jacfwd(r_unit)(jnp.concatenate([s, u]), o, ww)  # [R, ns + 8]
+
+    J = jax.lax.map(lambda a: jac_unit(*a), (U, obs, w))  # [n, R, ns + 8]
+    J = np.asarray(J, np.float64)
+    H = np.zeros((ns + 8 * n, ns + 8 * n))
+    for i in range(n):
+        Js, Ju = J[i][:, :ns], J[i][:, ns:]
+        sl = slice(ns + 8 * i, ns + 8 * (i + 1))
+        H[:ns, :ns] += Js.T @ Js
+        H[:ns, sl] += Js.T @ Ju
+        H[sl, :ns] += Ju.T @ Js
+        H[sl, sl] += Ju.T @ Ju
+    flat = jnp.concatenate([s, U.ravel()])
+    prior_h = jax.hessian(lambda f: model.prior(f[:ns], f[ns:].reshape(n, 8)))(flat)
+    H += np.asarray(prior_h, np.float64)
+    H += 1e-6 * np.eye(H.shape[0])  # parameters the data never touch stay finite (and huge)
+    return np.linalg.pinv(H, hermitian=True)
+
+
+def unit_laplace(model: FitModel, s, U, obs, w):
+    """Physical std [n, 8] of each unit's parameters with the subject held (the Hessian is block
+    diagonal then: Gauss-Newton data term + the unit's prior), scaled by the unit's reduced χ²."""
+
+    def one(u, o, ww):
+        r = lambda v: ((o - model.muaps(s, v[None])[0]) * ww).ravel()  # noqa: E731
+        J = jax.jacfwd(r)(u)
+        H = J.T @ J + jax.hessian(lambda v: model.prior(s, v[None]))(u) + 1e-6 * jnp.eye(u.shape[0])
+        res = r(u)
+        dof = jnp.maximum(jnp.sum(ww > 0) - u.shape[0], 1)
+        chi2 = jnp.maximum(jnp.sum(res**2) / dof, 1.0)
+        cov = jnp.linalg.pinv(H, hermitian=True) * chi2
+        G = jax.jacfwd(lambda v: model.unit_phys(v, model.subject(s)))(u)
+        return jnp.sqrt(jnp.clip(jnp.diag(G @ cov @ G.T), 0.0, None))
+
+    return jax.lax.map(lambda a: one(*a), (U, obs, w))
+
+
