@@ -30,6 +30,9 @@ _LAZY = {
     "load_decomposition": "bmiss.api:load_decomposition",
     "save_recording": "bmiss.api:save_recording",
     "save_decomposition": "bmiss.api:save_decomposition",
+    # reference decompositions (bmiss.reference, from the readers' work; absent -> AttributeError)
+    "compare_reference": "bmiss.reference:compare",
+    "load_reference": "bmiss.reference:load_reference",
 }
 
 __all__ = ["simulate", "decompose", "evaluate", "export", "fit", "load_recording", "save_recording",
@@ -58,7 +61,13 @@ def __getattr__(name: str):
     if target is None:
         raise AttributeError(f"module 'bmiss' has no attribute {name!r}")
     mod, attr = target.split(":")
-    value = getattr(importlib.import_module(mod), attr)
+    try:
+        module = importlib.import_module(mod)
+    except ModuleNotFoundError as e:
+        if e.name != mod:
+            raise
+        raise AttributeError(f"module 'bmiss' has no attribute {name!r} ({mod} is not installed)") from None
+    value = getattr(module, attr)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 

@@ -345,7 +345,24 @@ def _map_json(p):
 
 
 def _map_csv_bad(p):
-    Path(p).write_text("# ied_mm = abc\nrow,col\n" + "".join(f"{r},{c}\n" for r in range(4) for c in range(4)))
+    Path(p).write_text("# ied_mm = abc\nchannel,row,col\n" + "".join(f"{4 * r + c},{r},{c}\n" for r in range(4)
+                                                                    for c in range(4)))
+
+
+def _band_recorded_as_used(work):
+    """``--setting band=(20,5000)`` at 2048 Hz: refused naming band, or run with the band actually used recorded."""
+    from bmiss import io as bio
+
+    rc, _, err = _cli(["decompose", "rec.npz", "--method", "cbss", "--n-iter", "1", "--quiet", "--out", "o.npz",
+                       "--setting", "band=(20,5000)"], work)
+    if rc == 2:
+        return "band" in err and len(err.strip().splitlines()) == 1, err.strip()[:200]
+    if rc != 0:
+        return False, f"exit {rc}: {err.strip()[-160:]}"
+    st = bio.load_decomposition(work / "o.npz").meta.get("settings", {})
+    band = (st.get("rules") or st).get("band") if isinstance(st, dict) else None
+    hi = band[1] if isinstance(band, (list, tuple)) and len(band) == 2 else None
+    return hi is not None and hi < FS / 2, f"ran; meta records band {band}"
 
 
 # ------------------------------------------------------------------ the cases
@@ -390,7 +407,9 @@ def cases() -> list[Case]:
         add(f"setting-{key}-false", SETTINGS,
             f"--setting {key}={dict(deconvolve='false', peel='no', dedupe='off')[key]}",
             _settings_bool(key), group="silent wrong result")
-    for s in ("min_spikes=-1", "n_iter=1.5", "max_fp_iter=0", "band=(20,5000)"):
+    add("setting-band=(20,5000)", SETTINGS, "decompose --setting band=(20,5000) at 2048 Hz", _band_recorded_as_used,
+        fast=False, group="silent wrong result")
+    for s in ("min_spikes=-1", "n_iter=1.5", "max_fp_iter=0"):
         add(f"setting-{s}", SETTINGS, f"decompose --setting {s}",
             refused(["decompose", "rec.npz", "--method", "cbss", "--quiet", "--out", "o.npz", "--setting", s],
                     s.split("=")[0], allow_new=("o.npz",)), fast=False, group="silent wrong result")
