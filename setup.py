@@ -6,5 +6,5 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["bmiss", "bmiss.*"]) + ["bmiss.anatomies"],
     package_dir={"bmiss.anatomies": "anatomy"},
-    package_data={"bmiss": ["data/*"], "bmiss.anatomies": ["*.toml", "README.md"]},
+    package_data={"bmiss": ["data/*", "review/static/*"], "bmiss.anatomies": ["*.toml", "README.md"]},
 )

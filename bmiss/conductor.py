@@ -40,7 +40,6 @@ Parameter vector order: ``PARAM_NAMES``.
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import equinox as eqx
 import jax
@@ -342,11 +341,3 @@ def _muaps_expected(cond, params, batch_size):
 def _muaps_fibres(cond, params, keys, n_max):
     # sequential over MUs (no vmap) so that empty fibre chunks are really skipped
     return jax.lax.map(lambda a: cond.muap_fibres(a[0], a[1], n_max), (params, keys))
-
-
-def params_array(**kw: Sequence[float]) -> np.ndarray:
-    """Build a parameter array [n, 6] from named columns (``depth_mm=[...], x_mm=[...], ...``)."""
-    missing = [n for n in PARAM_NAMES if n not in kw]
-    if missing:
-        raise ValueError(f"missing MU parameter(s) {missing}; need {PARAM_NAMES}")
-    return np.stack([np.asarray(kw[n], np.float32) for n in PARAM_NAMES], -1)

@@ -211,85 +211,21 @@ def spike_triggered_muaps(emg: np.ndarray, spikes: list, fs: float, *, window: t
     n_ch, N = x.shape
     x = _bandpass(x, fs, band) if band is not None else x - x.mean(axis=1, keepdims=True)
     pre, post = search_bounds(fs, search_ms, window)
-    lags = np.arange(-pre, post)
-    L = len(lags)
-    sm = max(int(round(0.5e-3 * fs)), 1)  # 1 ms smoothing of the energy curve
-    rng = np.random.default_rng(seed)
-    kernel = np.ones(2 * sm + 1) / (2 * sm + 1)
-    margin = int(round(margin_ms * 1e-3 * fs))
-
-    xt = np.ascontiguousarray(x.T, dtype=np.float32)  # [N, C]: a segment is a block of rows (fast gathers)
-    # Sums of segments at a train shifted by any lag are one cross-correlation: R[c, lag] = Σ_k x[c, s_k + lag].
-    max_lag = 4 * L + post + pre
-    nfft = scipy.fft.next_fast_len(N + max_lag)
-    Xf = np.fft.rfft(x, n=nfft, axis=1)
-
+    ctx = _Averager.of(x, fs, pre, post, threshold, margin_ms, deconvolve_self, n_null, seed)
     stas, noises, supports, counts, trunc = [], [], [], [], []
-    for u, s in enumerate(spikes):
-        s = np.unique(np.asarray(s, np.int64))
-        ok = usable_discharges(s, N, pre, post)
+    for u, sp_u in enumerate(spikes):
+        sp_u = np.unique(np.asarray(sp_u, np.int64))
+        ok = usable_discharges(sp_u, N, pre, post)
         if len(ok) < min_discharges:
             raise ValueError(f"unit {u} has {len(ok)} discharges with a full {search_ms} ms window inside the "
                              f"recording (need >= {min_discharges}); drop it before averaging")
-        train = np.zeros(nfft)
-        train[ok] = 1.0
-        R = np.fft.irfft(Xf * np.conj(np.fft.rfft(train)), n=nfft, axis=1)  # [C, nfft], lag l at l mod nfft
-        seg_sum = lambda off: R[:, (lags + off) % nfft].T  # noqa: E731  [L, C] = Σ_k x(ok_k + off + lags)
-        # residual std from up to 128 discharges (a std from 128 samples is good to ~6 %)
-        sub = ok if len(ok) <= 128 else ok[np.linspace(0, len(ok) - 1, 128).astype(int)]
-        segs = xt[sub[:, None] + lags[None, :]]  # [n_sub, L, C]
-        if deconvolve_self:
-            # Least squares for this unit alone: A m = Σ_k x(s_k + τ), A[τ, j] = number of discharge
-            # pairs (k in ok, l in all) with s_l - s_k = τ - j (Toeplitz); A = n I without self-overlap.
-            c = _pair_counts(ok, s, L)
-            c[L - 1] += 1e-6 * len(ok)  # a whisper of ridge for strictly periodic trains
-            Ainv = np.linalg.inv(scipy.linalg.toeplitz(c[L - 1:], c[L - 1::-1]))
-        else:
-            Ainv = np.eye(L) / len(ok)
-        sta = Ainv @ seg_sum(0)  # [L, C]
-        resid = segs - _own_segments(sta, sub, s)
-        noise = resid.std(axis=0) * np.sqrt(np.diag(Ainv))[:, None]  # [L, C]
-        E = np.convolve((sta**2).sum(1), kernel, mode="same")
-        # Null distribution of the same statistic: the same estimator applied to the unit's train shifted
-        # by a random 1-3 window lengths, on the EMG without this unit (other units and noise are
-        # correlated across channels, so a chi-square level from the per-sample variance alone is far
-        # too low; shifting locally keeps the activity level of when the unit fires, e.g. a plateau).
-        null = []
-        for r in range(n_null):
-            off = int(rng.integers(L, 3 * L)) * int(rng.choice([-1, 1]))
-            # (segments pushed past the recording's ends read zeros: a slightly conservative level)
-            bsum = seg_sum(off) - _own_sum(sta, _pair_counts(ok + off, s, L))
-            est = Ainv @ bsum
-            null.append(np.convolve((est**2).sum(1), kernel, mode="same"))
-        null = np.concatenate(null) if null else np.zeros(1)
-        level = threshold * float(np.quantile(null, 0.99))
-        # a separate stretch (e.g. a fibre-end component after a quiet gap) must beat the largest value of
-        # all the null averages: over a 100-ms window, 99th-percentile crossings happen by chance.
-        level_far = 1.5 * threshold * float(null.max())
-        above = E > level
-        pk = int(np.argmax(E))
-        if not above[pk]:
-            lo, hi = pk, pk + 1  # the unit is below the noise: keep the peak only
-        else:
-            lo = pk
-            while lo > 0 and above[lo - 1]:
-                lo -= 1
-            hi = pk + 1
-            while hi < L and above[hi]:
-                hi += 1
-            # fibre-end components can be separated from the main wave by a short quiet gap: extend over
-            # any other above-level stretch at least as long as the smoothing (1 ms) that peaks above
-            # every null value.
-            runs = np.flatnonzero(np.diff(np.concatenate([[0], above.astype(np.int8), [0]])))
-            for a_, b_ in zip(runs[::2], runs[1::2]):
-                if b_ - a_ >= len(kernel) and E[a_:b_].max() > level_far:
-                    lo, hi = min(lo, a_), max(hi, b_)
-        trunc.append(bool(lo == 0 or hi == L))
-        supports.append((lo - pre - margin, hi - pre + margin))
+        sta, noise, E, null = ctx.average(ok, sp_u)
+        lo, hi = _support(E, null, threshold, len(ctx.kernel))
+        trunc.append(bool(lo == 0 or hi == ctx.L))
+        supports.append((lo - pre - ctx.margin, hi - pre + ctx.margin))
         stas.append(sta.T)
         noises.append(noise.T)
         counts.append(len(ok))
-
     supports = np.array(supports, np.int64).reshape(-1, 2)
     if window is None:
         start = int(max(supports[:, 0].min(), -pre)) if len(supports) else 0
@@ -307,6 +243,96 @@ def spike_triggered_muaps(emg: np.ndarray, spikes: list, fs: float, *, window: t
                      n_discharges=np.array(counts, np.int64), fs=float(fs),
                      band=None if band is None else (float(band[0]), float(band[1])),
                      truncated=np.array(trunc, bool))
+
+
+@dataclass
+class _Averager:
+    """The band-passed EMG prepared for averaging at any train: its spectrum (sums of segments at a
+    train shifted by any lag are one cross-correlation), its time-major copy (fast gathers of a few
+    segments for the residual std) and the window rules."""
+
+    x: np.ndarray  # [C, N] float64
+    xt: np.ndarray  # [N, C] float32
+    Xf: np.ndarray  # rfft of x over nfft
+    nfft: int
+    lags: np.ndarray  # [L] samples, -pre..post-1
+    L: int
+    kernel: np.ndarray  # 1-ms smoothing of the energy curve
+    margin: int  # samples added on both sides of a measured support
+    deconvolve_self: bool
+    n_null: int
+    rng: np.random.Generator
+
+    @classmethod
+    def of(cls, x, fs, pre, post, threshold, margin_ms, deconvolve_self, n_null, seed) -> "_Averager":
+        lags = np.arange(-pre, post)
+        L = len(lags)
+        sm = max(int(round(0.5e-3 * fs)), 1)
+        nfft = scipy.fft.next_fast_len(x.shape[1] + 4 * L + post + pre)
+        return cls(x=x, xt=np.ascontiguousarray(x.T, dtype=np.float32), Xf=np.fft.rfft(x, n=nfft, axis=1), nfft=nfft,
+                   lags=lags, L=L, kernel=np.ones(2 * sm + 1) / (2 * sm + 1), margin=int(round(margin_ms * 1e-3 * fs)),
+                   deconvolve_self=deconvolve_self, n_null=n_null, rng=np.random.default_rng(seed))
+
+    def average(self, ok: np.ndarray, s: np.ndarray):
+        """One unit: ``(sta [L, C], noise std [L, C], smoothed energy E [L], null energies)`` from its
+        usable discharges ``ok`` and whole train ``s``."""
+        L, lags, nfft = self.L, self.lags, self.nfft
+        train = np.zeros(nfft)
+        train[ok] = 1.0
+        R = np.fft.irfft(self.Xf * np.conj(np.fft.rfft(train)), n=nfft, axis=1)  # [C, nfft], lag l at l mod nfft
+        seg_sum = lambda off: R[:, (lags + off) % nfft].T  # noqa: E731  [L, C] = Σ_k x(ok_k + off + lags)
+        # residual std from up to 128 discharges (a std from 128 samples is good to ~6 %)
+        sub = ok if len(ok) <= 128 else ok[np.linspace(0, len(ok) - 1, 128).astype(int)]
+        segs = self.xt[sub[:, None] + lags[None, :]]  # [n_sub, L, C]
+        if self.deconvolve_self:
+            # Least squares for this unit alone: A m = Σ_k x(s_k + τ), A[τ, j] = number of discharge
+            # pairs (k in ok, l in all) with s_l - s_k = τ - j (Toeplitz); A = n I without self-overlap.
+            c = _pair_counts(ok, s, L)
+            c[L - 1] += 1e-6 * len(ok)  # a whisper of ridge for strictly periodic trains
+            Ainv = np.linalg.inv(scipy.linalg.toeplitz(c[L - 1:], c[L - 1::-1]))
+        else:
+            Ainv = np.eye(L) / len(ok)
+        sta = Ainv @ seg_sum(0)  # [L, C]
+        resid = segs - _own_segments(sta, sub, s)
+        noise = resid.std(axis=0) * np.sqrt(np.diag(Ainv))[:, None]  # [L, C]
+        E = np.convolve((sta**2).sum(1), self.kernel, mode="same")
+        # Null distribution of the same statistic: the same estimator applied to the unit's train shifted
+        # by a random 1-3 window lengths, on the EMG without this unit (other units and noise are
+        # correlated across channels, so a chi-square level from the per-sample variance alone is far
+        # too low; shifting locally keeps the activity level of when the unit fires, e.g. a plateau).
+        null = []
+        for _ in range(self.n_null):
+            off = int(self.rng.integers(L, 3 * L)) * int(self.rng.choice([-1, 1]))
+            # (segments pushed past the recording's ends read zeros: a slightly conservative level)
+            est = Ainv @ (seg_sum(off) - _own_sum(sta, _pair_counts(ok + off, s, L)))
+            null.append(np.convolve((est**2).sum(1), self.kernel, mode="same"))
+        return sta, noise, E, (np.concatenate(null) if null else np.zeros(1))
+
+
+def _support(E: np.ndarray, null: np.ndarray, threshold: float, min_run: int) -> tuple[int, int]:
+    """``[lo, hi)`` (indices of ``E``): the run above the noise level around the energy peak, extended
+    over any other above-level run of at least ``min_run`` samples that peaks above every null value."""
+    L = len(E)
+    level = threshold * float(np.quantile(null, 0.99))
+    # a separate stretch (e.g. a fibre-end component after a quiet gap) must beat the largest value of
+    # all the null averages: over a 100-ms window, 99th-percentile crossings happen by chance.
+    level_far = 1.5 * threshold * float(null.max())
+    above = E > level
+    pk = int(np.argmax(E))
+    if not above[pk]:
+        return pk, pk + 1  # the unit is below the noise: keep the peak only
+    lo = pk
+    while lo > 0 and above[lo - 1]:
+        lo -= 1
+    hi = pk + 1
+    while hi < L and above[hi]:
+        hi += 1
+    # fibre-end components can be separated from the main wave by a short quiet gap
+    runs = np.flatnonzero(np.diff(np.concatenate([[0], above.astype(np.int8), [0]])))
+    for a_, b_ in zip(runs[::2], runs[1::2]):
+        if b_ - a_ >= min_run and E[a_:b_].max() > level_far:
+            lo, hi = min(lo, a_), max(hi, b_)
+    return lo, hi
 
 
 def explained_variance(observed: np.ndarray, model: np.ndarray, axis=(-2, -1)) -> np.ndarray:

@@ -29,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bmiss.files import write_json
 import bmiss
 from bmiss import api, metrics
-from bmiss import api as fit_api
 from bmiss import files as bfiles
 from bmiss.errors import FitError
+from bmiss.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "scd_example_gr10mm0808_10240hz.mat"
@@ -157,7 +156,7 @@ def run_sim(name, snr, methods, duration, n_units, seed, do_fit, progress):
               f"{s['n_false']:3d}  time {dt:6.1f} s", flush=True)
     if do_fit and "cbss" in decs:
         try:
-            f = fit_api.fit(rec, decomposition=decs["cbss"][0], progress=False, seed=seed)
+            f = api.fit(rec, decomposition=decs["cbss"][0], progress=False, seed=seed)
             row["fit"] = fit_accuracy(f, rec)
             print(f"{name:8s} {str(snr):>4s} fit: EV {f.overall_ev:.3f}, errors {row['fit'].get('errors')}, "
                   f"fit {f.timing['fit']:.1f} s", flush=True)
@@ -210,7 +209,7 @@ def run_real(methods, duration, seed, do_fit, progress, real_anatomy="vastus_lat
         if do_fit:
             try:
                 # the grid (8x8 @ 10 mm) does not fit the default biceps anatomy; the example is a thigh muscle
-                f = fit_api.fit(rec, anatomy=real_anatomy, decomposition=decs["cbss"], progress=False, seed=seed)
+                f = api.fit(rec, anatomy=real_anatomy, decomposition=decs["cbss"], progress=False, seed=seed)
                 row["fit"] = {"anatomy": real_anatomy, "fitted": {k: v for k, (v, _) in f.subject.items()},
                               "std": {k: s for k, (_, s) in f.subject.items()},
                               "explained_variance": f.overall_ev, "unit_ev": f.explained_variance.tolist(),

@@ -86,9 +86,14 @@ def decompose_bmiss(rec, *, rules: Rules | None = None, settings: ModelSettings 
         return run(rec.emg, rec.fs, ModelProposer(settings=settings, anatomy=a), rules, method="bmiss",
                    batch=settings.n_starts, progress=progress, properties=props)
     blind = dataclasses.replace(settings.blind, seed=settings.seed)
-    # the blind phase keeps the cbss rules but bmiss's CoV-of-ISI limit: every false cbss unit on four
-    # mismatched recordings had CoV 0.66-0.94, every found one 0.13-0.29 (results/diag_blind_cov.json)
-    blind_rules = METHOD_RULES["cbss"].replace(R=rules.R, band=rules.band, max_cov=rules.max_cov)
+    # The blind search keeps the cbss rules (flip, keep, peel floor; no deconvolution of its own) with
+    # bmiss's acceptance rules, so --setting sil_threshold/min_spikes/max_cov apply to both searches
+    # (defaults: the same SIL 0.9 and 10 discharges as cbss) and bmiss's CoV-of-ISI limit: every
+    # false cbss unit on four mismatched recordings had CoV 0.66-0.94, every found one 0.13-0.29
+    # (results/diag_blind_cov.json).
+    blind_rules = METHOD_RULES["cbss"].replace(R=rules.R, band=rules.band, max_cov=rules.max_cov,
+                                               sil_threshold=rules.sil_threshold, min_spikes=rules.min_spikes,
+                                               min_distance_ms=rules.min_distance_ms)
     return run_bmiss(rec, blind=FastICA(settings=blind), blind_rules=blind_rules,
                      model=lambda anatomy: ModelProposer(settings=settings, anatomy=anatomy), rules=rules,
                      base_anatomy=a, settings=settings, progress=progress)
