@@ -367,14 +367,14 @@ def _parse_fix(items) -> tuple[tuple, dict]:
 
 
 def cmd_fit(a) -> int:
-    from . import api, figures, io
-
     out = check_suffix(a.out, (".toml",), what="subject anatomy", example="subject.toml")  # read by --anatomy
     rep = Path(a.report) if a.report else None
     figdir = Path(a.figures) if a.figures else None
     fig_path = figdir / "fit_muaps.png" if figdir else None
     _check_outputs([p for p in (out, rep, fig_path) if p is not None], a.force, inputs=[a.recording])
     fix, values = _parse_fix(a.fix or [])
+    from . import api, figures, io
+
     rec = _apply_geometry(io.load_recording(a.recording, **_reader_kw(a)), a)
     sel = {k: getattr(a, k) for k in ("max_units", "min_sil", "max_cov", "min_discharges")
            if getattr(a, k) is not None}
