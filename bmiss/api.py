@@ -60,8 +60,10 @@ def _as_recording(rec, arg: str = "rec", fn: str = "") -> Recording:
         raise UserError(f"{where}{arg} is a Decomposition; pass a Recording (or the path of a recording file: "
                         f"{RECORDING_FILES})")
     if not _path_like(rec):
+        hint = (" (wrap an EMG array: bmiss.io.Recording(emg=EMG [n_channels, n_samples] µV, fs=HZ))"
+                if isinstance(rec, np.ndarray) else "")
         raise UserError(f"{where}{arg} must be a bmiss Recording or the path of a recording file "
-                        f"({RECORDING_FILES}); got {type(rec).__name__}")
+                        f"({RECORDING_FILES}); got {type(rec).__name__}{hint}")
     if _npz_kind(rec) == "decomposition":
         raise UserError(f"{where}{arg}={os.fspath(rec)!r} is a decomposition file, not a recording")
     return _io_load_recording(rec)

@@ -90,6 +90,7 @@ def test_api_writers_default_to_no_overwrite():
 @pytest.mark.parametrize("call, says", [
     (lambda r, d: bmiss.decompose(None), "rec must be a bmiss Recording"),
     (lambda r, d: bmiss.decompose(d), "rec is a Decomposition"),
+    (lambda r, d: bmiss.decompose(r.emg, "cbss"), "wrap an EMG array: bmiss.io.Recording(emg="),
     (lambda r, d: bmiss.decompose(r, "cbs"), "method must be one of"),
     (lambda r, d: bmiss.decompose(r, "cbss", seed=-1), "seed must be an integer in 0..4294967295, got -1"),
     (lambda r, d: bmiss.decompose(r, "cbss", seed=1.5), "seed must be an integer"),
