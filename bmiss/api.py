@@ -11,7 +11,6 @@ from __future__ import annotations
 from .errors import BmissFileError, UserError, RecordingMismatchError  # noqa: F401  (re-exported)
 import functools
 import json
-import numbers
 import os
 import zipfile
 from pathlib import Path
