@@ -1,30 +1,173 @@
-"""The notebook API: ``simulate``, ``decompose``, ``evaluate``, ``export`` (the CLI calls these)."""
+"""The notebook API: ``simulate``, ``decompose``, ``evaluate``, ``export``, ``fit`` and the
+recording/decomposition readers and writers (the CLI calls these).
+
+The API keeps the command line's promises: writers never overwrite an existing file unless
+``force=True``, and refuse an output that is one of their inputs even then
+(:mod:`bmiss.outputs`); a wrong argument raises :class:`bmiss.errors.UserError` naming the
+argument and the type or range expected.
+"""
 from __future__ import annotations
 
-from .errors import UserError, RecordingMismatchError  # noqa: F401  (re-exported)
+from .errors import BmissFileError, UserError, RecordingMismatchError  # noqa: F401  (re-exported)
 import functools
 import json
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from . import anatomy as anatomy_mod
-from .io import (Decomposition, Recording, atomic_write, load_decomposition, load_recording,
-                 recording_fingerprint)
+from . import interrupts, outputs
+from .checks import SEED_MAX, check_seed  # noqa: F401  (re-exported)
+from .io import (Decomposition, Recording, atomic_write, recording_fingerprint)
+from .io import load_decomposition as _io_load_decomposition
+from .io import load_recording as _io_load_recording
+from .io import save_decomposition as _io_save_decomposition
+from .io import save_recording as _io_save_recording
 from .simulate import simulate  # noqa: F401  (re-exported)
 
 METHODS = ("bmiss", "cbss", "oracle")
+RECORDING_FILES = ".npz, .otb+, .mat, .json/.json.gz"
 
 
+# ------------------------------------------------------------------ argument checks
+def _path_like(x) -> bool:
+    return isinstance(x, (str, os.PathLike))
 
 
+def _npz_kind(path) -> str | None:
+    """'recording' / 'decomposition' for a bmiss .npz (by its members), else None; never raises."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    if {"spikes.npy", "sources.npy"} <= names:
+        return "decomposition"
+    if "emg.npy" in names:
+        return "recording"
+    return None
+
+
+def _as_recording(rec, arg: str = "rec", fn: str = "") -> Recording:
+    """``rec`` as a Recording: a Recording passes, a path is read; anything else is refused naming ``arg``."""
+    if isinstance(rec, Recording):
+        return rec
+    where = f"{fn}: " if fn else ""
+    if isinstance(rec, Decomposition):
+        raise UserError(f"{where}{arg} is a Decomposition; pass a Recording (or the path of a recording file: "
+                        f"{RECORDING_FILES})")
+    if not _path_like(rec):
+        hint = (" (wrap an EMG array: bmiss.io.Recording(emg=EMG [n_channels, n_samples] µV, fs=HZ))"
+                if isinstance(rec, np.ndarray) else "")
+        raise UserError(f"{where}{arg} must be a bmiss Recording or the path of a recording file "
+                        f"({RECORDING_FILES}); got {type(rec).__name__}{hint}")
+    if _npz_kind(rec) == "decomposition":
+        raise UserError(f"{where}{arg}={os.fspath(rec)!r} is a decomposition file, not a recording")
+    return _io_load_recording(rec)
+
+
+def _as_decomposition(dec, arg: str = "dec", fn: str = "") -> Decomposition:
+    """``dec`` as a Decomposition: one passes, a path is read; anything else is refused naming ``arg``."""
+    if isinstance(dec, Decomposition):
+        return dec
+    where = f"{fn}: " if fn else ""
+    if isinstance(dec, Recording):
+        raise UserError(f"{where}{arg} is a Recording; pass a Decomposition (or the path of a decomposition .npz)")
+    if not _path_like(dec):
+        raise UserError(f"{where}{arg} must be a bmiss Decomposition or the path of a decomposition .npz; "
+                        f"got {type(dec).__name__}")
+    if _npz_kind(dec) == "recording":
+        raise UserError(f"{where}{arg}={os.fspath(dec)!r} is a recording file, not a decomposition")
+    return _io_load_decomposition(dec)
+
+
+def _holds_recording(path: Path, fingerprint: dict | None) -> bool:
+    """Whether ``path`` is a recording .npz with this fingerprint (the input a decomposition came from)."""
+    if not isinstance(fingerprint, dict) or not path.is_file() or _npz_kind(path) != "recording":
+        return False
+    try:
+        import hashlib
+
+        with np.load(path, allow_pickle=False) as z:
+            emg = np.ascontiguousarray(z["emg"], dtype=np.float32)  # hashed as recording_fingerprint does
+        return hashlib.sha256(emg.tobytes()).hexdigest() == fingerprint.get("emg_sha256")
+    except Exception:  # noqa: BLE001 - unreadable: not the recording
+        return False
+
+
+# ------------------------------------------------------------------ readers and writers
+def load_recording(path, **kw) -> Recording:
+    """Read a recording (.npz, .otb+, .mat, openhdemg .json/.json.gz); see :func:`bmiss.io.load_recording`.
+
+    Examples
+    --------
+    >>> rec = bmiss.load_recording("rec.npz")  # doctest: +SKIP
+    """
+    if not _path_like(path):
+        raise UserError(f"load_recording: path must be a file path (str or Path), got {type(path).__name__}")
+    return _as_recording(path, "path", "load_recording") if not kw else _io_load_recording(path, **kw)
+
+
+def load_decomposition(path) -> Decomposition:
+    """Read a decomposition .npz written by :func:`save_decomposition` / ``bmiss decompose``.
+
+    Examples
+    --------
+    >>> dec = bmiss.load_decomposition("dec.npz")  # doctest: +SKIP
+    """
+    if not _path_like(path):
+        raise UserError(f"load_decomposition: path must be a file path (str or Path), got {type(path).__name__}")
+    return _as_decomposition(path, "path", "load_decomposition")
+
+
+def save_recording(path, rec: Recording, *, force: bool = False) -> Path:
+    """Write a recording: ``.npz`` (bmiss) or ``.json``/``.json.gz`` (openhdemg emgfile without MUs).
+
+    Never overwrites an existing file unless ``force=True``; a name bmiss could not read back
+    (no suffix, another suffix) is refused. Returns the path written.
+
+    Examples
+    --------
+    >>> bmiss.save_recording("rec.npz", rec)  # doctest: +SKIP
+    """
+    if not isinstance(rec, Recording):
+        raise UserError(f"save_recording: rec must be a bmiss Recording, got {type(rec).__name__}"
+                        + (" (arguments swapped? call save_recording(path, rec))" if isinstance(path, Recording) else ""))
+    path = outputs.check_suffix(path, outputs.RECORDING_SUFFIXES, what="recording", arg="path", example="rec.npz")
+    outputs.check_outputs([path], force, force_hint="force=True")
+    return _io_save_recording(path, rec, force=force)
+
+
+def save_decomposition(path, dec: Decomposition, *, force: bool = False) -> Path:
+    """Write a decomposition ``.npz``.
+
+    Never overwrites an existing file unless ``force=True``, and never the recording the
+    decomposition was made from (its fingerprint, ``dec.meta["recording"]``), even with ``force``.
+
+    Examples
+    --------
+    >>> bmiss.save_decomposition("dec.npz", dec)  # doctest: +SKIP
+    """
+    if not isinstance(dec, Decomposition):
+        raise UserError(f"save_decomposition: dec must be a bmiss Decomposition, got {type(dec).__name__}"
+                        + (" (arguments swapped? call save_decomposition(path, dec))"
+                           if isinstance(path, Decomposition) else ""))
+    path = outputs.check_suffix(path, outputs.DECOMPOSITION_SUFFIXES, what="decomposition", arg="path",
+                                example="dec.npz")
+    outputs.check_outputs([path], force, force_hint="force=True")
+    if _holds_recording(path, (dec.meta or {}).get("recording")):
+        raise UserError(f"save_decomposition: {path} holds the recording this decomposition was made from; "
+                        "write the decomposition to another file")
+    return _io_save_decomposition(path, dec, force=force)
 
 
 def _fingerprinted(fn):
     """Store the recording's fingerprint in the decomposition's meta (checked by evaluate/export/figures)."""
     @functools.wraps(fn)
-    def wrapper(rec, *args, **kw):
-        rec = _as_recording(rec)
+    def wrapper(rec=None, *args, **kw):
+        rec = _as_recording(rec, "rec", "decompose")
         dec = fn(rec, *args, **kw)
         dec.meta["recording"] = recording_fingerprint(rec)
         return dec
@@ -68,19 +211,43 @@ def check_pair(dec: Decomposition, rec: Recording, *, dec_name: str = "the decom
             "decomposed from, or decompose this recording again")
 
 
-def _as_recording(rec) -> Recording:
-    return rec if isinstance(rec, Recording) else load_recording(rec)
-
-
 @_fingerprinted
 def decompose(rec: Recording | str | Path, method: str = "bmiss", *, progress: bool = True, **kw) -> Decomposition:
     """Decompose a recording into MU spike trains.
 
-    method: "bmiss" (model-informed inversion; kw: anatomy, n_rounds, forward, seed, ...),
-    "cbss" (convolutive FastICA baseline; kw: n_iter, contrast, seed, ...) or
-    "oracle" (separation filters from the recording's TRUE MUAPs: an upper bound, simulation only).
+    Parameters
+    ----------
+    rec : Recording or path of a recording file (.npz, .otb+, .mat, .json/.json.gz); EMG
+        [n_channels, n_samples] in µV at ``rec.fs`` Hz.
+    method : "bmiss" (model-informed inversion; kw: anatomy, n_rounds, forward, init, ...), "cbss"
+        (convolutive FastICA baseline; kw: n_iter, contrast, ...) or "oracle" (separation filters
+        from the recording's TRUE MUAPs: an upper bound, simulation only).
+    progress : tqdm progress on stderr.
+    **kw : seed (int, 0..2**32-1); geometry (electrode, orientation, grid, ied_mm in mm, missing);
+        any field of the method's settings (:mod:`bmiss.pipeline.settings`).
+
+    Returns
+    -------
+    Decomposition : spikes (sample indices per unit), sources [n_units, n_samples], quality
+        (SIL, PNR dB, CoV of ISI), ``meta["recording"]`` (the recording's fingerprint) and
+        ``meta["settings"]``.
+
+    Raises
+    ------
+    UserError naming the argument (``rec``, ``method``, ``seed``) when one is of the wrong type or range.
+
+    Examples
+    --------
+    >>> dec = bmiss.decompose("rec.npz", "cbss", seed=0)  # doctest: +SKIP
     """
-    rec = _as_recording(rec)
+    rec = _as_recording(rec, "rec", "decompose")
+    if not isinstance(method, str) or method not in METHODS:
+        from .errors import did_you_mean
+
+        raise UserError(f"decompose: method must be one of {', '.join(METHODS)}{did_you_mean(method, METHODS)}; got {method!r}")
+    if "seed" in kw:
+        kw["seed"] = check_seed(kw["seed"], "seed", where="decompose")
+    interrupts.check()
     from . import electrodes, pipeline
 
     # Geometry flags (electrode, orientation, grid, ied_mm, missing) override the file's layout.
@@ -125,17 +292,42 @@ def oracle_identifiable(rec: Recording, *, threshold: float = 0.9, oracle: Decom
 
 def evaluate(dec: Decomposition | str | Path, rec: Recording | str | Path, *, oracle: bool = False,
              check: bool = True, **kw) -> dict:
-    """Score a decomposition against the ground truth of a simulated recording (see metrics.evaluate).
+    """Score a decomposition against the ground truth of a simulated recording (see :func:`bmiss.metrics.evaluate`).
 
-    oracle=True also runs the oracle and reports the yield as a fraction of the identifiable MUs.
-    check=True (default) refuses a decomposition of another recording (:func:`check_pair`).
+    Parameters
+    ----------
+    dec : Decomposition or path of a decomposition .npz.
+    rec : the simulated Recording (or its path) that ``dec`` was decomposed from.
+    oracle : also run the oracle and report the yield as a fraction of the identifiable MUs.
+    check : refuse a decomposition of another recording (:func:`check_pair`).
+
+    Returns
+    -------
+    dict : ``summary`` (found at RoA >= 0.9 / 0.8, false, duplicates, ...), per-unit matching,
+        blind quality, property errors.
+
+    Raises
+    ------
+    UserError when the arguments are swapped or of the wrong type; RecordingMismatchError when
+    ``dec`` belongs to another recording.
+
+    Examples
+    --------
+    >>> report = bmiss.evaluate("dec.npz", "rec.npz")  # doctest: +SKIP
     """
     from . import metrics
 
-    names = (str(dec) if isinstance(dec, (str, Path)) else "the decomposition",
-             str(rec) if isinstance(rec, (str, Path)) else "the recording")
-    dec = dec if isinstance(dec, Decomposition) else load_decomposition(dec)
-    rec = _as_recording(rec)
+    if isinstance(dec, Recording) and isinstance(rec, Decomposition):
+        raise UserError("evaluate: the arguments are swapped: dec is a Recording and rec a Decomposition; "
+                        "call evaluate(dec, rec)")
+    if _path_like(dec) and _path_like(rec) and _npz_kind(dec) == "recording" and _npz_kind(rec) == "decomposition":
+        raise UserError(f"evaluate: the arguments are swapped: dec={os.fspath(dec)!r} is a recording and "
+                        f"rec={os.fspath(rec)!r} a decomposition; call evaluate(dec, rec)")
+    names = (str(dec) if _path_like(dec) else "the decomposition",
+             str(rec) if _path_like(rec) else "the recording")
+    dec = _as_decomposition(dec, "dec", "evaluate")
+    rec = _as_recording(rec, "rec", "evaluate")
+    interrupts.check()
     if not rec.has_truth:
         raise UserError(f"{names[1]} has no ground truth (true_spikes): evaluate scores decompositions of "
                         "simulated recordings (bmiss simulate); for measured data see the blind SIL/PNR in bmiss export")
@@ -173,32 +365,81 @@ def _unit_quality(dec: Decomposition) -> list[dict]:
     return out
 
 
+EXPORT_DESCRIPTIONS = {
+    "openhdemg": "openhdemg emgfile (gzip JSON with RAW_SIGNAL and the MUs)",
+    "csv": "per-MU summary CSV (quality and fitted MU properties)",
+    "tsv": "EMG-BIDS events TSV of the discharges",
+    "json": "per-MU JSON (quality and fitted MU properties)",
+    "mu-csv": "motor-neuron properties CSV", "mu-json": "motor-neuron properties JSON",
+    "drive-csv": "neural drive CSV", "drive-json": "neural drive JSON",
+}
+
+
+def export_format(out: str | Path, fmt: str | None = None) -> str:
+    """The export format written to ``out``: ``fmt`` when given, else by suffix: ``.csv`` -> csv,
+    ``.tsv`` -> tsv, ``.json`` -> json (per-MU), ``.json.gz`` -> openhdemg."""
+    if fmt is not None:
+        if fmt not in EXPORT_FORMATS:
+            raise UserError(f"export: unknown format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+        return fmt
+    name = Path(out).name.lower()
+    for suf, f in ((".json.gz", "openhdemg"), (".csv", "csv"), (".tsv", "tsv"), (".json", "json")):
+        if name.endswith(suf):
+            return f
+    raise UserError(f"cannot infer the export format from {Path(out).name!r}; pass --format (fmt=), one of "
+                    f"{', '.join(EXPORT_FORMATS)}")
+
+
 def export(dec: Decomposition | str | Path, out: str | Path, fmt: str | None = None, *,
            rec: Recording | str | Path | None = None, force: bool = False) -> Path:
     """Write a decomposition for other tools.
 
-    fmt: "openhdemg" (gzip JSON emgfile; needs the recording), "csv" (per-MU summary and fitted
-    MU properties), "tsv" (EMG-BIDS ``_events.tsv`` of discharges), "json" (MU properties and
-    quality as JSON). Inferred from the suffix of ``out`` when omitted.
+    Parameters
+    ----------
+    dec : Decomposition or path of a decomposition .npz.
+    out : file to write. Never overwritten unless ``force=True``; never one of the inputs (``dec``,
+        ``rec``) nor an ``.npz`` (bmiss's own recordings and decompositions), even with ``force``.
+    fmt : "openhdemg" (gzip JSON emgfile; needs the recording), "csv" (per-MU summary and fitted
+        MU properties), "tsv" (EMG-BIDS ``_events.tsv`` of discharges), "json" (MU properties and
+        quality as JSON), "mu-csv"/"mu-json" (motor-neuron properties), "drive-csv"/"drive-json"
+        (neural drive). Inferred from the suffix of ``out`` when omitted (:func:`export_format`:
+        ``.json`` is the per-MU JSON, ``.json.gz`` the openhdemg emgfile).
+    rec : the recording (Recording or path), for openhdemg and the reference signal of mu-*/drive-*.
+
+    Returns
+    -------
+    Path written.
+
+    Examples
+    --------
+    >>> bmiss.export(dec, "units.csv")  # doctest: +SKIP
+    >>> bmiss.export(dec, "dec.json.gz", rec=rec)  # openhdemg  # doctest: +SKIP
     """
     from . import formats, metrics
 
-    dec_name = str(dec) if isinstance(dec, (str, Path)) else "the decomposition"
-    dec = dec if isinstance(dec, Decomposition) else load_decomposition(dec)
+    if not _path_like(out):
+        raise UserError(f"export: out must be a file path (str or Path), got {type(out).__name__}"
+                        + (" (arguments swapped? call export(dec, out, ...))" if isinstance(dec, (str, Path)) else ""))
+    fmt = export_format(out, fmt)
     out = Path(out)
-    if fmt is None:
-        name = out.name.lower()
-        fmt = ("openhdemg" if name.endswith((".json.gz", ".json")) and rec is not None else
-               "csv" if name.endswith(".csv") else "tsv" if name.endswith(".tsv") else
-               "json" if name.endswith(".json") else None)
-        if fmt is None:
-            raise UserError(f"cannot infer the export format from {out.name!r}; pass --format, one of "
-                            f"{', '.join(EXPORT_FORMATS)}")
+    if out.name.lower().endswith(".npz"):
+        raise UserError(f"export: out={str(out)!r}: an export is {EXPORT_DESCRIPTIONS[fmt]}, not an .npz (bmiss's "
+                        "own recordings and decompositions); choose a name ending in .csv, .tsv, .json or .json.gz")
+    outputs.check_outputs([out], force, inputs=[x for x in (dec, rec) if _path_like(x)],
+                          force_hint="force=True (--force)")
+    dec_name = str(dec) if _path_like(dec) else "the decomposition"
+    dec = _as_decomposition(dec, "dec", "export")
+    if _holds_recording(out, (dec.meta or {}).get("recording")):
+        raise UserError(f"export: {out} holds the recording of this decomposition; write the export to another file")
+    if rec is not None and not isinstance(rec, Recording) and not _path_like(rec):
+        raise UserError(f"export: rec must be a bmiss Recording, the path of a recording file or None; "
+                        f"got {type(rec).__name__}")
+    interrupts.check()
     if fmt == "openhdemg":
         if rec is None:
             raise UserError("openhdemg export needs the recording (--recording REC): the emgfile holds RAW_SIGNAL")
         rec_name = str(rec) if isinstance(rec, (str, Path)) else "the recording"
-        rec = _as_recording(rec)
+        rec = _as_recording(rec, "rec", "export")
         check_pair(dec, rec, dec_name=dec_name, rec_name=rec_name)
         return formats.save_openhdemg(out, dec, rec, force=force)
     if fmt == "tsv":
@@ -235,7 +476,7 @@ def _export_neural(dec, out, fmt, rec, *, force, dec_name):
 
     if rec is not None:
         rec_name = str(rec) if isinstance(rec, (str, Path)) else "the recording"
-        rec = _as_recording(rec)
+        rec = _as_recording(rec, "rec", "export")
         check_pair(dec, rec, dec_name=dec_name, rec_name=rec_name)
     if fmt.startswith("mu-"):
         p = recruitment.decomposition_properties(dec, rec)
@@ -282,10 +523,14 @@ def fit(rec: Recording | str | Path, *, anatomy=None, electrode=None, decomposit
     """
     import time
 
+    seed = check_seed(seed, "seed", where="fit")
+    if decomposition is not None and not isinstance(decomposition, Decomposition):
+        decomposition = _as_decomposition(decomposition, "decomposition", "fit")
     from . import electrodes, fitting
 
-    src = source or (str(rec) if not isinstance(rec, Recording) else "")
-    rec = _as_recording(rec)
+    src = source or (str(rec) if _path_like(rec) else "")
+    rec = _as_recording(rec, "rec", "fit")
+    interrupts.check()
     s = fitting.SubjectFitSettings(fix=tuple(fix or ()), **settings)
     base = anatomy if isinstance(anatomy, anatomy_mod.Anatomy) else electrodes.anatomy_for_recording(
         rec, anatomy, electrode=electrode)
@@ -298,5 +543,6 @@ def fit(rec: Recording | str | Path, *, anatomy=None, electrode=None, decomposit
     return sf
 
 
-__all__ = ["simulate", "decompose", "evaluate", "export", "fit", "oracle_identifiable", "check_pair", "UserError",
-           "RecordingMismatchError", "METHODS", "EXPORT_FORMATS"]
+__all__ = ["simulate", "decompose", "evaluate", "export", "fit", "load_recording", "load_decomposition",
+           "save_recording", "save_decomposition", "export_format", "check_seed", "oracle_identifiable", "check_pair",
+           "UserError", "RecordingMismatchError", "METHODS", "EXPORT_FORMATS"]

@@ -1,18 +1,33 @@
 """Command line: ``bmiss simulate | decompose | evaluate | export | figures | fit | anatomies | demo``."""
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import os
-import signal
 import sys
-import threading
-import time
-import traceback
-from pathlib import Path
 
-from .errors import BmissError, UserError
+from . import interrupts
+
+
+def _console_process() -> bool:
+    """This process is the ``bmiss`` command (console script or ``python -m bmiss``)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name in ("bmiss", "bmiss.exe") or sys.argv[0].endswith(os.path.join("bmiss", "__main__.py"))
+
+
+if _console_process():  # Ctrl-C from here on gives one line and exit 130 (JAX is imported much later)
+    interrupts.install(console=True)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from .errors import BmissError, UserError  # noqa: E402
+from .outputs import (DECOMPOSITION_SUFFIXES, RECORDING_SUFFIXES, check_outputs as _check_outputs,  # noqa: E402,F401
+                      check_suffix, same_file as _same_file)
 
 # Errors caused by what the user asked for or gave: one line, exit 2. Anything else is a bug in
 # bmiss: traceback, a hint to report it, exit 1 (a blanket ValueError catch would hide bugs).
@@ -22,7 +37,12 @@ SEED_MAX = 2 ** 32 - 1
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (``bmiss CMD: error: ...``) instead of the usage block."""
+    """argparse with a one-line error (``bmiss CMD: error: ...``) instead of the usage block; a
+    negative number in any notation (``--snr -1e1``) is a value, not an option."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf$", re.I)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -60,47 +80,6 @@ def _float_in(lo: float, hi: float, *, lo_open: bool = False, unit: str = "", in
     return conv
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
-
-
-def _check_outputs(paths, force: bool, inputs=()) -> list[Path]:
-    """Refuse, before any work starts, outputs that cannot or must not be written.
-
-    Refused: an existing file without ``force``; a folder given as a file (even with ``force``);
-    an output that is also an input (``--json v.npz --truth v.npz``); two outputs with one name;
-    an output whose folder cannot be created or written.
-    """
-    ins = [Path(q) for q in inputs if q is not None]
-    seen: list[Path] = []
-    outs = [Path(p) for p in paths]
-    for p in outs:
-        if p.is_dir():
-            raise IsADirectoryError(f"output {p} is a folder; give the path of a file (in it or elsewhere)")
-        for q in ins:
-            if _same_file(p, q):
-                raise UserError(f"output {p} is also an input ({q}); write the output to another file")
-        for q in seen:
-            if _same_file(p, q):
-                raise UserError(f"two outputs would be written to {p}; choose another name")
-        seen.append(p)
-        if p.exists() and not force:
-            raise FileExistsError(f"{p} exists; pass --force to overwrite it, or choose another output")
-        anc = p.absolute().parent
-        while not anc.exists():
-            anc = anc.parent
-        if not anc.is_dir():
-            raise NotADirectoryError(f"cannot write {p}: {anc} is a file, not a folder")
-        if not os.access(anc, os.W_OK | os.X_OK):
-            raise PermissionError(f"cannot write {p}: folder {anc} is not writable; choose another output")
-    return outs
-
-
 def _check_out(path: Path, force: bool) -> None:
     _check_outputs([path], force)
 
@@ -128,8 +107,8 @@ def _geometry_args(p, who: str = "") -> None:
     if not any(o == "--grid" for act in p._actions for o in act.option_strings):
         p.add_argument("--grid", default=None, metavar="ROWSxCOLS",
                        help=f"{who}a plain grid whose channels run row by row (with --ied, --missing)")
-        p.add_argument("--ied", type=_float_in(0, 100, lo_open=True, unit="mm"), default=None,
-                       help="inter-electrode distance, mm, (0, 100]")
+        p.add_argument("--ied", type=_IED, default=None,
+                       help=f"inter-electrode distance, mm, [{IED_MIN_MM:g}, {IED_MAX_MM:g}]")
     p.add_argument("--missing", default=None, metavar="'r,c;r,c'",
                    help="with --grid: 0-based (row, col) of positions without an electrode, e.g. '0,0'")
 
@@ -154,26 +133,30 @@ def _apply_geometry(rec, a):
 
 
 def cmd_simulate(a) -> int:
-    from . import api, io
-
-    out = Path(a.out)
+    out = check_suffix(a.out, RECORDING_SUFFIXES, what="recording", example="rec.npz")
     fig_path = out.with_suffix(".png") if a.figures else None
     _check_outputs([out] + ([fig_path] if fig_path else []), a.force)
     an = _load_anatomy(a.anatomy)
+    from . import api, io
+
     geo = _geometry_kw(a)
-    if geo:  # simulate through the requested electrode layout instead of the anatomy's grid
+    layout = None
+    if geo:  # simulate through the requested layout; a named grid keeps its own spacing (as in the API)
         from . import electrodes
 
-        an = an.with_layout(electrodes.resolve_layout(electrode=geo.get("electrode"), orientation=geo.get("orientation"),
-                                                      grid=geo.get("grid"), ied=geo.get("ied_mm") or an.grid.ied_mm,
-                                                      missing=geo.get("missing")))
+        ied = geo.get("ied_mm")
+        if "grid" in geo and ied is None:  # a plain grid without --ied takes the anatomy's spacing
+            ied = an.grid.ied_mm
+        layout = electrodes.resolve_layout(electrode=geo.get("electrode"), orientation=geo.get("orientation"),
+                                           grid=geo.get("grid"), ied=ied, missing=geo.get("missing"))
     _check_excitation(a.excitation, a.duration, an.grid.fs_hz)
     rec = api.simulate(an, duration_s=a.duration, snr_db=a.snr, seed=a.seed, excitation=a.excitation,
-                       n_units=a.n_units, muap_mode=a.muap_mode, powerline_uv=a.powerline_uv)
+                       n_units=a.n_units, muap_mode=a.muap_mode, powerline_uv=a.powerline_uv, electrode=layout)
     io.save_recording(out, rec, force=a.force)
     active = sum(len(s) > 0 for s in rec.true_spikes)
     snr = "noise-free" if a.snr is None else f"SNR {a.snr:g} dB"
-    print(f"wrote {out}: {rec.n_channels} channels x {rec.n_samples} samples at {rec.fs:g} Hz, "
+    grid = f"{rec.electrode or 'grid'} @ {rec.ied_mm:g} mm" if rec.ied_mm is not None else "grid"
+    print(f"wrote {out}: {rec.n_channels} channels ({grid}) x {rec.n_samples} samples at {rec.fs:g} Hz, "
           f"{len(rec.true_spikes)} MUs ({active} active), {snr}, {rec.meta['simulate_time_s']} s")
     if fig_path:
         from . import figures
@@ -184,6 +167,11 @@ def cmd_simulate(a) -> int:
 
 
 def _load_anatomy(spec):
+    if spec is None or not str(spec).strip():
+        from . import anatomy
+
+        raise UserError(f"--anatomy is empty: give a shipped anatomy ({', '.join(anatomy.list_anatomies())}) "
+                        "or the path of an anatomy .toml")
     from . import anatomy
 
     return anatomy.load(spec)
@@ -201,13 +189,38 @@ def _check_excitation(spec, duration_s: float, fs: float) -> None:
         raise UserError(f"--excitation {spec}: {e}") from None
 
 
+def _reader_kw(a) -> dict:
+    """Reader options given on the command line (``--fs``, ``--units``)."""
+    kw = {}
+    if getattr(a, "fs", None) is not None:
+        kw["fs"] = a.fs
+    if getattr(a, "emg_unit", None) is not None:
+        if not str(a.recording).lower().endswith(".mat"):
+            raise UserError(f"--emg-unit applies to .mat files (whose channel labels may lack a unit); "
+                            f"{a.recording} stores its unit")
+        kw["units"] = a.emg_unit
+    return kw
+
+
+def _default_decomposition_name(recording: str, method: str) -> Path:
+    r = Path(recording)
+    stem = r.name[:-len(".json.gz")] if r.name.lower().endswith(".json.gz") else r.stem
+    return r.with_name(f"{stem}_{method}.npz")
+
+
 def cmd_decompose(a) -> int:
+    _parse_grid(a.grid)  # a bad --grid fails before any work
+    if a.n_iter is not None and a.method == "oracle":
+        raise UserError("--n-iter applies to --method cbss (FastICA iterations) and bmiss (search rounds); "
+                        "the oracle has none")
+    out = (check_suffix(a.out, DECOMPOSITION_SUFFIXES, what="decomposition", example="dec.npz") if a.out is not None
+           else _default_decomposition_name(a.recording, a.method))
+    _check_outputs([out], a.force, inputs=[a.recording])
+    settings = _parse_settings(a.setting, a.method)  # refused before any work
     from . import api, io
 
-    _parse_grid(a.grid)  # a bad --grid fails before any work
-    out = Path(a.out) if a.out else Path(a.recording).with_name(Path(a.recording).stem + f"_{a.method}.npz")
-    _check_outputs([out], a.force, inputs=[a.recording])
-    rec = io.load_recording(a.recording, fs=a.fs)
+    rec = io.load_recording(a.recording, **_reader_kw(a))
+    interrupts.check()
     if a.method == "oracle" and rec.true_muaps is None:
         raise UserError(f"--method oracle needs the true MUAPs of a simulated recording; {a.recording} has none "
                         "(use --method cbss or bmiss)")
@@ -218,7 +231,7 @@ def cmd_decompose(a) -> int:
         kw["n_iter" if a.method == "cbss" else "n_rounds"] = a.n_iter
     if a.extension_factor is not None:
         kw["R"] = a.extension_factor
-    kw.update(_parse_settings(a.setting, a.method))
+    kw.update(settings)
     if a.deconvolve is not None:
         kw["deconvolve"] = a.deconvolve
     if a.method == "bmiss":
@@ -227,6 +240,7 @@ def cmd_decompose(a) -> int:
         print("note: --anatomy/--forward apply to --method bmiss only; ignored", file=sys.stderr)
     t = time.perf_counter()
     dec = api.decompose(rec, a.method, progress=not a.quiet, **kw)
+    interrupts.check()  # stage boundary: an interrupt caught anywhere during the work stops here
     for line in dec.meta.get("excluded_channels", []) or []:
         print(f"excluded channel: {line}", file=sys.stderr)
     if out.exists() and not a.force:  # appeared while decomposing: keep it, and keep the result too
@@ -277,11 +291,12 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_export(a) -> int:
+    _check_outputs([a.out], a.force, inputs=[a.decomposition, a.recording])
     from . import api
 
-    _check_outputs([a.out], a.force, inputs=[a.decomposition, a.recording])
-    p = api.export(a.decomposition, a.out, a.format, rec=a.recording, force=a.force)
-    print(f"wrote {p}")
+    fmt = api.export_format(a.out, a.format)
+    p = api.export(a.decomposition, a.out, fmt, rec=a.recording, force=a.force)
+    print(f"wrote {p}: {api.EXPORT_DESCRIPTIONS[fmt]}")
     return 0
 
 
@@ -289,7 +304,7 @@ def cmd_figures(a) -> int:
     from . import api, figures, io
 
     # every input is read and checked before the first PNG is written
-    rec = _apply_geometry(io.load_recording(a.recording, fs=a.fs), a)
+    rec = _apply_geometry(io.load_recording(a.recording, **_reader_kw(a)), a)
     dec = io.load_decomposition(a.decomposition) if a.decomposition else None
     if dec is not None:
         api.check_pair(dec, rec, dec_name=a.decomposition, rec_name=a.recording)
@@ -352,16 +367,20 @@ def _parse_fix(items) -> tuple[tuple, dict]:
 
 
 def cmd_fit(a) -> int:
-    from . import api, figures, io
-
-    out, rep = Path(a.out), Path(a.report) if a.report else None
+    out = check_suffix(a.out, (".toml",), what="subject anatomy", example="subject.toml")  # read by --anatomy
+    rep = Path(a.report) if a.report else None
     figdir = Path(a.figures) if a.figures else None
     fig_path = figdir / "fit_muaps.png" if figdir else None
     _check_outputs([p for p in (out, rep, fig_path) if p is not None], a.force, inputs=[a.recording])
-    rec = _apply_geometry(io.load_recording(a.recording, fs=a.fs), a)
     fix, values = _parse_fix(a.fix or [])
+    from . import api, figures, io
+
+    rec = _apply_geometry(io.load_recording(a.recording, **_reader_kw(a)), a)
+    sel = {k: getattr(a, k) for k in ("max_units", "min_sil", "max_cov", "min_discharges")
+           if getattr(a, k) is not None}
     f = api.fit(rec, anatomy=a.anatomy, progress=not a.quiet, seed=a.seed or 0, source=str(a.recording),
-                fix=fix, fixed_values=values, **({"max_units": a.max_units} if a.max_units else {}))
+                fix=fix, fixed_values=values, **sel)
+    interrupts.check()
     f.save_toml(out, force=a.force)
     print(f"wrote {out}: {len(f.unit_index)} units, explained variance {f.overall_ev:.3f}, "
           f"fit {f.timing['fit']:.1f} s (total {f.timing['total']:.1f} s)")
@@ -441,12 +460,29 @@ def cmd_demo(a) -> int:
                 print(f"  {k:12s} MAE {v.get('mae', float('nan')):.3g}  nRMSE {v['nrmse']:.3g}")
     config = {k: v for k, v in vars(a).items() if k != "func"}
     _write_json(out / "demo_summary.json", metrics._jsonable({"config": config, "results": results}))
-    print(f"[4/4] figures and files in {out}/ (simulation.png, bmiss_vs_truth.png, bmiss_units.csv, report_*.json)"
-          f"; total {time.perf_counter() - t0:.0f} s")
+    written = [n for n in names if (out / n).is_file()]
+    print(f"[4/4] figures and files in {out}/ ({', '.join(written)}); total {time.perf_counter() - t0:.0f} s")
     return 0
 
 
-_DURATION = _float_in(0, 3600, lo_open=True, unit="s")
+def _units_arg(p) -> None:
+    p.add_argument("--emg-unit", choices=("uV", "mV", "V"), default=None,
+                   help=".mat files whose channel labels carry no unit: the EMG's unit (default: mV, "
+                        "OTBioLab+'s export unit, with a warning)")
+
+
+def _ANATOMY(s: str) -> str:
+    """argparse type: a non-empty anatomy name or path (an empty one used to be taken for the current folder)."""
+    if not s.strip():
+        raise argparse.ArgumentTypeError("is empty: give a shipped anatomy name (bmiss anatomies) or the path "
+                                         "of an anatomy .toml")
+    return s
+
+
+MIN_DURATION_S = 0.1  # = bmiss.simulate.MIN_DURATION_S (a test checks); the grid may need more
+IED_MIN_MM, IED_MAX_MM = 0.5, 100.0  # = the layout check in bmiss.electrodes (a test checks)
+_IED = _float_in(IED_MIN_MM, IED_MAX_MM, unit="mm")
+_DURATION = _float_in(MIN_DURATION_S, 3600, unit="s")
 _SNR = _float_in(-20, 120, unit="dB", inf_ok=True)
 _SEED = _int_in(0, SEED_MAX)
 _N_UNITS = _int_in(1, 2000)
@@ -472,8 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("simulate", help="simulate an HD-EMG recording with ground truth")
-    s.add_argument("--anatomy", default="biceps_brachii", help="shipped anatomy name or TOML path")
-    s.add_argument("--duration", type=_DURATION, default=20.0, help="seconds, (0, 3600]")
+    s.add_argument("--anatomy", type=_ANATOMY, default="biceps_brachii", help="shipped anatomy name or TOML path")
+    s.add_argument("--duration", type=_DURATION, default=20.0,
+                   help=f"seconds, [{MIN_DURATION_S:g}, 3600] (and more samples than channels)")
     s.add_argument("--snr", type=_SNR, default=20.0, help="dB in [-20, 120], or 'inf' for noise-free")
     s.add_argument("--seed", type=_SEED, default=0, help=f"0..{SEED_MAX}")
     s.add_argument("--excitation", default=None,
@@ -484,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--powerline-uv", type=_float_in(0, 1e4, unit="µV"), default=0.0,
                    help="50 Hz interference amplitude, µV, [0, 10000]")
     s.add_argument("--figures", action="store_true", help="also save an overview PNG next to --out")
-    s.add_argument("--out", required=True, help="recording .npz to write")
+    s.add_argument("--out", required=True, help="recording to write: .npz (or openhdemg .json/.json.gz)")
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
     _geometry_args(s, "simulate through this ")
     s.set_defaults(func=cmd_simulate)
@@ -492,22 +529,24 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("decompose", help="decompose a recording into MU spike trains")
     d.add_argument("recording", help=".npz recording (or .otb+, .mat, openhdemg .json)")
     d.add_argument("--method", choices=("bmiss", "cbss", "oracle"), default="bmiss")
-    d.add_argument("--out", help="decomposition .npz (default: RECORDING_METHOD.npz)")
-    d.add_argument("--anatomy", default=None, help="bmiss: anatomy for the forward model (default: the recording's or biceps_brachii)")
+    d.add_argument("--out", help="decomposition to write, a .npz file (default: RECORDING_METHOD.npz)")
+    d.add_argument("--anatomy", type=_ANATOMY, default=None, help="bmiss: anatomy for the forward model (default: the recording's or biceps_brachii)")
     d.add_argument("--grid", default=None, metavar="ROWSxCOLS",
                    help="the recording's grid when its channels run row by row (with --ied, --missing)")
-    d.add_argument("--ied", type=_float_in(0, 100, lo_open=True, unit="mm"), default=None,
-                   help="inter-electrode distance, mm, (0, 100]")
+    d.add_argument("--ied", type=_IED, default=None,
+                   help=f"inter-electrode distance, mm, [{IED_MIN_MM:g}, {IED_MAX_MM:g}]")
     _geometry_args(d, "the recording's ")
     d.add_argument("--fs", type=_float_in(0, 1e6, lo_open=True, unit="Hz"), default=None,
                    help="sampling rate, Hz, for files that do not store one (e.g. a bare .mat matrix)")
+    _units_arg(d)
     d.add_argument("--forward", choices=("conductor", "surrogate"), default="conductor", help="bmiss forward model")
     d.add_argument("--n-iter", type=_int_in(1, 10000), default=None, help="cbss: outer iterations; bmiss: rounds (1..10000)")
     d.add_argument("--extension-factor", type=_int_in(1, 256), default=None, metavar="R",
                    help="delayed copies per channel before whitening (1..256; default: about 1000 / n_channels)")
     d.add_argument("--deconvolve", action=argparse.BooleanOptionalAction, default=None,
                    help="re-estimate the discharges by sparse deconvolution of the EMG with the units' MUAPs "
-                        "(default: off; the decomposition's meta records which was used)")
+                        "(default: on for --method bmiss, off for cbss and oracle; the decomposition's "
+                        "meta['settings'] records which was used)")
     d.add_argument("--init", choices=("blind", "model"), default="blind",
                    help="bmiss: 'blind' (default) = blind units, subject fit, then the model search for the missed "
                         "units; 'model' = the model search alone within the anatomy as given")
@@ -529,7 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="export a decomposition (openhdemg JSON, CSV, events TSV, JSON)")
     x.add_argument("decomposition")
-    x.add_argument("--out", required=True)
+    x.add_argument("--out", required=True, help="file to write; without --format the suffix chooses: .csv per-MU "
+                                                "summary, .json per-MU JSON, .tsv events, .json.gz openhdemg")
     x.add_argument("--format", choices=("openhdemg", "csv", "tsv", "json", "mu-csv", "mu-json", "drive-csv", "drive-json"),
                    default=None, help="mu-*: motor-neuron properties (thresholds, rates, pool fit); drive-*: neural "
                                       "drive (smoothed rates, cumulative spike train); both use --recording's "
@@ -547,18 +587,26 @@ def build_parser() -> argparse.ArgumentParser:
     _geometry_args(f, "the recording's ")
     f.add_argument("--fs", type=_float_in(0, 1e6, lo_open=True, unit="Hz"), default=None,
                    help="sampling rate, Hz, for files that do not store one")
+    _units_arg(f)
     f.set_defaults(func=cmd_figures)
 
     ft = sub.add_parser("fit", help="fit the subject's forward model (tissue, fibres, grid placement) to a recording")
     ft.add_argument("recording", help=".npz recording (or .otb+, .mat, openhdemg .json)")
-    ft.add_argument("--anatomy", default=None, help="base anatomy (default: the recording's or biceps_brachii)")
+    ft.add_argument("--anatomy", type=_ANATOMY, default=None, help="base anatomy (default: the recording's or biceps_brachii)")
     _geometry_args(ft, "the recording's ")
     ft.add_argument("--fs", type=_float_in(0, 1e6, lo_open=True, unit="Hz"), default=None,
                     help="sampling rate, Hz, for files that do not store one")
+    _units_arg(ft)
     ft.add_argument("--out", required=True, help="subject anatomy .toml to write (loadable with --anatomy)")
     ft.add_argument("--report", default=None, help="JSON report (explained variance, parameters with std, timing)")
     ft.add_argument("--figures", default=None, metavar="DIR", help="folder for the observed-vs-fitted MUAP figure")
     ft.add_argument("--max-units", type=_int_in(2, 200), default=None, help="fit at most this many units (default 30)")
+    ft.add_argument("--min-sil", type=_float_in(0, 1), default=None,
+                    help="use blind units with SIL >= this, [0, 1] (default 0.85)")
+    ft.add_argument("--max-cov", type=_float_in(0, 10, lo_open=True), default=None,
+                    help="use blind units with CoV of ISI <= this, (0, 10] (default 0.4)")
+    ft.add_argument("--min-discharges", type=_int_in(2, 100000), default=None,
+                    help="use blind units with at least this many discharges, 2..100000 (default 30)")
     ft.add_argument("--fix", action="append", metavar="NAME[=VALUE]",
                     help="hold a subject parameter at the base anatomy's value or at VALUE, e.g. --fix fat_mm=3.2 "
                          "(fat measured by ultrasound) or --fix anisotropy; repeatable")
@@ -571,8 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.set_defaults(func=cmd_anatomies)
 
     m = sub.add_parser("demo", help="simulate -> decompose -> evaluate -> figures on the default anatomy")
-    m.add_argument("--anatomy", default="biceps_brachii")
-    m.add_argument("--duration", type=_DURATION, default=10.0, help="seconds, (0, 3600]")
+    m.add_argument("--anatomy", type=_ANATOMY, default="biceps_brachii", help="shipped anatomy name or TOML path")
+    m.add_argument("--duration", type=_DURATION, default=10.0, help=f"seconds, [{MIN_DURATION_S:g}, 3600]")
     m.add_argument("--snr", type=_SNR, default=20.0, help="dB in [-20, 120], or 'inf' for noise-free")
     m.add_argument("--n-units", type=_N_UNITS, default=60, help="MU pool size (1..2000)")
     m.add_argument("--seed", type=_SEED, default=0, help=f"0..{SEED_MAX}")
@@ -584,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_demo)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    p._bmiss_subparsers = dict(sub.choices)
     return p
 
 
@@ -597,39 +646,62 @@ def _is_user_error(e: BaseException) -> bool:
     return isinstance(e, USER_ERRORS)
 
 
-def _sigterm(signum, frame):  # kill PID: unwind like Ctrl-C, so temporary files are removed
-    raise KeyboardInterrupt
+def _interrupted(cmd: str, console: bool) -> int:
+    interrupts.acknowledge()
+    print(interrupts.line(), file=sys.stderr)
+    if console:  # JAX/XLA threads stopped mid-computation can segfault during interpreter shutdown,
+        sys.stdout.flush()  # so leave at once (outputs are atomic: nothing is half-written)
+        sys.stderr.flush()
+        os._exit(interrupts.EXIT_STATUS)
+    return interrupts.EXIT_STATUS
+
+
+def _parse(argv):
+    """Parsed arguments; unknown options are reported by the subcommand's parser (``bmiss CMD: error:``)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = parser._bmiss_subparsers.get(args.cmd, parser)
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv=None) -> int:
-    """Run one command. Exit status: 0 done, 2 user error (one line), 130 interrupted, 1 internal error."""
+    """Run one command. Exit status: 0 done, 2 user error (one line), 130 interrupted (Ctrl-C or
+    SIGTERM, one line; nothing is written after the interrupt), 1 internal error (traceback)."""
+    console = argv is None
+    own = threading.current_thread() is threading.main_thread()
+    if own and not (console and interrupts.installed()):
+        interrupts.install(console=console)
+    cmd = "bmiss"
+    interrupts.set_line("bmiss: interrupted; nothing was written")
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # argparse: --help (0) or a bad option (2, message already printed)
-        return e.code if isinstance(e.code, int) else 2
-    prev = None
-    if threading.current_thread() is threading.main_thread():
-        prev = signal.signal(signal.SIGTERM, _sigterm)
-    try:
-        return args.func(args)
+        interrupts.enter_main()
+        try:
+            args = _parse(argv)
+        except SystemExit as e:  # argparse: --help (0) or a bad option (2, message already printed)
+            return e.code if isinstance(e.code, int) else 2
+        cmd = f"bmiss {args.cmd}"
+        interrupts.set_line(f"{cmd}: interrupted; no output was left half-written, none written after the interrupt")
+        interrupts.check()
+        rc = args.func(args)
+        interrupts.check()  # an interrupt that a callback swallowed still ends in 130
+        return rc
     except KeyboardInterrupt:
-        print(f"bmiss {args.cmd}: interrupted; no output was left half-written", file=sys.stderr)
-        if argv is None:  # the console command: JAX/XLA threads stopped mid-computation can segfault
-            sys.stdout.flush()  # during interpreter shutdown, so leave at once (temporaries are gone)
-            sys.stderr.flush()
-            os._exit(130)
-        return 130
+        return _interrupted(cmd, console)
     except Exception as e:  # noqa: BLE001 - user errors in one line; bugs keep their traceback
+        if interrupts.requested():  # whatever the interrupt broke on its way is not the user's error
+            return _interrupted(cmd, console)
         if _is_user_error(e):
-            print(f"bmiss {args.cmd}: error: {_one_line(e)}", file=sys.stderr)
+            print(f"{cmd}: error: {_one_line(e)}", file=sys.stderr)
             return 2
         traceback.print_exc()
-        print(f"bmiss {args.cmd}: internal error ({type(e).__name__}): this is a bug in bmiss, not in your input; "
+        print(f"{cmd}: internal error ({type(e).__name__}): this is a bug in bmiss, not in your input; "
               "please report it with the command line and the traceback above", file=sys.stderr)
         return 1
     finally:
-        if prev is not None:
-            signal.signal(signal.SIGTERM, prev)
+        if own and not console:
+            interrupts.uninstall()
 
 
 if __name__ == "__main__":

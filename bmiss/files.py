@@ -8,7 +8,7 @@
   unknown is written as its ``str`` (an odd meta field never costs a finished result its file).
 * :func:`provenance`: command, git commit, machine and load, for every results JSON.
 
-This module imports nothing from bmiss but :mod:`bmiss.errors`.
+This module imports nothing from bmiss but :mod:`bmiss.errors` and :mod:`bmiss.interrupts`.
 """
 from __future__ import annotations
 
@@ -77,6 +77,9 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], Any], *, force
     --------
     >>> atomic_write("out.bin", lambda tmp: open(tmp, "wb").write(b"..."))  # doctest: +SKIP
     """
+    from .interrupts import check as _check_interrupt
+
+    _check_interrupt()  # nothing is written after Ctrl-C / SIGTERM (bmiss.interrupts)
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; give a file name for the output")
@@ -89,6 +92,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], Any], *, force
     os.close(fd)
     try:
         writer(tmp)
+        _check_interrupt()  # an interrupt while writing (even one a callback swallowed) keeps the old file
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; outputs are ordinary files

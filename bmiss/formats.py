@@ -435,8 +435,8 @@ def load_mat(path, *, fs: float | None = None, units: str | None = None, to_uv: 
     else:
         scale = np.full(len(emg_i), 1e3)
         unit_note = "mV (assumed)"
-        warn(f"{path}: no unit in the channel labels; assuming mV (OTBioLab+ export); pass units='uV' if the "
-             "values are already µV")
+        warn(f"{path}: no unit in the channel labels; assuming mV (OTBioLab+ export); if the values are already "
+             "µV, pass --emg-unit uV (API: units='uV')")
     emg = cols[emg_i] * scale[:, None].astype(np.float32)
     # reference / force channel
     ref_i = next((i for i, d in enumerate(info) if d["kind"] == "ref"), None)

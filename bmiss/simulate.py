@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import os
 import time
 from dataclasses import replace
 
@@ -10,8 +13,11 @@ import numpy as np
 
 from . import anatomy as anatomy_mod
 from . import emg as emg_mod
+from . import interrupts
 from . import motoneurons
 from .anatomy import Anatomy
+from .checks import check_int, check_number, check_seed
+from .errors import UserError
 from .conductor import PARAM_NAMES, PARAM_UNITS, Conductor, muaps
 from .io import Recording
 
@@ -45,6 +51,7 @@ def sample_mu_params(a: Anatomy, n_fibres: np.ndarray, key: jax.Array) -> np.nda
 
 
 MUAP_FAMILIES = ("conductor", "hermite")
+MIN_DURATION_S = 0.1  # and more samples than channels (an EMG [channels, samples] must be wider than tall)
 
 
 def hermite_muaps(params: np.ndarray, a: Anatomy, key: jax.Array, fs: float, T: int) -> np.ndarray:
@@ -110,13 +117,30 @@ def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 2
     ``{"fibre_length_mm": 35, "end_jitter_mm": 1}``).
     """
     if muap_family not in MUAP_FAMILIES:
-        raise ValueError(f"unknown muap_family {muap_family!r}; choose one of {MUAP_FAMILIES}")
+        raise UserError(f"simulate: muap_family must be one of {', '.join(MUAP_FAMILIES)}, got {muap_family!r}")
     t0 = time.perf_counter()
+    if not isinstance(anatomy, Anatomy):
+        if not isinstance(anatomy, (str, os.PathLike)) or not str(anatomy).strip():
+            raise UserError(f"simulate: anatomy must be a shipped anatomy name ({', '.join(anatomy_mod.list_anatomies())}), "
+                            f"a TOML path or an Anatomy; got {anatomy!r}")
+    seed = check_seed(seed, where="simulate")
+    n_units = check_int(n_units, "n_units", 1, 2000, none_ok=True, where="simulate")
+    duration_s = check_number(duration_s, "duration_s", 0, 3600, lo_open=True, unit="s", where="simulate")
+    if snr_db is not None and not (isinstance(snr_db, numbers.Real) and not isinstance(snr_db, bool)
+                                   and (float(snr_db) == np.inf or math.isfinite(float(snr_db)))):
+        raise UserError(f"simulate: snr_db must be a number of dB, +inf or None (noise-free), got {snr_db!r}")
+    powerline_uv = check_number(powerline_uv, "powerline_uv", 0, 1e4, unit="µV", where="simulate")
     a = anatomy if isinstance(anatomy, Anatomy) else anatomy_mod.load(anatomy)
-    if electrode is not None:  # a named grid / channel-map file / Layout replaces the anatomy's grid
-        from . import electrodes
+    if electrode is not None:  # a named grid / channel-map file / Layout replaces the anatomy's grid, with its
+        from . import electrodes  # own geometry (a named grid's spacing wins over the anatomy's: one rule)
 
         a = a.with_layout(electrodes.resolve_layout(electrode=electrode, orientation=orientation))
+    elif orientation is not None:
+        raise UserError("simulate: orientation applies to a named grid; pass electrode= too")
+    min_s = max(MIN_DURATION_S, (a.grid.n_channels + 1) / a.grid.fs_hz)
+    if duration_s < min_s:
+        raise UserError(f"simulate: duration_s={duration_s:g} s is too short: at least {min_s:.3g} s "
+                        f"({a.grid.n_channels} channels at {a.grid.fs_hz:g} Hz)")
     a_nominal = a  # what a user would describe; the overrides are the "real tissue" that differs
     if tissue_overrides:
         a = a.with_layers(**tissue_overrides)
@@ -125,10 +149,6 @@ def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 2
     if grid_rotation_deg:
         a = replace(a, grid=replace(a.grid, rotation_deg=float(a.grid.rotation_deg + grid_rotation_deg)))
     fs = a.grid.fs_hz
-    if not duration_s > 0:  # also refuses NaN
-        raise ValueError(f"duration_s must be positive, got {duration_s}")
-    if snr_db is not None and (np.isnan(snr_db) or snr_db == -np.inf):
-        raise ValueError(f"snr_db must be a number of dB, +inf or None (noise-free), got {snr_db}")
     n_samples = int(round(duration_s * fs))
     key = jax.random.PRNGKey(seed)
     k_par, k_fib, k_spk, k_noise = jax.random.split(key, 4)
@@ -155,7 +175,9 @@ def simulate(anatomy: str | Anatomy = "biceps_brachii", *, duration_s: float = 2
     else:
         cond = Conductor.from_anatomy(a, iap=iap)
         M = np.asarray(muaps(cond, params, mode=muap_mode, key=k_fib, n_max=int(p.fibres_max)))
+    interrupts.check()  # stage boundary: Ctrl-C stops here even if a callback swallowed it
     spikes = motoneurons.spike_trains(pool, exc, fs, k_spk)
+    interrupts.check()
     clean = emg_mod.synthesize(M, spikes, n_samples)
     noisy, noise_info = emg_mod.add_noise(clean, fs, k_noise, snr_db=snr_db, band_hz=noise_band_hz,
                                           powerline_uv=powerline_uv)

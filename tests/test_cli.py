@@ -192,6 +192,8 @@ def test_demo_tiny(work, tmp_path, capsys):
     assert summary["results"]["oracle"]["summary"]["n_true"] == 8 and summary["config"]["methods"] == ["oracle"]
     # same settings as the fixture's simulate: the same recording
     np.testing.assert_array_equal(bio.load_recording(out / "recording.npz").emg, bio.load_recording(work / "rec.npz").emg)
+    listed = capsys.readouterr().out.strip().splitlines()[-1]  # the files it wrote, and only those
+    assert "decomposition_oracle.npz" in listed and "bmiss" not in listed.split("(")[1]
     assert main(argv) == 0  # a demo folder is the demo's to rewrite
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     # a folder that is not a demo's: its recording.npz is not overwritten without --force
@@ -362,17 +364,17 @@ def test_ctrl_c_exits_130_and_leaves_the_old_output(work, tmp_path, capsys, monk
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Path, "write_text", interrupted)
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     rc = main(["evaluate", str(work / "oracle.npz"), "--truth", str(work / "rec.npz"), "--json", str(js), "--force"])
     monkeypatch.setattr(Path, "write_text", real)
     assert rc == 130
     err = capsys.readouterr().err.strip()
-    assert err.splitlines() == ["bmiss evaluate: interrupted; no output was left half-written"]
+    assert err.splitlines() == ["bmiss evaluate: interrupted; no output was left half-written, none written after "
+                                "the interrupt"]
     assert js.read_text() == "old report"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temporary left
-    assert signal.getsignal(signal.SIGTERM) == before  # main restores the SIGTERM handler
-    with pytest.raises(KeyboardInterrupt):  # while main runs, SIGTERM unwinds like Ctrl-C
-        cli._sigterm(signal.SIGTERM, None)
+    # main restores the handlers (real SIGINT/SIGTERM: tests/test_interrupts.py)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
 def test_internal_errors_keep_their_traceback(monkeypatch, capsys):
