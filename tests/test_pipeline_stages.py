@@ -278,3 +278,13 @@ def test_band_is_recorded_as_used():
     x = np.random.default_rng(0).standard_normal((4, 4096)).astype(np.float32)
     prep = prepare(x, 2048.0, R=2, band=(20.0, 5000.0))
     assert prep.band == (20.0, 0.475 * 2048.0)  # the upper corner clipped at 0.95 x Nyquist, and said so
+
+
+def test_decomposition_records_the_band_as_applied():
+    from synth import synth
+
+    emg, _, _ = synth(n_ch=16, n_mu=3, dur=3.0, seed=4)
+    from bmiss.pipeline import decompose_cbss
+
+    dec = decompose_cbss(emg, 2048.0, n_iter=2, R=8, band=(20.0, 5000.0), progress=False)
+    assert dec.meta["settings"]["rules"]["band"] == [20.0, 0.475 * 2048.0]

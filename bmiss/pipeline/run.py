@@ -76,9 +76,10 @@ def _finalize(units, ws, method, meta, extra, clock: _Clock, log: SearchLog) -> 
     return dec
 
 
-def _phase_meta(proposer: AbstractProposer, rules: Rules, batch: int) -> dict:
-    return {"proposer": type(proposer).__name__, "rules": as_dict(rules), "settings": proposer.settings_meta(),
-            "batch": int(batch)}
+def _phase_meta(proposer: AbstractProposer, rules: Rules, batch: int, prep: Prepared) -> dict:
+    """The settings of one search as used: the band as applied (after the 0.95 x Nyquist clip)."""
+    return {"proposer": type(proposer).__name__, "rules": as_dict(rules.replace(band=prep.band)),
+            "settings": proposer.settings_meta(), "batch": int(batch)}
 
 
 def run(emg, fs: float, proposer: AbstractProposer, rules: Rules, *, method: str, batch: int = 16,
@@ -104,7 +105,7 @@ def run(emg, fs: float, proposer: AbstractProposer, rules: Rules, *, method: str
         e2, m2 = properties(units)
         extra, pmeta = {**extra, **e2}, {**pmeta, **m2}
         clock.stage("unit_properties", t)
-    ph = _phase_meta(proposer, rules, batch)
+    ph = _phase_meta(proposer, rules, batch, prep)
     meta = {"settings": {"method": method, "rules": ph["rules"], "proposer": ph["settings"], "batch": ph["batch"],
                          "R": prep.R}, **dmeta, **pmeta}
     return _finalize(units, ws, method, meta, extra, clock, log)
@@ -147,7 +148,7 @@ def run_bmiss(rec, *, blind, blind_rules: Rules, model, rules: Rules, base_anato
     extra, pmeta = unit_properties(rec, units, subject, settings.unit_fit, seed=settings.seed, progress=progress)
     clock.stage("unit_properties", t)
     _, smeta = proposer.extras(mstate, units)
-    phases = [_phase_meta(blind, blind_rules, nb), _phase_meta(proposer, rules, settings.n_starts)]
+    phases = [_phase_meta(blind, blind_rules, nb, prep), _phase_meta(proposer, rules, settings.n_starts, prep)]
     meta = {"settings": {"method": "bmiss", "rules": phases[0]["rules"], "proposer": phases[0]["settings"],
                          "batch": phases[0]["batch"], "R": prep.R, "phases": phases,
                          "stages": ["prepare", "blind_search", "subject_fit", "model_search", "deconvolution",
