@@ -345,11 +345,7 @@ def load_channel_map(path: str | Path, *, ied_mm: float | None = None) -> Layout
             m = re.fullmatch(r"\s*#\s*(\w+)\s*[=:]\s*(.+?)\s*", ln)
             if m:
                 k, v = m.group(1), m.group(2)
-                if k in ("rows", "cols"):
-                    fields[k] = int(v)
-                elif k in ("ied_mm", "electrode_diameter_mm"):
-                    fields[k] = float(v)
-                elif k == "code":
+                if k in ("rows", "cols", "ied_mm", "electrode_diameter_mm", "code"):
                     fields[k] = v
                 continue
             if ln.strip() and not ln.lstrip().startswith("#"):
@@ -369,6 +365,7 @@ def load_channel_map(path: str | Path, *, ied_mm: float | None = None) -> Layout
         cm = np.zeros((len(ch), 2), np.int64)
         for k, r, c in rows_:
             cm[k] = (r, c)
+    fields = _map_fields(fields, path)
     if ied_mm is not None:
         fields["ied_mm"] = ied_mm
     if "ied_mm" not in fields:
@@ -384,6 +381,35 @@ def load_channel_map(path: str | Path, *, ied_mm: float | None = None) -> Layout
                       source=f"channel-map file {path.name}", confirmed=True)
     except LayoutError as e:
         raise LayoutError(f"{path}: {e}") from None
+
+
+def _map_fields(fields: dict, path: Path) -> dict:
+    """Check the header fields of a channel-map file (JSON values or CSV '# key = value' text):
+    ``rows``/``cols`` whole numbers, ``ied_mm``/``electrode_diameter_mm`` finite numbers > 0,
+    ``code`` text.  A bad value is a one-line :class:`LayoutError` naming the file and field."""
+    out: dict = {}
+    for k, v in fields.items():
+        if k == "code":
+            out[k] = str(v)
+            continue
+        if v is None and k == "electrode_diameter_mm":
+            out[k] = None
+            continue
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            x = float(v.strip()) if isinstance(v, str) else float(v)
+            if not math.isfinite(x) or x <= 0:
+                raise ValueError
+            if k in ("rows", "cols"):
+                if x != int(x):
+                    raise ValueError
+                x = int(x)
+        except (TypeError, ValueError, OverflowError):
+            what = "a whole number of electrodes" if k in ("rows", "cols") else "a positive number of mm"
+            raise LayoutError(f"{path}: field {k!r} = {v!r} must be {what}") from None
+        out[k] = x
+    return out
 
 
 def save_channel_map(path: str | Path, layout: Layout, *, force: bool = False) -> Path:

@@ -296,37 +296,51 @@ _AUX_WORDS = ("aux", "force", "torque", "load cell", "loadcell", "trigger", "acc
 
 
 def _mat_label(label: str) -> dict:
-    """Classify one OTBioLab+ column label by its own fields.
+    """Classify one OTBioLab+ column label by its own fields, wherever they sit in the label.
 
-    ``Muscle - INPUT (Channel a->b) - SENSOR (n)[unit]``: the unit is the trailing ``[...]``; the
-    SENSOR field (last ``" - "`` field) tells EMG (a grid code such as ``GR08MM1305``) from
-    auxiliary channels (``AUX ...``, force, torque ...).  The INPUT field may read ``AUX 3``
-    on EMG channels (the amplifier input's name) and is not used to classify.  Whole-label
-    prefixes mark non-channel columns: ``acquired data`` (the force/reference signal),
-    ``performed path`` (the target), ``Decomposition of`` / ``Source for decomposition``.
+    ``[prefix - ]Muscle - INPUT (Channel a->b) - SENSOR (n)[unit]``: the unit is the trailing
+    ``[...]``; the SENSOR field (last ``" - "`` field) tells EMG (a grid code such as
+    ``GR08MM1305``) from auxiliary channels (``AUX ...``, force, torque ...).  The INPUT field
+    may read ``AUX 3`` on EMG channels (the amplifier input's name) and is not used to classify.
+    Phrases found anywhere in the label mark non-channel columns, whatever prefix OTBioLab+
+    numbers them with (``"1 - 4 - Decomposition of ..."``, ``"4 - Source for decomposition of
+    ..."``): ``Source for decomposition`` (a unit's pulse train: kind ``"source"``),
+    ``Decomposition of`` (a unit's binary discharge train: ``"decomposition"``),
+    ``acquired data`` (the force/reference signal: ``"ref"``), ``performed path`` (the target:
+    ``"path"``).  A channel whose unit is neither a voltage nor absent is ``"aux"`` when its
+    sensor names a force/torque/AUX input and ``"other"`` (set aside) otherwise.
     """
     s = str(label).strip()
     m = _UNIT_RE.search(s)
     unit = m.group(1) if m else None
     body = (s[: m.start()] if m else s).strip()
-    low = body.lower()
+    low = " ".join(body.lower().split())
     sensor = body.split(" - ")[-1].strip()
     code = E.find_code(sensor) or E.find_code(body)
-    if low.startswith(("decomposition of", "source for decomposition")):
+    volt = unit is None or unit.replace(" ", "").lower() in _VOLT_TO_UV
+    if "source for decomposition" in low:
+        kind = "source"
+    elif "decomposition of" in low:
         kind = "decomposition"
-    elif low.startswith("acquired data"):
+    elif "acquired data" in low:
         kind = "ref"
-    elif low.startswith(("performed path", "reference path", "target path")):
+    elif any(w in low for w in ("performed path", "reference path", "target path")):
         kind = "path"
     elif code is not None:
-        kind = "emg"
+        kind = "emg" if volt else "other"
     elif sensor.lower().startswith(_AUX_WORDS) or any(w in sensor.lower() for w in _AUX_WORDS[1:]):
         kind = "aux"
-    elif unit is None or unit.replace(" ", "").lower() in _VOLT_TO_UV:
+    elif volt:
         kind = "emg"
     else:
-        kind = "aux"  # a non-voltage unit ([N], [Nm], [%]) is not EMG
+        kind = "other"  # a non-voltage unit ([N], [a.u]) on a column that names no AUX input
     return {"label": s, "kind": kind, "unit": unit, "code": code, "sensor": sensor}
+
+
+def _name_columns(labels: Sequence[str], k: int = 3) -> str:
+    """'a', 'b', 'c' and N more -- for one-line warnings that name set-aside columns."""
+    shown = ", ".join(repr(x) for x in labels[:k])
+    return shown + (f" and {len(labels) - k} more" if len(labels) > k else "")
 
 
 def _mat_get(m: dict, *names):
@@ -343,28 +357,9 @@ def _to_uv_factor(unit: str, where: str) -> float:
     return _VOLT_TO_UV[u]
 
 
-def load_mat(path, *, fs: float | None = None, units: str | None = None, to_uv: float | None = None,
-             emg_only: bool = True, orientation: int | None = None) -> Recording:
-    """Read an OTBioLab+ ``.mat`` export (what openhdemg's ``emg_from_otb`` reads), or a bare
-    EMG matrix.
-
-    Variables: ``Data`` (also ``data``/``EMG``/``emg``) [n_samples, n_columns] (either
-    orientation accepted; with ``Description`` the axis whose length matches it is the channel
-    axis, otherwise the shorter axis), ``SamplingFrequency`` (Hz; ``fsamp``/``fs`` also
-    accepted; ``fs=`` supplies it for files without one) and ``Description`` (one label per
-    column).
-
-    Columns are classified by their label fields (see :func:`_mat_label`): EMG columns are
-    kept, in file order (the amplifier's order); the ``acquired data`` column (else the first
-    force/torque AUX channel) becomes ``ref_signal`` (unit in ``meta["ref_unit"]``); other AUX,
-    target-path and decomposition-output columns are dropped and listed in ``meta``.
-
-    Units: each EMG label's ``[uV]``/``[mV]``/``[V]`` gives its scale to µV.  Without labels
-    the values are taken as mV (OTBioLab+'s export unit) with a warning; ``units="uV"`` (or a
-    factor ``to_uv``) overrides.  A grid code in the labels sets the electrode layout at
-    ``orientation`` (default 180).  MATLAB v7.3 (HDF5) files are not supported.
-    """
-    path = _need_file(path)
+def _mat_table(path, fs: float | None = None):
+    """Read a MATLAB file's data matrix as columns: ``(variables, cols [n_columns, n_samples]
+    float32, labels or None, fs)``; every problem is a one-line :class:`BmissFileError`."""
     try:
         from scipy.io import loadmat
 
@@ -415,13 +410,55 @@ def load_mat(path, *, fs: float | None = None, units: str | None = None, to_uv: 
     if labels is not None and len(labels) != cols.shape[0]:
         warn(f"{path}: {len(labels)} labels for {cols.shape[0]} columns; labels ignored")
         labels = None
+    return m, cols, labels, fs
+
+
+def load_mat(path, *, fs: float | None = None, units: str | None = None, to_uv: float | None = None,
+             emg_only: bool = True, orientation: int | None = None) -> Recording:
+    """Read an OTBioLab+ ``.mat`` export (what openhdemg's ``emg_from_otb`` reads), or a bare
+    EMG matrix.
+
+    Variables: ``Data`` (also ``data``/``EMG``/``emg``) [n_samples, n_columns] (either
+    orientation accepted; with ``Description`` the axis whose length matches it is the channel
+    axis, otherwise the shorter axis), ``SamplingFrequency`` (Hz; ``fsamp``/``fs`` also
+    accepted; ``fs=`` supplies it for files without one) and ``Description`` (one label per
+    column).
+
+    Columns are classified by their label fields (see :func:`_mat_label`): EMG columns are
+    kept, in file order (the amplifier's order); the ``acquired data`` column (else the first
+    force/torque AUX channel) becomes ``ref_signal`` (unit in ``meta["ref_unit"]``); other AUX,
+    target-path and decomposition-output columns are dropped and listed in ``meta``.
+
+    Units: each EMG label's ``[uV]``/``[mV]``/``[V]`` gives its scale to µV.  Without labels
+    the values are taken as mV (OTBioLab+'s export unit) with a warning; ``units="uV"`` (or a
+    factor ``to_uv``) overrides.  A grid code in the labels sets the electrode layout at
+    ``orientation`` (default 180).  MATLAB v7.3 (HDF5) files are not supported.
+    """
+    path = _need_file(path)
+    m, cols, labels, fs = _mat_table(path, fs)
     info = [_mat_label(s) for s in labels] if labels is not None else [
         {"label": None, "kind": "emg", "unit": None, "code": None, "sensor": ""} for _ in range(cols.shape[0])]
+    if units is not None or to_uv is not None:
+        # the caller states the unit: a grid channel labelled in another unit ([a.u]) is EMG too
+        for d in info:
+            if d["kind"] == "other" and d["code"] is not None:
+                d["kind"] = "emg"
+    if emg_only:
+        if labels is not None and any(d["kind"] == "emg" and d["unit"] for d in info):
+            # some EMG labels carry a unit: a unit-less one cannot be scaled safely
+            for d in info:
+                if d["kind"] == "emg" and not d["unit"]:
+                    d["kind"] = "other"
+        other = [d["label"] for d in info if d["kind"] == "other"]
+        if other:
+            warn(f"{path}: {len(other)} column(s) set aside (neither EMG in uV/mV/V nor a known AUX, reference "
+                 f"or decomposition column): {_name_columns(other)}")
     emg_i = [i for i, d in enumerate(info) if d["kind"] == "emg" or not emg_only]
     if not emg_i:
         kinds = sorted({d["kind"] for d in info})
         raise BmissFileError(f"{path}: no EMG column among {len(info)} (label kinds: {kinds}); EMG labels name a "
-                             "grid code (e.g. GR08MM1305) or a voltage unit")
+                             "grid code (e.g. GR08MM1305) or a voltage unit ([uV], [mV], [V]); if the values are EMG in "
+                             "another unit, read it with bmiss.io.load_recording(path, units='uV')")
     # units -> µV per EMG column
     if to_uv is not None:
         scale = np.full(len(emg_i), float(to_uv))
@@ -430,7 +467,7 @@ def load_mat(path, *, fs: float | None = None, units: str | None = None, to_uv: 
         scale = np.full(len(emg_i), _to_uv_factor(units, str(path)))
         unit_note = f"{units} (given)"
     elif all(info[i]["unit"] for i in emg_i):
-        scale = np.array([_to_uv_factor(info[i]["unit"], str(path)) for i in emg_i])
+        scale = np.array([_to_uv_factor(info[i]["unit"], f"{path}: column {info[i]['label']!r}") for i in emg_i])
         unit_note = "from labels"
     else:
         scale = np.full(len(emg_i), 1e3)
@@ -501,15 +538,33 @@ def _split_json(data: np.ndarray, columns: Sequence | None = None, *, integer: b
     return head + "[" + ",".join("[" + r + "]" for r in rows) + "]}"
 
 
-def _from_split(obj) -> tuple[list, list, np.ndarray]:
-    """Parse pandas 'split' JSON (string or already-decoded dict) -> (columns, index, data)."""
-    d = json.loads(obj) if isinstance(obj, str) else obj
-    cols, index = list(d.get("columns", [])), list(d.get("index", []))
-    rows = d.get("data", [])
-    # numpy maps None (JSON null, pandas' NaN) to nan for a float dtype
-    data = np.asarray(rows, dtype=np.float64) if rows else np.zeros((0, len(cols)))
+def _from_split(obj, where: str = "DataFrame") -> tuple[list, list, np.ndarray]:
+    """Parse pandas 'split' JSON (string or already-decoded dict) -> (columns, index, data).
+
+    ``where`` names the member (``"file: RAW_SIGNAL"``) in the one-line error a malformed
+    member gives."""
+    try:
+        d = json.loads(obj) if isinstance(obj, str) else obj
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise BmissFileError(f"{where} is not a JSON DataFrame ({e})") from None
+    if not isinstance(d, dict):
+        raise BmissFileError(f"{where} must be a DataFrame (pandas 'split' JSON with columns/index/data), got "
+                             f"{type(d).__name__} {str(d)[:40]!r}")
+    cols, index, rows = d.get("columns", []), d.get("index", []), d.get("data", [])
+    if not all(isinstance(x, list) for x in (cols, index, rows)):
+        raise BmissFileError(f"{where}: 'columns', 'index' and 'data' must be lists")
+    try:
+        # numpy maps None (JSON null, pandas' NaN) to nan for a float dtype
+        data = np.asarray(rows, dtype=np.float64) if rows else np.zeros((0, len(cols)))
+    except (TypeError, ValueError, OverflowError, RecursionError) as e:
+        raise BmissFileError(f"{where}: 'data' must be rows of numbers of equal length ({type(e).__name__})") \
+            from None
     if data.ndim == 1:
         data = data.reshape(len(rows), -1)
+    if data.ndim != 2:
+        raise BmissFileError(f"{where}: 'data' must be a table (rows of numbers), got {data.ndim} dimensions")
+    if len(index) not in (0, data.shape[0]):
+        raise BmissFileError(f"{where}: {len(index)} index labels for {data.shape[0]} rows")
     # openhdemg sorts by (int) index and uses int column labels
     try:
         order = np.argsort(np.asarray(index, np.int64), kind="stable")
@@ -650,23 +705,42 @@ MAX_JSON_BYTES = 1 << 31  # decompressed size limit of an openhdemg file (2 GiB)
 
 
 def _read_openhdemg_dict(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
+    """The outer JSON object of an openhdemg file (gzip or plain).  Decompression stops, with a
+    one-line error, past ``max_bytes`` or past ``MAX_EXPANSION`` (200) times the file's size once
+    over 64 MiB (the OTB+ reader's rule): a gzip bomb never fills the memory."""
+    size = max(path.stat().st_size, 1)
+    cap = min(max_bytes, max(int(MAX_EXPANSION * size), 64 << 20))
     try:
         with open(path, "rb") as f:
             magic = f.read(2)
             f.seek(0)
             if magic == b"\x1f\x8b":
+                chunks, total = [], 0
                 with gzip.GzipFile(fileobj=f) as gz:
-                    raw = gz.read(max_bytes + 1)
+                    while True:
+                        c = gz.read(min(1 << 24, cap + 1 - total))
+                        if not c:
+                            break
+                        chunks.append(c)
+                        total += len(c)
+                        if total > cap:
+                            break
+                raw = b"".join(chunks)
             else:
                 raw = f.read(max_bytes + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise BmissFileError(f"{path}: corrupt or truncated gzip data in an openhdemg file ({type(e).__name__}: "
                              f"{e})") from None
-    if len(raw) > max_bytes:
+    if magic == b"\x1f\x8b" and len(raw) > cap:
+        if cap < max_bytes:
+            raise BmissFileError(f"{path}: the gzip data ({size} bytes) expand to more than {cap} bytes "
+                                 f"({MAX_EXPANSION:g}x): refusing a likely decompression bomb")
         raise BmissFileError(f"{path}: decompresses to more than {max_bytes} bytes; refusing (a decompression bomb?)")
+    if len(raw) > max_bytes:
+        raise BmissFileError(f"{path}: more than {max_bytes} bytes of JSON; refusing")
     try:
         d = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise BmissFileError(f"{path}: not an openhdemg JSON file (gzip-compressed JSON expected: {e})") from None
     if not isinstance(d, dict) or "SOURCE" not in d:
         raise BmissFileError(f"{path}: not an openhdemg emgfile (no 'SOURCE' key)")
@@ -682,7 +756,7 @@ def _scalar(v):
     return v
 
 
-def _extras_layout(d: dict) -> tuple[str | None, int | None]:
+def _extras_layout(d: dict, where: str = "openhdemg file", check: bool = True) -> tuple[str | None, int | None]:
     """(grid code, orientation) written in an EXTRAS DataFrame, if any."""
     if "EXTRAS" not in d:
         return None, None
@@ -697,8 +771,14 @@ def _extras_layout(d: dict) -> tuple[str | None, int | None]:
         for c, v in zip(cols, row if isinstance(row, list) else [row]):
             if code is None and isinstance(v, str):
                 code = E.find_code(v)
-            if c == "orientation" and orient is None and v in (0, 180, "0", "180"):
-                orient = int(v)
+            if c == "orientation" and orient is None and v is not None:
+                if not check:
+                    continue
+                if isinstance(v, bool) or str(v).strip() not in ("0", "180", "0.0", "180.0"):
+                    raise BmissFileError(f"{where}: EXTRAS column 'orientation' = {v!r}; bmiss knows grid "
+                                         "orientations 0 and 180 degrees only; pass the grid's orientation "
+                                         "(--orientation 0|180) to override it")
+                orient = int(float(v))
         if code is None:
             code = next((E.find_code(c) for c in cols if E.find_code(c)), None)
     return code, orient
@@ -718,7 +798,7 @@ def load_openhdemg(path, *, orientation: int | None = None) -> Recording:
         raise BmissFileError(f"{path}: openhdemg file of SOURCE {src!r} has no RAW_SIGNAL "
                              "(a reference-signal-only file?)")
     try:
-        cols, _, raw = _from_split(d["RAW_SIGNAL"])
+        cols, _, raw = _from_split(d["RAW_SIGNAL"], f"{path}: RAW_SIGNAL")
         cols, raw = _sort_columns(cols, raw)
         if "FSAMP" not in d:
             raise KeyError("FSAMP")
@@ -729,12 +809,14 @@ def load_openhdemg(path, *, orientation: int | None = None) -> Recording:
             ied = None
         ref = None
         if "REF_SIGNAL" in d:
-            _, _, r = _from_split(d["REF_SIGNAL"])
+            _, _, r = _from_split(d["REF_SIGNAL"], f"{path}: REF_SIGNAL")
             if r.shape[0] == raw.shape[0] and r.shape[1] >= 1 and np.isfinite(r[:, 0]).all():
                 ref = r[:, 0]
-    except (KeyError, TypeError, ValueError) as e:
+    except BmissFileError:
+        raise
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise BmissFileError(f"{path}: malformed openhdemg emgfile ({type(e).__name__}: {e})") from None
-    code, orient = _extras_layout(d)
+    code, orient = _extras_layout(d, str(path), check=orientation is None)
     geo: dict[str, Any] = {}
     lay = _layout_for(code, raw.shape[1], orientation if orientation is not None else orient, str(path))
     if lay is not None:
@@ -763,16 +845,18 @@ def load_openhdemg_decomposition(path) -> Decomposition:
         n = int(_scalar(d.get("EMG_LENGTH", 0)) or 0)
         sources = np.zeros((n_mu, n), np.float32)
         if "IPTS" in d and n_mu:
-            cols, _, ipts = _from_split(d["IPTS"])
+            cols, _, ipts = _from_split(d["IPTS"], f"{path}: IPTS")
             cols, ipts = _sort_columns(cols, ipts)
             if ipts.shape[1] == n_mu:
                 sources = ipts.T.astype(np.float32)
         sil = None
         if "ACCURACY" in d and n_mu:
-            _, _, acc = _from_split(d["ACCURACY"])
+            _, _, acc = _from_split(d["ACCURACY"], f"{path}: ACCURACY")
             if acc.shape[0] == n_mu and acc.shape[1] >= 1:
                 sil = acc[:, 0].astype(np.float32)
-    except (KeyError, TypeError, ValueError) as e:
+    except BmissFileError:
+        raise
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise BmissFileError(f"{path}: malformed openhdemg emgfile ({type(e).__name__}: {e})") from None
     return Decomposition(spikes=spikes, sources=sources, fs=fs, method=f"openhdemg:{_scalar(d['SOURCE'])}",
                          sil=sil, meta={"file": path.name})

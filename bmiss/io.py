@@ -165,7 +165,24 @@ class Recording:
             if len(ref) != self.n_samples:
                 raise BmissFileError(f"recording: ref_signal has {len(ref)} samples but the EMG has {self.n_samples}")
             self.ref_signal = ref
+        if self.true_spikes is not None:
+            self._check_truth()
         self._check_geometry()
+
+    def _check_truth(self) -> None:
+        n = self.n_samples
+        spikes = []
+        for u, s in enumerate(self.true_spikes):
+            s = np.asarray(s)
+            if s.size and s.dtype.kind not in "iu":
+                raise BmissFileError(f"recording: true_spikes of unit {u} must be integer sample indices")
+            s = s.astype(np.int64).ravel()
+            if s.size and (s.min() < 0 or s.max() >= n):
+                bad = int(s.min()) if s.min() < 0 else int(s.max())
+                raise BmissFileError(f"recording: true_spikes of unit {u} has a discharge at sample {bad}, outside "
+                                     f"the recording's 0..{n - 1} ({n} samples): ground truth and EMG do not match")
+            spikes.append(s)
+        self.true_spikes = spikes
 
     def _check_geometry(self) -> None:
         from . import electrodes as E
@@ -264,7 +281,29 @@ def _real_array(x, where: str) -> np.ndarray:
                              "meaningless, pass emg.real explicitly")
     if arr.dtype.kind not in "iuf":
         raise BmissFileError(f"{where} must be numeric, got dtype {arr.dtype}")
+    return to_float32(arr, where)
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def to_float32(arr, where: str) -> np.ndarray:
+    """float32 copy of a numeric array; finite values beyond float32's range (about 3.4e38) are
+    refused as such (a silent cast would turn them into inf and be reported as NaN/inf)."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and arr.size:
+        with np.errstate(invalid="ignore"):
+            big = np.abs(arr) > F32_MAX
+        if big.any():
+            finite_big = big & np.isfinite(arr)
+            if finite_big.any():
+                v = float(arr[finite_big].flat[0])
+                raise BmissFileError(f"{where}: value {v:g} is out of float32 range (|x| <= 3.4e38); the data "
+                                     "are not EMG in µV or are corrupt")
     return np.asarray(arr, np.float32)
+
+
+FS_MAX = 200_000.0  # Hz: higher rates are a unit mistake, not EMG
 
 
 def validate_emg(emg: np.ndarray, fs: float, source: str = "EMG") -> None:
@@ -282,6 +321,10 @@ def validate_emg(emg: np.ndarray, fs: float, source: str = "EMG") -> None:
             "Store it as [n_channels, n_samples] (e.g. emg.T)")
     if not np.isfinite(fs) or fs <= 0:
         raise BmissFileError(f"{source}: sampling rate fs={fs} Hz is not a positive number")
+    if fs > FS_MAX:
+        raise BmissFileError(
+            f"{source}: fs={fs:g} Hz is implausibly high for EMG (surface HD-EMG 2-10 kHz, needle EMG up to "
+            f"~100 kHz; limit {FS_MAX:g} Hz). Check the unit of fs (Hz)")
     if fs < 500:
         raise BmissFileError(
             f"{source}: fs={fs} Hz is too low for surface EMG (content up to ~500 Hz); "
@@ -427,6 +470,9 @@ def _open_npz(path: Path):
         raise BmissFileError(f"{path}: a single .npy array, not an .npz archive; save a recording with "
                              "np.savez(path, emg=EMG, fs=FS)")
     if not zipfile.is_zipfile(path):
+        if head.startswith(b"PK"):
+            raise BmissFileError(f"{path}: truncated or corrupt .npz (a zip archive without its central directory: "
+                                 "the file was cut short, e.g. by an interrupted copy or write)")
         raise BmissFileError(f"{path}: not an .npz archive (an .npz is a zip of .npy arrays; this file starts "
                              f"with {head!r}); save a recording with np.savez(path, emg=EMG, fs=FS)")
     try:
@@ -560,10 +606,14 @@ def load_decomposition(path) -> Decomposition:
             meta = json.loads(str(g("meta_json"))) if "meta_json" in files else {}
         except json.JSONDecodeError as e:
             raise BmissFileError(f"{path}: meta_json is not valid JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise BmissFileError(f"{path}: meta_json must be a JSON object, got {type(meta).__name__}")
+        fs_dec = scalar_fs(g("fs"), f"{path}: fs")
+        _check_fingerprint(meta, fs_dec, path)
         return Decomposition(
             spikes=csr_to_spikes(g("spikes"), g("spikes_offsets"), where=str(path)),
             sources=g("sources"),
-            fs=scalar_fs(g("fs"), str(path)),
+            fs=fs_dec,
             method=str(g("method")),
             param_names=tuple(str(s) for s in g("param_names")) if "param_names" in files else None,
             meta=meta,
@@ -572,6 +622,34 @@ def load_decomposition(path) -> Decomposition:
 
 
 # ---------------------------------------------------------------- fingerprint
+def _check_fingerprint(meta: dict, fs: float, path) -> None:
+    """A decomposition's ``meta["recording"]`` must be a well-formed fingerprint that agrees with
+    its own ``fs``; a file that contradicts itself is refused (it would pass the pairing check
+    and export wrong rates)."""
+    fp = meta.get("recording")
+    if fp is None:
+        return
+    where = f"{path}: meta_json 'recording' (the recording's fingerprint)"
+    if not isinstance(fp, dict):
+        raise BmissFileError(f"{where} must be an object, got {type(fp).__name__}")
+    for k, kind in (("fs", "number"), ("n_samples", "int"), ("n_channels", "int")):
+        if k not in fp:
+            continue
+        v = fp[k]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        if ok and kind == "int":
+            ok = float(v) == int(v)
+        if not ok:
+            raise BmissFileError(f"{where}: {k} = {v!r} must be a positive {'whole ' if kind == 'int' else ''}number")
+    h = fp.get("emg_sha256")
+    if h is not None and not (isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h)):
+        raise BmissFileError(f"{where}: emg_sha256 must be 64 hexadecimal digits, got {str(h)[:40]!r}")
+    if "fs" in fp and abs(float(fp["fs"]) - fs) > 1e-9 * fs:
+        raise BmissFileError(f"{path}: the decomposition says fs = {fs:g} Hz but its recording fingerprint says "
+                             f"{float(fp['fs']):g} Hz; the file was edited or is corrupt: decompose the recording "
+                             "again")
+
+
 def recording_fingerprint(rec: Recording) -> dict:
     """What identifies a recording, stored in every decomposition's ``meta["recording"]``.
 
