@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 from .api import decompose, evaluate, export, simulate  # noqa: E402
 from .io import load_decomposition, load_recording, save_decomposition, save_recording  # noqa: E402
+from .reference import compare as compare_reference, load_reference  # noqa: E402,F401
 
 __all__ = ["simulate", "decompose", "evaluate", "export", "load_recording", "save_recording",
            "load_decomposition", "save_decomposition"]

@@ -51,6 +51,7 @@ __all__ = [
     "load_openhdemg_decomposition",
     "save_events_tsv",
     "save_summary_csv",
+    "save_muedit",
 ]
 
 SUPPORTED_SUFFIXES = (".npz", ".otb+", ".mat", ".json", ".json.gz")
@@ -860,6 +861,62 @@ def load_openhdemg_decomposition(path) -> Decomposition:
         raise BmissFileError(f"{path}: malformed openhdemg emgfile ({type(e).__name__}: {e})") from None
     return Decomposition(spikes=spikes, sources=sources, fs=fs, method=f"openhdemg:{_scalar(d['SOURCE'])}",
                          sil=sil, meta={"file": path.name})
+
+# =============================================================================== MUedit
+def save_muedit(path, dec: Decomposition, rec: Recording, *, force: bool = True) -> Path:
+    """Write a decomposition as MUedit's output ``.mat`` (MATLAB v7, one grid) so that its units
+    can be reviewed in MUedit; :func:`bmiss.reference.load_reference` reads it back.
+
+    Struct ``signal`` (the fields MUedit's decomposition saves and its editor reads):
+
+    ==============  ================================================================
+    data            [channels x samples] EMG, µV (``rec.emg``)
+    fsamp           sampling rate, Hz
+    nChan, ngrid    number of channels; 1
+    gridname        {grid code} (``rec.electrode``, else ``"custom"``)
+    muscle          {``rec.meta["muscle"]``, else ``"n/a"``}
+    Pulsetrain      {1, 1} cell: [units x samples] pulse trains (``dec.sources``)
+    Dischargetimes  {1, units} cell of 1-based discharge samples (MATLAB indexing)
+    target, path    [1 x samples] reference signal (``rec.ref_signal``, else zeros)
+    EMGmask         {1} cell: [channels x 1] zeros (no channel excluded)
+    emgtype         1 (surface)
+    ==============  ================================================================
+
+    Built from MUedit's documented output structure; whether MUedit's editor opens it was not
+    checked (no MATLAB here).
+    """
+    from scipy.io import savemat
+
+    path = Path(path)
+    n = rec.n_samples
+    if abs(float(dec.fs) - float(rec.fs)) > 1e-6 * rec.fs:
+        raise BmissFileError(f"the decomposition (fs {dec.fs:g} Hz) is not of this recording (fs {rec.fs:g} Hz)")
+    n_mu = dec.n_units
+    dt = np.empty((1, n_mu), dtype=object)
+    for j, s in enumerate(dec.spikes):
+        s = np.unique(np.asarray(s, np.int64))
+        s = s[(s >= 0) & (s < n)]
+        dt[0, j] = (s + 1).astype(np.float64)[None, :]
+    src = np.zeros((n_mu, n))
+    if n_mu and dec.sources is not None and np.asarray(dec.sources).size:
+        src = _fit_length(np.asarray(dec.sources, np.float64).reshape(n_mu, -1), n)
+    pt = np.empty((1, 1), dtype=object)
+    pt[0, 0] = src
+    ref = np.zeros(n) if rec.ref_signal is None else _fit_length(np.asarray(rec.ref_signal, np.float64).ravel(), n)
+    mask = np.empty((1, 1), dtype=object)
+    mask[0, 0] = np.zeros((rec.n_channels, 1))
+    cell = lambda v: np.array([[v]], dtype=object)  # noqa: E731
+    signal = {"data": np.asarray(rec.emg, np.float64), "fsamp": float(rec.fs), "nChan": float(rec.n_channels),
+              "ngrid": 1.0, "gridname": cell(str(rec.electrode or "custom")),
+              "muscle": cell(str(rec.meta.get("muscle") or "n/a")), "Pulsetrain": pt, "Dischargetimes": dt,
+              "target": ref[None, :], "path": ref[None, :], "EMGmask": mask, "emgtype": 1.0}
+
+    def w(tmp):
+        with open(tmp, "wb") as f:
+            savemat(f, {"signal": signal}, do_compression=True)
+
+    return atomic_write(path, w, force=force)
+
 
 # =============================================================================== tables
 def save_events_tsv(path, dec: Decomposition, *, force: bool = True) -> Path:

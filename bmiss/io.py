@@ -401,6 +401,8 @@ READERS: dict[str, str | Callable] = {
     ".mat": "bmiss.formats:load_mat",
     ".json": "bmiss.formats:load_openhdemg",
     ".json.gz": "bmiss.formats:load_openhdemg",
+    ".bdf": "bmiss.bids:load_emg_bids",
+    ".edf": "bmiss.bids:load_emg_bids",
 }
 WRITERS: dict[str, str | Callable] = {
     ".npz": "bmiss.io:save_recording_npz",
@@ -444,7 +446,7 @@ def load_recording(path, *, electrode=None, orientation=None, fs: float | None =
         raise BmissFileError(
             f"{path}: unsupported file type {suf or '(no suffix)'!r}{hint}. Supported: "
             ".npz (bmiss), .otb+ (OT Bioelettronica), .mat (OTBioLab+ export), "
-            ".json / .json.gz (openhdemg)")
+            ".json / .json.gz (openhdemg), .bdf / .edf (EMG-BIDS)")
     reader = _resolve(READERS[suf])
     if fs is not None:
         reader_kw["fs"] = fs
