@@ -450,6 +450,14 @@ def load_recording(path, *, electrode=None, orientation=None, fs: float | None =
     reader = _resolve(READERS[suf])
     if fs is not None:
         reader_kw["fs"] = fs
+    if orientation is not None:
+        import inspect
+
+        try:
+            if "orientation" in inspect.signature(reader).parameters:
+                reader_kw.setdefault("orientation", orientation)  # the user's orientation overrides the file's
+        except (TypeError, ValueError):
+            pass
     rec = reader(path, **reader_kw)
     if electrode is not None or orientation is not None:
         from . import electrodes as E
