@@ -236,10 +236,14 @@ def test_mat_round_trip(tmp_path):
 
 # ------------------------------------------------------------------ dispatch errors
 def test_unknown_suffix_and_missing(tmp_path):
-    p = tmp_path / "x.edf"
+    p = tmp_path / "x.xdf"
     p.write_bytes(b"0")
-    with pytest.raises(BmissFileError, match=r"\.otb\+.*\.mat.*\.json"):
+    with pytest.raises(BmissFileError, match=r"\.otb\+.*\.mat.*\.json.*\.bdf"):
         F.load_any(p)
+    e = tmp_path / "x.edf"  # an EDF that is not one: refused in one line naming the file
+    e.write_bytes(b"0")
+    with pytest.raises(BmissFileError, match="x.edf: not a readable EDF/BDF file"):
+        F.load_any(e)
     q = tmp_path / "x.otb4"
     q.write_bytes(b"0")
     with pytest.raises(BmissFileError, match="otb4"):
