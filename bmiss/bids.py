@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BmissFileError
-from .io import Recording, _need_file, atomic_write, warn
+from .io import Recording, _need_file, atomic_write, one_line, warn
 
 __all__ = ["save_emg_bids", "load_emg_bids", "read_events_tsv"]
 
@@ -68,7 +68,7 @@ def _tsv_read(path: Path) -> list[dict]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise BmissFileError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+        raise BmissFileError(f"{path}: unreadable ({type(e).__name__}: {one_line(e)})") from None
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise BmissFileError(f"{path}: empty table (a BIDS .tsv starts with a header row)")
@@ -243,7 +243,7 @@ def load_emg_bids(path, *, fs: float | None = None) -> Recording:
     except BmissFileError:
         raise
     except Exception as e:  # noqa: BLE001  (edfio raises many types for a damaged header)
-        raise BmissFileError(f"{path}: not a readable EDF/BDF file ({type(e).__name__}: {e})") from None
+        raise BmissFileError(f"{path}: not a readable EDF/BDF file ({type(e).__name__}: {one_line(e)})") from None
     sigs = [s for s in sigs if s.label.strip() not in ("EDF Annotations", "BDF Annotations")]
     if not sigs:
         raise BmissFileError(f"{path}: the EDF/BDF file holds no signal")
@@ -286,7 +286,7 @@ def load_emg_bids(path, *, fs: float | None = None) -> Recording:
         try:
             side = json.loads(side_p.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BmissFileError(f"{side_p}: not valid JSON ({e})") from None
+            raise BmissFileError(f"{side_p}: not valid JSON ({one_line(e)})") from None
         if not isinstance(side, dict):
             raise BmissFileError(f"{side_p}: the sidecar must be a JSON object")
     n_true = side.get("bmiss_n_samples")
@@ -314,7 +314,7 @@ def load_emg_bids(path, *, fs: float | None = None) -> Recording:
     try:
         return Recording(emg=emg, fs=fs_file, ref_signal=ref, meta=meta)
     except BmissFileError as e:
-        raise BmissFileError(f"{path}: {e}") from None
+        raise BmissFileError(f"{path}: {one_line(e)}") from None
 
 
 def _bids_geometry(path: Path, labels: list[str], types: dict) -> dict:

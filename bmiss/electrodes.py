@@ -318,6 +318,11 @@ def load_layout(code: str | Path, orientation: int | None = None, *, ied_mm: flo
                       "(.json/.csv), or --grid ROWSxCOLS --ied MM")
 
 
+def one_line(e) -> str:
+    """An exception's text on one line (see bmiss.io.one_line; this module does not import io)."""
+    return " ".join(str(e).split())[:400]
+
+
 def load_channel_map(path: str | Path, *, ied_mm: float | None = None) -> Layout:
     """Read a custom channel-map file (formats in the module docstring)."""
     path = Path(path)
@@ -327,13 +332,13 @@ def load_channel_map(path: str | Path, *, ied_mm: float | None = None) -> Layout
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise LayoutError(f"{path}: cannot read the channel-map file ({e})") from None
+        raise LayoutError(f"{path}: cannot read the channel-map file ({one_line(e)})") from None
     if path.suffix.lower() == ".json":
         try:
             d = json.loads(text)
             cm = np.asarray(d["channel_map"], dtype=np.float64)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise LayoutError(f"{path}: a channel-map JSON needs \"channel_map\": [[row, col], ...] ({e})") from None
+            raise LayoutError(f"{path}: a channel-map JSON needs \"channel_map\": [[row, col], ...] ({one_line(e)})") from None
         if cm.ndim != 2 or cm.shape[1] != 2 or not np.all(cm == np.round(cm)):
             raise LayoutError(f"{path}: channel_map must be a list of [row, col] integer pairs")
         cm = cm.astype(np.int64)
@@ -355,7 +360,7 @@ def load_channel_map(path: str | Path, *, ied_mm: float | None = None) -> Layout
             for r in rd:
                 rows_.append((int(r["channel"]), int(r["row"]), int(r["col"])))
         except (KeyError, TypeError, ValueError) as e:
-            raise LayoutError(f"{path}: a channel-map CSV needs the header channel,row,col and integer values ({e})") \
+            raise LayoutError(f"{path}: a channel-map CSV needs the header channel,row,col and integer values ({one_line(e)})") \
                 from None
         if not rows_:
             raise LayoutError(f"{path}: the channel-map CSV lists no channels")
@@ -380,7 +385,7 @@ def load_channel_map(path: str | Path, *, ied_mm: float | None = None) -> Layout
                       channel_map=cm, electrode_diameter_mm=fields.get("electrode_diameter_mm"),
                       source=f"channel-map file {path.name}", confirmed=True)
     except LayoutError as e:
-        raise LayoutError(f"{path}: {e}") from None
+        raise LayoutError(f"{path}: {one_line(e)}") from None
 
 
 def _map_fields(fields: dict, path: Path) -> dict:

@@ -38,12 +38,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import electrodes as E
-from .io import BmissFileError, Decomposition, Recording, _need_file, atomic_write, load_recording, scalar_fs, warn
+from .io import (BmissFileError, Decomposition, Recording, _need_file, atomic_write, load_recording, one_line,
+                 scalar_fs, warn)
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
     "load_any",
     "load_otbplus",
+    "load_otb4",
     "load_mat",
     "save_openhdemg",
     "save_openhdemg_recording",
@@ -134,7 +136,7 @@ def _otb_parse_device(root: ET.Element, where: str) -> dict:
                 chans.append((start + idx, a_id, ch.attrib.get("ID", ""), a_gain * c_gain, idx, k, text))
         total = int(float(dev.attrib.get("DeviceTotalChannels", 0))) or (max(c[0] for c in chans) + 1 if chans else 0)
     except (TypeError, ValueError) as e:
-        raise BmissFileError(f"{where}: malformed <Device>/<Adapter>/<Channel> attributes ({e})") from None
+        raise BmissFileError(f"{where}: malformed <Device>/<Adapter>/<Channel> attributes ({one_line(e)})") from None
     return {"fs": fs, "bits": bits, "total": total, "chans": chans, "name": dev.attrib.get("Name", "")}
 
 
@@ -184,7 +186,7 @@ def load_otbplus(path, *, adc_range_v: float = 5.0, sig: int | str | None = None
         raise
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise BmissFileError(f"{path}: not a readable OTB+ archive (expected a tar file; truncated or corrupt? "
-                             f"{type(e).__name__}: {e})") from None
+                             f"{type(e).__name__}: {one_line(e)})") from None
 
 
 def _load_otbplus_tar(tf, path, arch_size, adc_range_v, sig, emg_only, orientation, max_member_bytes) -> Recording:
@@ -224,7 +226,7 @@ def _load_otbplus_tar(tf, path, arch_size, adc_range_v, sig, emg_only, orientati
         try:
             return ET.fromstring(read(name))
         except ET.ParseError as e:
-            raise BmissFileError(f"{path}: {name} is not valid XML ({e})") from None
+            raise BmissFileError(f"{path}: {name} is not valid XML ({one_line(e)})") from None
 
     blocks, meta_sigs, grid_chans = [], [], []
     for s in sigs:
@@ -286,7 +288,132 @@ def _load_otbplus_tar(tf, path, arch_size, adc_range_v, sig, emg_only, orientati
     try:
         return Recording(emg=emg, fs=blocks[0][0], ied_mm=geo.pop("ied_mm", ied), meta=meta, **geo)
     except BmissFileError as e:
-        raise BmissFileError(f"{path}: {e}") from None
+        raise BmissFileError(f"{path}: {one_line(e)}") from None
+
+
+# =============================================================================== OTB4
+def _xml_text(el, tag: str, default=None):
+    c = el.find(tag)
+    return c.text.strip() if c is not None and c.text is not None else default
+
+
+def load_otb4(path, *, orientation: int | None = None, max_member_bytes: int = MAX_MEMBER_BYTES) -> Recording:
+    """Read an OT BioLab 4 ``.otb4`` archive (layout as OT Bioelettronica's MATLAB reader
+    ``OpenOTB4`` and the Python readers derived from it read it; not checked against a real file).
+
+    A tar holding ``Tracks_000.xml`` (``<ArrayOfTrackInfo>`` with one ``<TrackInfo>`` per track)
+    and the ``.sig`` data files.  Per track: ``SignalStreamPath`` (its ``.sig``),
+    ``TotalChannelsInFile``, ``AcquisitionChannel`` (0-based first channel in that file),
+    ``NumberOfChannels``, ``SampleSize`` (bytes per sample: 4 -> int32, else int16; 4 when
+    absent), ``SamplingFrequency``, ``Gain``, ``ADC_Nbits``, ``ADC_Range``, ``IsControl``,
+    ``Title``/``Description/Name`` and ``Description/SensorType`` (names the grid, e.g.
+    ``GR08MM1305``).  A ``.sig`` holds little-endian samples interleaved over its
+    ``TotalChannelsInFile`` channels.  EMG tracks (not control, not quaternion, ``ADC_Nbits`` >
+    0) are scaled ``raw * ADC_Range / 2**ADC_Nbits / Gain`` (V) and returned in µV; other tracks
+    are dropped.  One grid code over all EMG channels sets the layout at ``orientation``
+    (default 180), track channel *i* being the grid's channel *i* + 1.
+    """
+    path = _need_file(path)
+    arch_size = max(path.stat().st_size, 1)
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            members = {m.name: m for m in tf.getmembers() if m.isfile()}
+            by_base = {Path(n).name: n for n in members}
+            if "Tracks_000.xml" not in by_base:
+                raise BmissFileError(f"{path}: no Tracks_000.xml in the OTB4 archive (members: "
+                                     f"{sorted(by_base)[:8]})")
+            total = sum(m.size for m in members.values())
+            if total > MAX_EXPANSION * arch_size and total > (64 << 20):
+                raise BmissFileError(f"{path}: the archive ({arch_size} bytes) expands to {total} bytes: refusing a "
+                                     "likely decompression bomb")
+
+            def read(base: str, cap: int) -> bytes:
+                m = members[by_base[base]]
+                if m.size > cap:
+                    raise BmissFileError(f"{path}: member {base} declares {m.size} bytes, over the {cap}-byte limit")
+                f = tf.extractfile(m)
+                data = f.read(m.size + 1) if f is not None else b""
+                if len(data) != m.size:
+                    raise BmissFileError(f"{path}: member {base} is truncated ({len(data)} of {m.size} bytes)")
+                return data
+
+            try:
+                root = ET.fromstring(read("Tracks_000.xml", MAX_XML_BYTES))
+            except ET.ParseError as e:
+                raise BmissFileError(f"{path}: Tracks_000.xml is not valid XML ({one_line(e)})") from None
+            tracks = list(root.iter("TrackInfo"))
+            if not tracks:
+                raise BmissFileError(f"{path}: Tracks_000.xml lists no <TrackInfo>")
+            blocks, fss, codes, sig_cache = [], set(), [], {}
+            for k, t in enumerate(tracks):
+                where = f"{path}: Tracks_000.xml TrackInfo {k + 1}"
+                try:
+                    nbits = int(float(_xml_text(t, "ADC_Nbits", "0")))
+                    title = _xml_text(t, "Title") or _xml_text(t.find("Description") if t.find("Description")
+                                                               is not None else t, "Name", "") or ""
+                    control = (_xml_text(t, "IsControl", "false") or "").lower() == "true"
+                    if control or "quaternion" in title.lower() or nbits <= 0:
+                        continue
+                    sig = Path(_xml_text(t, "SignalStreamPath", "") or "").name
+                    tot = int(float(_xml_text(t, "TotalChannelsInFile", "0")))
+                    start = int(float(_xml_text(t, "AcquisitionChannel", "0")))
+                    nch = int(float(_xml_text(t, "NumberOfChannels", "0")))
+                    size = int(float(_xml_text(t, "SampleSize", "4")))
+                    fs = scalar_fs(float(_xml_text(t, "SamplingFrequency", "nan")), where)
+                    gain = float(_xml_text(t, "Gain", "1"))
+                    rng_v = float(_xml_text(t, "ADC_Range", "nan"))
+                except (TypeError, ValueError, OverflowError):
+                    raise BmissFileError(f"{where}: a field is not a number (ADC_Nbits, TotalChannelsInFile, "
+                                         "AcquisitionChannel, NumberOfChannels, SampleSize, SamplingFrequency, Gain, "
+                                         "ADC_Range)") from None
+                if sig not in by_base:
+                    raise BmissFileError(f"{where}: SignalStreamPath {sig!r} is not in the archive")
+                if not (0 < tot <= 4096 and 0 <= start and 0 < nch and start + nch <= tot):
+                    raise BmissFileError(f"{where}: channels {start}..{start + nch - 1} do not fit the file's "
+                                         f"{tot} channels")
+                if not (math.isfinite(gain) and gain > 0 and math.isfinite(rng_v) and rng_v > 0 and nbits <= 32):
+                    raise BmissFileError(f"{where}: Gain {gain}, ADC_Range {rng_v} V and ADC_Nbits {nbits} must be "
+                                         "positive numbers (ADC_Nbits <= 32)")
+                key = (sig, tot, size)
+                if key not in sig_cache:
+                    raw = read(sig, max_member_bytes)
+                    bits = 32 if size == 4 else 16
+                    sig_cache[key] = (raw, bits)
+                raw, bits = sig_cache[key]
+                data = _read_int(raw, bits, tot, list(range(start, start + nch)), f"{path}:{sig}")
+                blocks.append(data * np.float32(rng_v / 2.0 ** nbits / gain * 1e6))
+                fss.add(fs)
+                desc = t.find("Description")
+                sensor = " ".join(x for x in (_xml_text(desc, "SensorType", "") if desc is not None else "",
+                                              _xml_text(t.find("StringsDescriptions"), "OriginalSensor", "")
+                                              if t.find("StringsDescriptions") is not None else "", title) if x)
+                codes.append((E.find_code(sensor), nch))
+    except BmissFileError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise BmissFileError(f"{path}: not a readable OTB4 archive (expected a tar file; truncated or corrupt? "
+                             f"{type(e).__name__}: {one_line(e)})") from None
+    if not blocks:
+        raise BmissFileError(f"{path}: the OTB4 archive has no EMG track")
+    if len(fss) > 1:
+        raise BmissFileError(f"{path}: EMG tracks at different rates {sorted(fss)} Hz; bmiss needs one rate")
+    n = min(b.shape[1] for b in blocks)
+    emg = np.concatenate([b[:, :n] for b in blocks], 0)
+    known = {c for c, _ in codes}
+    geo: dict[str, Any] = {}
+    if len(known) == 1 and None not in known and len(codes) == 1:
+        lay = _layout_for(codes[0][0], emg.shape[0], orientation, str(path))
+        if lay is not None:
+            geo = dict(electrode=lay.code, orientation=lay.orientation, ied_mm=lay.ied_mm,
+                       grid_shape=lay.grid_shape, channel_map=lay.channel_map)
+    elif len(codes) > 1:
+        warn(f"{path}: {len(codes)} EMG tracks ({', '.join(str(c) for c, _ in codes)}): channel positions left "
+             "unknown; bmiss's model needs one grid")
+    meta = {"source": "otb4", "file": path.name, "units": "uV", "otb4": {"grids": [c for c, _ in codes]}}
+    try:
+        return Recording(emg=emg, fs=fss.pop(), meta=meta, **geo)
+    except BmissFileError as e:
+        raise BmissFileError(f"{path}: {one_line(e)}") from None
 
 
 # =============================================================================== .mat
@@ -358,18 +485,98 @@ def _to_uv_factor(unit: str, where: str) -> float:
     return _VOLT_TO_UV[u]
 
 
+# MATLAB v5 element types (the MAT-file format's documented miINT8..miUTF32); scipy's compiled
+# reader indexes a table with the type code unchecked, so a damaged file with another code
+# crashes the interpreter (segfault) instead of raising: every v5 file is walked first.
+_MI_VALID = {1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 14, 15, 16, 17, 18}
+MAX_MAT_BYTES = 4 << 30  # decompressed size limit of one .mat file
+
+
+def _check_mat5(raw: bytes, where: str, budget: list[int], depth: int = 0) -> None:
+    """Walk the tagged data elements of a MATLAB v5 stream; refuse unknown type codes, sizes past
+    the end and decompression bombs before scipy reads the file."""
+    import struct
+
+    if depth > 64:
+        raise BmissFileError(f"{where}: MATLAB data nested more than 64 levels deep; the file is corrupt")
+    i, n = 0, len(raw)
+    end = "<" if budget[1] == "<" else ">"
+    while i < n:
+        if n - i < 8:
+            if raw[i:].strip(b"\x00"):
+                raise BmissFileError(f"{where}: truncated MATLAB data element at byte {i}")
+            return
+        a, b = struct.unpack(end + "II", raw[i:i + 8])
+        if a >> 16:  # small data element: type in the low, size in the high 16 bits, data in 4 bytes
+            mdtype, nbytes = a & 0xFFFF, a >> 16
+            if mdtype not in _MI_VALID or nbytes > 4:
+                raise BmissFileError(f"{where}: corrupt MATLAB data element (type {mdtype}, {nbytes} bytes) at "
+                                     f"byte {i}")
+            i += 8
+            continue
+        mdtype, nbytes = a, b
+        if mdtype not in _MI_VALID:
+            raise BmissFileError(f"{where}: corrupt MATLAB data element (unknown type code {mdtype}) at byte {i}")
+        if nbytes > n - i - 8:
+            raise BmissFileError(f"{where}: truncated MATLAB file (an element at byte {i} declares {nbytes} bytes, "
+                                 f"{n - i - 8} remain)")
+        body = raw[i + 8:i + 8 + nbytes]
+        if mdtype == 15:  # miCOMPRESSED: zlib stream of one element
+            d = zlib.decompressobj()
+            try:
+                inner = d.decompress(body, budget[0] + 1)
+            except zlib.error as e:
+                raise BmissFileError(f"{where}: corrupt compressed MATLAB variable at byte {i} ({e})") from None
+            if len(inner) > budget[0]:
+                raise BmissFileError(f"{where}: a compressed MATLAB variable expands past {MAX_MAT_BYTES} bytes; "
+                                     "refusing (a decompression bomb?)")
+            budget[0] -= len(inner)
+            _check_mat5(inner, where, budget, depth + 1)
+            i += 8 + nbytes
+            continue
+        if mdtype == 14:  # miMATRIX: a sequence of tagged sub-elements
+            _check_mat5(body, where, budget, depth + 1)
+        i += 8 + nbytes + (-nbytes) % 8  # elements are padded to 8 bytes
+
+
+def safe_loadmat(path, **kw) -> dict:
+    """``scipy.io.loadmat(path, simplify_cells=True, **kw)`` for untrusted files: a MATLAB v5 file
+    is checked element by element first (see :func:`_check_mat5`), v7.3 (HDF5) is refused, and
+    any reader failure is one :class:`BmissFileError` line naming the file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise BmissFileError(f"{path}: cannot read ({one_line(e)})") from None
+    if len(raw) >= 128 and raw[126:128] in (b"IM", b"MI"):
+        end = "<" if raw[126:128] == b"IM" else ">"
+        ver = int.from_bytes(raw[124:126], "little" if end == "<" else "big")
+        if ver == 0x0200:
+            raise NotImplementedError("v7.3")
+        if ver == 0x0100:
+            _check_mat5(raw[128:], str(path), [MAX_MAT_BYTES, end])
+    from scipy.io import loadmat
+
+    try:
+        return loadmat(_io.BytesIO(raw), simplify_cells=True, **kw)
+    except NotImplementedError:
+        raise
+    except Exception as e:  # noqa: BLE001  (scipy raises many types for a damaged file)
+        raise BmissFileError(f"{path}: not a readable MATLAB file ({type(e).__name__}: {one_line(e)})") from None
+
+
 def _mat_table(path, fs: float | None = None):
     """Read a MATLAB file's data matrix as columns: ``(variables, cols [n_columns, n_samples]
     float32, labels or None, fs)``; every problem is a one-line :class:`BmissFileError`."""
     try:
-        from scipy.io import loadmat
-
-        m = loadmat(path, simplify_cells=True)
+        m = safe_loadmat(path)
+    except BmissFileError:
+        raise
     except NotImplementedError:
         raise BmissFileError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; re-save with "
                              "save(..., '-v7') or export .mat from OTBioLab+ again") from None
     except Exception as e:  # noqa: BLE001  (scipy raises many types for a damaged file)
-        raise BmissFileError(f"{path}: not a readable MATLAB file ({type(e).__name__}: {e})") from None
+        raise BmissFileError(f"{path}: not a readable MATLAB file ({type(e).__name__}: {one_line(e)})") from None
     k, data = _mat_get(m, "Data", "data", "EMG", "emg")
     if data is None:
         have = sorted(x for x in m if not x.startswith("__"))
@@ -499,7 +706,7 @@ def load_mat(path, *, fs: float | None = None, units: str | None = None, to_uv: 
     try:
         return Recording(emg=emg, fs=fs, ref_signal=ref, meta=meta, **geo)
     except BmissFileError as e:
-        raise BmissFileError(f"{path}: {e}") from None
+        raise BmissFileError(f"{path}: {one_line(e)}") from None
 
 
 # =============================================================================== openhdemg
@@ -547,7 +754,7 @@ def _from_split(obj, where: str = "DataFrame") -> tuple[list, list, np.ndarray]:
     try:
         d = json.loads(obj) if isinstance(obj, str) else obj
     except (json.JSONDecodeError, RecursionError) as e:
-        raise BmissFileError(f"{where} is not a JSON DataFrame ({e})") from None
+        raise BmissFileError(f"{where} is not a JSON DataFrame ({one_line(e)})") from None
     if not isinstance(d, dict):
         raise BmissFileError(f"{where} must be a DataFrame (pandas 'split' JSON with columns/index/data), got "
                              f"{type(d).__name__} {str(d)[:40]!r}")
@@ -731,7 +938,7 @@ def _read_openhdemg_dict(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
                 raw = f.read(max_bytes + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise BmissFileError(f"{path}: corrupt or truncated gzip data in an openhdemg file ({type(e).__name__}: "
-                             f"{e})") from None
+                             f"{one_line(e)})") from None
     if magic == b"\x1f\x8b" and len(raw) > cap:
         if cap < max_bytes:
             raise BmissFileError(f"{path}: the gzip data ({size} bytes) expand to more than {cap} bytes "
@@ -742,7 +949,7 @@ def _read_openhdemg_dict(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
     try:
         d = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise BmissFileError(f"{path}: not an openhdemg JSON file (gzip-compressed JSON expected: {e})") from None
+        raise BmissFileError(f"{path}: not an openhdemg JSON file (gzip-compressed JSON expected: {one_line(e)})") from None
     if not isinstance(d, dict) or "SOURCE" not in d:
         raise BmissFileError(f"{path}: not an openhdemg emgfile (no 'SOURCE' key)")
     return d
@@ -816,7 +1023,7 @@ def load_openhdemg(path, *, orientation: int | None = None) -> Recording:
     except BmissFileError:
         raise
     except (KeyError, TypeError, ValueError, OverflowError) as e:
-        raise BmissFileError(f"{path}: malformed openhdemg emgfile ({type(e).__name__}: {e})") from None
+        raise BmissFileError(f"{path}: malformed openhdemg emgfile ({type(e).__name__}: {one_line(e)})") from None
     code, orient = _extras_layout(d, str(path), check=orientation is None)
     geo: dict[str, Any] = {}
     lay = _layout_for(code, raw.shape[1], orientation if orientation is not None else orient, str(path))
@@ -830,7 +1037,7 @@ def load_openhdemg(path, *, orientation: int | None = None) -> Recording:
     try:
         return Recording(emg=raw.T, fs=fs, ied_mm=ied, ref_signal=ref, meta=meta, **geo)
     except BmissFileError as e:
-        raise BmissFileError(f"{path}: {e}") from None
+        raise BmissFileError(f"{path}: {one_line(e)}") from None
 
 
 def load_openhdemg_decomposition(path) -> Decomposition:
@@ -858,7 +1065,7 @@ def load_openhdemg_decomposition(path) -> Decomposition:
     except BmissFileError:
         raise
     except (KeyError, TypeError, ValueError, OverflowError) as e:
-        raise BmissFileError(f"{path}: malformed openhdemg emgfile ({type(e).__name__}: {e})") from None
+        raise BmissFileError(f"{path}: malformed openhdemg emgfile ({type(e).__name__}: {one_line(e)})") from None
     return Decomposition(spikes=spikes, sources=sources, fs=fs, method=f"openhdemg:{_scalar(d['SOURCE'])}",
                          sil=sil, meta={"file": path.name})
 

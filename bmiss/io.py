@@ -55,6 +55,12 @@ log = logging.getLogger("bmiss")
 
 
 
+def one_line(e) -> str:
+    """An exception's text on one line (library messages may span several: a tar ReadError, an
+    XML error), cut to 400 characters: for the one-line errors every reader promises."""
+    return " ".join(str(e).split())[:400]
+
+
 def warn(msg: str) -> None:
     """One-line warning on stderr (through the ``bmiss`` logger: with no logging configured,
     Python prints just the message)."""
@@ -398,6 +404,7 @@ def _need_file(path) -> Path:
 READERS: dict[str, str | Callable] = {
     ".npz": "bmiss.io:load_recording_npz",
     ".otb+": "bmiss.formats:load_otbplus",
+    ".otb4": "bmiss.formats:load_otb4",
     ".mat": "bmiss.formats:load_mat",
     ".json": "bmiss.formats:load_openhdemg",
     ".json.gz": "bmiss.formats:load_openhdemg",
@@ -442,10 +449,10 @@ def load_recording(path, *, electrode=None, orientation=None, fs: float | None =
     path = _need_file(path)
     suf = _suffix(path)
     if suf not in READERS:
-        hint = " (.otb4 is not supported yet: export .otb+ or .mat from OTBioLab+)" if suf == ".otb4" else ""
+        hint = ""
         raise BmissFileError(
             f"{path}: unsupported file type {suf or '(no suffix)'!r}{hint}. Supported: "
-            ".npz (bmiss), .otb+ (OT Bioelettronica), .mat (OTBioLab+ export), "
+            ".npz (bmiss), .otb+ / .otb4 (OT Bioelettronica), .mat (OTBioLab+ export), "
             ".json / .json.gz (openhdemg), .bdf / .edf (EMG-BIDS)")
     reader = _resolve(READERS[suf])
     if fs is not None:
@@ -465,7 +472,7 @@ def load_recording(path, *, electrode=None, orientation=None, fs: float | None =
         try:
             rec = rec.with_layout(E.resolve_layout(rec, electrode=electrode, orientation=orientation))
         except BmissFileError as e:
-            raise BmissFileError(f"{path}: {e}") from None
+            raise BmissFileError(f"{path}: {one_line(e)}") from None
     return rec
 
 
@@ -475,7 +482,7 @@ def _open_npz(path: Path):
         with open(path, "rb") as f:
             head = f.read(8)
     except OSError as e:
-        raise BmissFileError(f"{path}: cannot read ({e})") from None
+        raise BmissFileError(f"{path}: cannot read ({one_line(e)})") from None
     if head.startswith(b"\x93NUMPY"):
         raise BmissFileError(f"{path}: a single .npy array, not an .npz archive; save a recording with "
                              "np.savez(path, emg=EMG, fs=FS)")
@@ -488,7 +495,7 @@ def _open_npz(path: Path):
     try:
         return np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001
-        raise BmissFileError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
+        raise BmissFileError(f"{path}: not a readable .npz file ({type(e).__name__}: {one_line(e)})") from None
 
 
 def _npz_get(z, key: str, path: Path):
@@ -498,9 +505,9 @@ def _npz_get(z, key: str, path: Path):
         if "pickle" in str(e).lower():
             raise BmissFileError(f"{path}: array {key!r} holds Python objects; bmiss reads only plain numeric/text "
                                  "arrays (save numbers, not lists of arrays)") from None
-        raise BmissFileError(f"{path}: array {key!r} is unreadable ({e})") from None
+        raise BmissFileError(f"{path}: array {key!r} is unreadable ({one_line(e)})") from None
     except Exception as e:  # noqa: BLE001  (zip/zlib errors of a damaged member)
-        raise BmissFileError(f"{path}: array {key!r} is damaged ({type(e).__name__}: {e})") from None
+        raise BmissFileError(f"{path}: array {key!r} is damaged ({type(e).__name__}: {one_line(e)})") from None
 
 
 def load_recording_npz(path, *, fs: float | None = None) -> Recording:
@@ -528,7 +535,7 @@ def load_recording_npz(path, *, fs: float | None = None) -> Recording:
         try:
             meta = json.loads(str(g("meta_json"))) if "meta_json" in files else {}
         except json.JSONDecodeError as e:
-            raise BmissFileError(f"{path}: meta_json is not valid JSON ({e})") from None
+            raise BmissFileError(f"{path}: meta_json is not valid JSON ({one_line(e)})") from None
         geo = dict(grid_shape=g("grid_shape"), ied_mm=g("ied_mm"), channel_map=g("channel_map"),
                    electrode=str(g("electrode")) if "electrode" in files else None,
                    orientation=g("orientation"))
@@ -548,14 +555,14 @@ def load_recording_npz(path, *, fs: float | None = None) -> Recording:
     except BmissFileError as e:
         msg = str(e)
         if not any(w in msg for w in ("grid_shape", "channel_map", "ied_mm", "orientation", "electrode")):
-            raise BmissFileError(f"{path}: {e}") from None
+            raise BmissFileError(f"{path}: {one_line(e)}") from None
     # the geometry is unusable: keep the EMG (blind methods need no geometry) and say so
     warn(f"{path}: electrode geometry ignored ({msg.removeprefix('recording: ')}); model-based methods need "
          "--electrode CODE or --grid ROWSxCOLS --ied MM")
     try:
         rec = Recording(**kw)
     except BmissFileError as e:
-        raise BmissFileError(f"{path}: {e}") from None
+        raise BmissFileError(f"{path}: {one_line(e)}") from None
     rec.meta["geometry_ignored"] = msg
     return rec
 
@@ -615,7 +622,7 @@ def load_decomposition(path) -> Decomposition:
         try:
             meta = json.loads(str(g("meta_json"))) if "meta_json" in files else {}
         except json.JSONDecodeError as e:
-            raise BmissFileError(f"{path}: meta_json is not valid JSON ({e})") from None
+            raise BmissFileError(f"{path}: meta_json is not valid JSON ({one_line(e)})") from None
         if not isinstance(meta, dict):
             raise BmissFileError(f"{path}: meta_json must be a JSON object, got {type(meta).__name__}")
         fs_dec = scalar_fs(g("fs"), f"{path}: fs")

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BmissFileError, RecordingMismatchError
+from .io import one_line
 
 __all__ = ["Reference", "load_reference", "compare", "format_comparison", "REFERENCE_SUFFIXES"]
 
@@ -115,15 +116,17 @@ def _check_range(ref: Reference, path) -> Reference:
 
 # ------------------------------------------------------------------ readers
 def _load_mat_vars(path: Path) -> dict:
-    try:
-        from scipy.io import loadmat
+    from .formats import safe_loadmat
 
-        return loadmat(path, simplify_cells=True)
+    try:
+        return safe_loadmat(path)
+    except BmissFileError:
+        raise
     except NotImplementedError:
         raise BmissFileError(f"{path}: a MATLAB v7.3 (HDF5) file, which bmiss does not read yet (MUedit may save "
                              "these); re-save it in MATLAB with save(name, 'signal', '-v7')") from None
     except Exception as e:  # noqa: BLE001  (scipy raises many types for a damaged file)
-        raise BmissFileError(f"{path}: not a readable MATLAB file ({type(e).__name__}: {e})") from None
+        raise BmissFileError(f"{path}: not a readable MATLAB file ({type(e).__name__}: {one_line(e)})") from None
 
 
 def _as_list(v) -> list:

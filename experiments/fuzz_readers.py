@@ -77,6 +77,7 @@ def seeds(d: Path) -> dict:
             ti.size = len(data)
             tf.addfile(ti, io.BytesIO(data))
     out["OTB+ archive"] = p
+    out["OTB4 archive"] = exports.otb4_archive(d / "rec.otb4", n_samples=400)[0]
     p = d / "map.json"
     E.save_channel_map(p, E.load_layout("GR08MM1305"))
     out["channel-map JSON"] = p
@@ -99,6 +100,7 @@ READ = {
     "MUedit .mat": R.load_reference,
     "openhdemg .json": lambda p: (bio.load_recording(p), R.load_reference(p)),
     "OTB+ archive": bio.load_recording,
+    "OTB4 archive": bio.load_recording,
     "channel-map JSON": E.load_channel_map,
     "channel-map CSV": E.load_channel_map,
     "EMG-BIDS .bdf": bio.load_recording,

@@ -120,3 +120,40 @@ def muedit_mat(path, *, n_samples: int = 4096, n_units: int = 3, seed: int = 0) 
               "target": np.linspace(0, 30, n_samples)[None, :], "path": np.linspace(0, 30, n_samples)[None, :]}
     savemat(path, {"signal": signal})
     return Path(path), spikes
+
+
+def otb4_archive(path, *, n_samples: int = 2048, seed: int = 0, sample_size: int = 2) -> tuple[Path, np.ndarray]:
+    """An ``.otb4`` as OT's OpenOTB4 reader describes it: a tar with ``Tracks_000.xml``
+    (``ArrayOfTrackInfo``/``TrackInfo``: SignalStreamPath, TotalChannelsInFile,
+    AcquisitionChannel, NumberOfChannels, SampleSize, SamplingFrequency, Gain, ADC_Nbits,
+    ADC_Range, IsControl, Title, Description/SensorType), ``DeviceParameters.xml`` and one
+    ``.sig`` of interleaved little-endian samples: 64 EMG channels of a GR08MM1305 grid then 8
+    control channels.  Returns (path, the EMG in µV as the reader should give it)."""
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(seed)
+    dt = "<i4" if sample_size == 4 else "<i2"
+    raw = rng.integers(-3000, 3000, (n_samples, 72)).astype(dt)
+    gain, nbits, vrange = 150.0, 16, 5.0
+    emg_uv = raw[:, :64].T.astype(np.float64) * vrange / 2 ** nbits / gain * 1e6
+
+    def track(title, start, n, control, sensor):
+        return (f"<TrackInfo><Title>{title}</Title><SignalStreamPath>data_0.sig</SignalStreamPath>"
+                f"<TotalChannelsInFile>72</TotalChannelsInFile><AcquisitionChannel>{start}</AcquisitionChannel>"
+                f"<NumberOfChannels>{n}</NumberOfChannels><SampleSize>{sample_size}</SampleSize>"
+                f"<SamplingFrequency>2048</SamplingFrequency><Gain>{gain if not control else 1}</Gain>"
+                f"<ADC_Nbits>{nbits}</ADC_Nbits><ADC_Range>{vrange}</ADC_Range>"
+                f"<IsControl>{'true' if control else 'false'}</IsControl><Device>Quattrocento;x</Device>"
+                f"<Description><Name>{title}</Name><SensorType>{sensor}</SensorType></Description></TrackInfo>")
+
+    xml = ('<?xml version="1.0" encoding="utf-8"?><ArrayOfTrackInfo>'
+           + track("Vastus Lateralis", 0, 64, False, "Grid 8 mm GR08MM1305 13x5")
+           + track("Control", 64, 8, True, "") + "</ArrayOfTrackInfo>").encode()
+    with tarfile.open(path, "w") as tf:
+        for name, data in (("Tracks_000.xml", xml), ("DeviceParameters.xml", b"<DeviceParameters/>"),
+                           ("data_0.sig", raw.tobytes())):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return Path(path), emg_uv

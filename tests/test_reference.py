@@ -201,3 +201,19 @@ def test_emg_bids_round_trip(otb, tmp_path):
     bare.write_bytes(paths["emg"].read_bytes())
     b2 = F.load_any(bare)
     assert b2.n_channels == 64 and b2.channel_map is None
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_otb4_archive(tmp_path, size):
+    from bmiss import electrodes as E
+
+    p, emg_uv = exports.otb4_archive(tmp_path / "rec.otb4", sample_size=size)
+    r = F.load_any(p)
+    assert r.n_channels == 64 and r.fs == 2048.0  # the control track is dropped
+    np.testing.assert_allclose(r.emg, emg_uv, rtol=1e-5)
+    assert r.electrode == "GR08MM1305" and r.orientation == 180
+    np.testing.assert_array_equal(r.channel_map, E.load_layout("GR08MM1305", 180).channel_map)
+    bad = tmp_path / "bad.otb4"
+    bad.write_bytes(p.read_bytes().replace(b"<NumberOfChannels>64<", b"<NumberOfChannels>99<"))
+    with pytest.raises(BmissFileError, match=r"bad.otb4: Tracks_000.xml TrackInfo 1: channels 0..98"):
+        F.load_any(bad)
