@@ -534,9 +534,97 @@ def _check_mat5(raw: bytes, where: str, budget: list[int], depth: int = 0) -> No
             _check_mat5(inner, where, budget, depth + 1)
             i += 8 + nbytes
             continue
-        if mdtype == 14:  # miMATRIX: a sequence of tagged sub-elements
-            _check_mat5(body, where, budget, depth + 1)
+        if mdtype == 14:  # miMATRIX: flags, dims, name, then the class's data elements
+            _check_matrix(body, where, budget, depth + 1, i)
+        elif depth == 0:
+            raise BmissFileError(f"{where}: a top-level MATLAB element of type {mdtype} at byte {i} (only variables, "
+                                 "miMATRIX or miCOMPRESSED, belong there); the file is corrupt")
         i += 8 + nbytes + (-nbytes) % 8  # elements are padded to 8 bytes
+
+
+_MI_SIZE = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 9: 8, 12: 8, 13: 8, 16: 1, 17: 2, 18: 4}
+
+
+def _elements(raw: bytes, where: str, end: str, at: int) -> list[tuple[int, bytes]]:
+    """The tagged elements of a miMATRIX body as (type, data)."""
+    import struct
+
+    out, i, n = [], 0, len(raw)
+    while i < n:
+        if n - i < 8:
+            raise BmissFileError(f"{where}: truncated MATLAB variable at byte {at}")
+        a, b = struct.unpack(end + "II", raw[i:i + 8])
+        if a >> 16:
+            t, k = a & 0xFFFF, a >> 16
+            if t not in _MI_VALID or k > 4:
+                raise BmissFileError(f"{where}: corrupt MATLAB data element (type {t}) in the variable at byte {at}")
+            out.append((t, raw[i + 4:i + 4 + k]))
+            i += 8
+            continue
+        if a not in _MI_VALID or b > n - i - 8:
+            raise BmissFileError(f"{where}: corrupt MATLAB data element (type {a}, {b} bytes) in the variable at byte "
+                                 f"{at}")
+        out.append((a, raw[i + 8:i + 8 + b]))
+        i += 8 + b + (-b) % 8
+    return out
+
+
+def _check_matrix(body: bytes, where: str, budget: list, depth: int, at: int) -> None:
+    """One miMATRIX: the sub-elements its array class needs, of the sizes its dimensions give
+    (scipy's compiled reader trusts them: a complex flag without an imaginary part, for one,
+    crashes it)."""
+    import struct
+
+    if depth > 64:
+        raise BmissFileError(f"{where}: MATLAB data nested more than 64 levels deep; the file is corrupt")
+    if not body:
+        return  # an empty matrix (MATLAB writes empty cells so)
+    end = budget[1]
+    els = _elements(body, where, end, at)
+    bad = f"{where}: corrupt MATLAB variable at byte {at}"
+    if len(els) < 3 or els[0][0] != 6 or len(els[0][1]) != 8 or els[1][0] != 5 or len(els[1][1]) < 8 \
+            or len(els[1][1]) % 4 or els[2][0] not in (1, 2, 16):
+        raise BmissFileError(f"{bad} (array flags, dimensions or name missing)")
+    flags = struct.unpack(end + "I", els[0][1][:4])[0]
+    cls, cplx = flags & 0xFF, bool(flags & 0x0800)
+    dims = struct.unpack(end + f"{len(els[1][1]) // 4}i", els[1][1])
+    if min(dims) < 0:
+        raise BmissFileError(f"{bad} (negative dimension {min(dims)})")
+    count = math.prod(dims)
+    if count > (1 << 34):
+        raise BmissFileError(f"{bad} (dimensions {dims} are implausible)")
+    rest = els[3:]
+    if cls == 1:  # cell: one matrix per element
+        if len(rest) != count or any(t != 14 for t, _ in rest):
+            raise BmissFileError(f"{bad} (a cell of {count} elements holds {len(rest)})")
+        for _, b in rest:
+            _check_matrix(b, where, budget, depth + 1, at)
+    elif cls == 2:  # struct: field-name length, names, then one matrix per field and element
+        if len(rest) < 2 or rest[0][0] != 5 or len(rest[0][1]) != 4 or rest[1][0] != 1:
+            raise BmissFileError(f"{bad} (struct field names missing)")
+        width = struct.unpack(end + "i", rest[0][1])[0]
+        if width <= 0 or len(rest[1][1]) % width:
+            raise BmissFileError(f"{bad} (struct field names of width {width})")
+        n_fields = len(rest[1][1]) // width
+        mats = rest[2:]
+        if len(mats) != n_fields * count or any(t != 14 for t, _ in mats):
+            raise BmissFileError(f"{bad} (a struct of {n_fields} fields x {count} holds {len(mats)} values)")
+        for _, b in mats:
+            _check_matrix(b, where, budget, depth + 1, at)
+    elif cls == 4 or 6 <= cls <= 15:  # char, numeric: the real part, and the imaginary part if complex
+        want = 1 + (cplx and cls != 4)
+        if len(rest) != want:
+            raise BmissFileError(f"{bad} ({'complex ' if cplx else ''}array with {len(rest)} data parts)")
+        for t, b in rest:
+            if t == 14 or len(b) != count * _MI_SIZE.get(t, 0):
+                if not (cls == 4 and t in (16, 17, 18)):  # UTF-8/16 text: byte count varies
+                    raise BmissFileError(f"{bad} (dimensions {dims} need {count} values; the data part holds "
+                                         f"{len(b)} bytes of type {t})")
+    elif cls == 5:  # sparse: row indices, column pointers, values (+ imaginary)
+        if len(rest) != 3 + cplx:
+            raise BmissFileError(f"{bad} (sparse array with {len(rest)} parts)")
+    else:
+        raise BmissFileError(f"{bad} (MATLAB class {cls}: objects, functions and opaque data are not read)")
 
 
 def safe_loadmat(path, **kw) -> dict:
