@@ -492,7 +492,7 @@ _MI_VALID = {1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 14, 15, 16, 17, 18}
 MAX_MAT_BYTES = 4 << 30  # decompressed size limit of one .mat file
 
 
-def _check_mat5(raw: bytes, where: str, budget: list[int], depth: int = 0) -> None:
+def _check_mat5(raw: bytes, where: str, budget: list[int], depth: int = 0, base: int = 0) -> None:
     """Walk the tagged data elements of a MATLAB v5 stream; refuse unknown type codes, sizes past
     the end and decompression bombs before scipy reads the file."""
     import struct
@@ -531,11 +531,11 @@ def _check_mat5(raw: bytes, where: str, budget: list[int], depth: int = 0) -> No
                 raise BmissFileError(f"{where}: a compressed MATLAB variable expands past {MAX_MAT_BYTES} bytes; "
                                      "refusing (a decompression bomb?)")
             budget[0] -= len(inner)
-            _check_mat5(inner, where, budget, depth + 1)
+            _check_mat5(inner, where, budget, depth + 1, base + i)
             i += 8 + nbytes
             continue
         if mdtype == 14:  # miMATRIX: flags, dims, name, then the class's data elements
-            _check_matrix(body, where, budget, depth + 1, i)
+            _check_matrix(body, where, budget, depth + 1, base + i)
         elif depth == 0:
             raise BmissFileError(f"{where}: a top-level MATLAB element of type {mdtype} at byte {i} (only variables, "
                                  "miMATRIX or miCOMPRESSED, belong there); the file is corrupt")
@@ -642,7 +642,7 @@ def safe_loadmat(path, **kw) -> dict:
         if ver == 0x0200:
             raise NotImplementedError("v7.3")
         if ver == 0x0100:
-            _check_mat5(raw[128:], str(path), [MAX_MAT_BYTES, end])
+            _check_mat5(raw[128:], str(path), [MAX_MAT_BYTES, end], base=128)
     from scipy.io import loadmat
 
     try:

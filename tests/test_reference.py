@@ -217,3 +217,18 @@ def test_otb4_archive(tmp_path, size):
     bad.write_bytes(p.read_bytes().replace(b"<NumberOfChannels>64<", b"<NumberOfChannels>99<"))
     with pytest.raises(BmissFileError, match=r"bad.otb4: Tracks_000.xml TrackInfo 1: channels 0..98"):
         F.load_any(bad)
+
+
+def test_reference_figure(otb, tmp_path):
+    from bmiss import figures
+
+    p, spikes, _ = otb
+    dec = _dec_against(spikes, 4096)
+    rep = R.compare(dec, p)
+    ref = R.load_reference(p)
+    out = tmp_path / "vs_ref.png"
+    fig = figures.reference_comparison(dec.spikes, ref.spikes, ref.fs, rep, out)
+    assert out.stat().st_size > 5000
+    axl, axr = fig.axes[:2]
+    # rows: 4 pairs, 1 reference-only, 1 decomposition-only
+    assert len(axl.get_yticklabels()) == 6 and "RoA 1.00" in axr.get_yticklabels()[0].get_text()
