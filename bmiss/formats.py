@@ -655,7 +655,7 @@ def safe_loadmat(path, **kw) -> dict:
 
 def _mat_table(path, fs: float | None = None):
     """Read a MATLAB file's data matrix as columns: ``(variables, cols [n_columns, n_samples]
-    float32, labels or None, fs)``; every problem is a one-line :class:`BmissFileError`."""
+    float64, labels or None, fs)``; every problem is a one-line :class:`BmissFileError`."""
     try:
         m = safe_loadmat(path)
     except BmissFileError:
@@ -674,7 +674,7 @@ def _mat_table(path, fs: float | None = None):
         raise BmissFileError(f"{path}: '{k}' is complex-valued; bmiss needs real EMG")
     if data.dtype.kind not in "iuf":
         raise BmissFileError(f"{path}: '{k}' must be a numeric matrix, got {data.dtype}")
-    data = np.asarray(data, np.float32)
+    data = np.asarray(data, np.float64)  # columns go to float32 when used (a column not used never stops the file)
     if data.ndim == 1:
         data = data[:, None]
     if data.ndim != 2:
@@ -770,13 +770,18 @@ def load_mat(path, *, fs: float | None = None, units: str | None = None, to_uv: 
         unit_note = "mV (assumed)"
         warn(f"{path}: no unit in the channel labels; assuming mV (OTBioLab+ export); pass units='uV' if the "
              "values are already µV")
-    emg = cols[emg_i] * scale[:, None].astype(np.float32)
+    from .io import to_float32
+
+    def col32(i, factor=1.0):
+        return to_float32(cols[i] * factor, f"{path}: column {info[i]['label'] or i!r}")
+
+    emg = np.stack([col32(i, float(f)) for i, f in zip(emg_i, scale)])
     # reference / force channel
     ref_i = next((i for i, d in enumerate(info) if d["kind"] == "ref"), None)
     if ref_i is None:
         ref_i = next((i for i, d in enumerate(info) if d["kind"] == "aux"
                       and any(w in (d["label"] or "").lower() for w in ("force", "torque"))), None)
-    ref = None if ref_i is None else cols[ref_i]
+    ref = None if ref_i is None else col32(ref_i)
     dropped = [info[i]["label"] for i in range(len(info)) if i not in set(emg_i) and i != ref_i]
     codes = sorted({info[i]["code"] for i in emg_i} - {None})
     geo: dict[str, Any] = {}

@@ -180,8 +180,9 @@ class Recording:
         spikes = []
         for u, s in enumerate(self.true_spikes):
             s = np.asarray(s)
-            if s.size and s.dtype.kind not in "iu":
-                raise BmissFileError(f"recording: true_spikes of unit {u} must be integer sample indices")
+            if s.size and (s.dtype.kind not in "iuf" or (s.dtype.kind == "f" and not (
+                    np.isfinite(s).all() and np.all(s == np.round(s))))):
+                raise BmissFileError(f"recording: true_spikes of unit {u} must be whole sample indices")
             s = s.astype(np.int64).ravel()
             if s.size and (s.min() < 0 or s.max() >= n):
                 bad = int(s.min()) if s.min() < 0 else int(s.max())

@@ -108,9 +108,13 @@ def _check_range(ref: Reference, path) -> Reference:
         if src.ndim != 2 or src.shape[0] != ref.n_units:
             ref.sources = None
         else:
-            from .io import to_float32
+            from .io import to_float32, warn
 
-            ref.sources = to_float32(src, f"{path}: pulse trains")
+            try:
+                ref.sources = to_float32(src, f"{path}: pulse trains")
+            except BmissFileError as e:  # the discharges are what is compared: keep them
+                warn(f"{e}; pulse trains ignored")
+                ref.sources = None
     return ref
 
 

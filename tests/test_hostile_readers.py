@@ -142,3 +142,23 @@ def test_channel_map_fields_checked(tmp_path, name, text, field):
     with pytest.raises(LayoutError) as e:
         E.load_channel_map(p)
     assert field in _one_line(e, p)
+
+
+def test_mat_column_out_of_float32_range(tmp_path):
+    """1e40 in an EMG column is named as out of float32 range; in a column the method does not
+    need (a decomposition column) it does not stop the file."""
+    import exports
+
+    p, _, _ = exports.otbiolab_mat(tmp_path / "e.mat", n_samples=1024)
+    from scipy.io import loadmat, savemat
+
+    m = loadmat(p)
+    data = m["Data"].copy()
+    data[5, 70] = 1e40  # a source column
+    savemat(p, {"Data": data, "SamplingFrequency": m["SamplingFrequency"], "Description": m["Description"]})
+    assert load_recording(p).n_channels == 64
+    data[5, 3] = 1e40  # EMG channel 4
+    savemat(p, {"Data": data, "SamplingFrequency": m["SamplingFrequency"], "Description": m["Description"]})
+    with pytest.raises(BmissFileError) as e:
+        load_recording(p)
+    assert "GR08MM1305 (4)[uV]'" in _one_line(e, p) and "out of float32 range" in str(e.value)
