@@ -492,9 +492,11 @@ _MI_VALID = {1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 14, 15, 16, 17, 18}
 MAX_MAT_BYTES = 4 << 30  # decompressed size limit of one .mat file
 
 
-def _check_mat5(raw: bytes, where: str, budget: list[int], depth: int = 0, base: int = 0) -> None:
+def _check_mat5(raw: bytes, where: str, budget: list[int], depth: int = 0, base: int = 0,
+                pieces: list | None = None) -> None:
     """Walk the tagged data elements of a MATLAB v5 stream; refuse unknown type codes, sizes past
-    the end and decompression bombs before scipy reads the file."""
+    the end and decompression bombs before scipy reads the file.  ``pieces`` (top level only)
+    collects the checked variables, compressed ones decompressed, for scipy to read."""
     import struct
 
     if depth > 64:
@@ -532,6 +534,8 @@ def _check_mat5(raw: bytes, where: str, budget: list[int], depth: int = 0, base:
                                      "refusing (a decompression bomb?)")
             budget[0] -= len(inner)
             _check_mat5(inner, where, budget, depth + 1, base + i)
+            if pieces is not None:  # hand scipy the checked, already decompressed variable
+                pieces.append(inner + b"\x00" * ((-len(inner)) % 8))
             i += 8 + nbytes
             continue
         if mdtype == 14:  # miMATRIX: flags, dims, name, then the class's data elements
@@ -539,6 +543,8 @@ def _check_mat5(raw: bytes, where: str, budget: list[int], depth: int = 0, base:
         elif depth == 0:
             raise BmissFileError(f"{where}: a top-level MATLAB element of type {mdtype} at byte {i} (only variables, "
                                  "miMATRIX or miCOMPRESSED, belong there); the file is corrupt")
+        if pieces is not None:
+            pieces.append(raw[i:i + 8 + nbytes] + b"\x00" * ((-nbytes) % 8))
         i += 8 + nbytes + (-nbytes) % 8  # elements are padded to 8 bytes
 
 
@@ -642,7 +648,9 @@ def safe_loadmat(path, **kw) -> dict:
         if ver == 0x0200:
             raise NotImplementedError("v7.3")
         if ver == 0x0100:
-            _check_mat5(raw[128:], str(path), [MAX_MAT_BYTES, end], base=128)
+            pieces: list[bytes] = []
+            _check_mat5(raw[128:], str(path), [MAX_MAT_BYTES, end], base=128, pieces=pieces)
+            raw = raw[:128] + b"".join(pieces)  # what was checked is what scipy reads (no second inflate)
     from scipy.io import loadmat
 
     try:
