@@ -275,6 +275,8 @@ def cmd_evaluate(a) -> int:
     if (a.truth is None) == (a.reference is None):
         raise UserError("evaluate needs one of --truth REC.npz (a simulation's ground truth) or --reference FILE "
                         "(another tool's decomposition of the same recording)")
+    if a.reference is not None and a.oracle:
+        raise UserError("--oracle needs --truth (a simulation): a reference decomposition has no true MUAPs")
     if a.json:
         _check_outputs([a.json], a.force, inputs=[a.decomposition, a.truth or a.reference])
     if a.reference is not None:
@@ -541,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--truth", default=None, help="the simulated recording .npz")
     e.add_argument("--reference", default=None, metavar="FILE",
                    help="another tool's decomposition of the same recording: OTBioLab+ .mat export, DEMUSE .mat, "
-                        "MUedit .mat, openhdemg .json, bmiss .npz; reports one-to-one matching and RoA per pair")
+                        "MUedit .mat, openhdemg .json, EMG-BIDS _events.tsv, bmiss .npz; reports one-to-one "
+                        "matching and RoA per pair")
     e.add_argument("--oracle", action="store_true", help="also report yield as a fraction of the oracle-identifiable MUs")
     e.add_argument("--json", default=None, help="write the full report here")
     e.add_argument("--force", action="store_true", help="overwrite an existing --json")
