@@ -232,3 +232,21 @@ def test_reference_figure(otb, tmp_path):
     axl, axr = fig.axes[:2]
     # rows: 4 pairs, 1 reference-only, 1 decomposition-only
     assert len(axl.get_yticklabels()) == 6 and "RoA 1.00" in axr.get_yticklabels()[0].get_text()
+
+
+def test_muedit_edited_file_prefers_distimeclean(tmp_path):
+    """An edited MUedit file: edition.Distimeclean {grid}{unit} (1-based) wins over signal.Dischargetimes."""
+    from scipy.io import loadmat, savemat
+
+    p, spikes = exports.muedit_mat(tmp_path / "m.mat", n_units=2)
+    sig = loadmat(p)["signal"]
+    inner = np.empty((1, 2), dtype=object)
+    inner[0, 0] = (spikes[0][::2] + 1).astype(float)[None, :]  # the editor removed every other discharge
+    inner[0, 1] = (spikes[1] + 1).astype(float)[None, :]
+    outer = np.empty((1, 1), dtype=object)
+    outer[0, 0] = inner
+    savemat(p, {"signal": sig, "edition": {"Distimeclean": outer}})
+    ref = R.load_reference(p)
+    assert ref.meta["discharges_from"] == "edition.Distimeclean" and ref.n_units == 2
+    np.testing.assert_array_equal(ref.spikes[0], spikes[0][::2])
+    np.testing.assert_array_equal(ref.spikes[1], spikes[1])
