@@ -1073,8 +1073,10 @@ def _extras_layout(d: dict, where: str = "openhdemg file", check: bool = True) -
         ex = json.loads(d["EXTRAS"]) if isinstance(d["EXTRAS"], str) else d["EXTRAS"]
         cols = [str(c).lower() for c in ex.get("columns", [])]
         rows = ex.get("data", []) or []
-    except (json.JSONDecodeError, AttributeError, TypeError):
+    except (json.JSONDecodeError, AttributeError, TypeError, RecursionError):
         return None, None
+    if not isinstance(rows, list):
+        return None, None  # EXTRAS is optional metadata: a malformed one is ignored, never fatal
     code = orient = None
     for row in rows:
         for c, v in zip(cols, row if isinstance(row, list) else [row]):

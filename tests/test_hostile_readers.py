@@ -162,3 +162,9 @@ def test_mat_column_out_of_float32_range(tmp_path):
     with pytest.raises(BmissFileError) as e:
         load_recording(p)
     assert "GR08MM1305 (4)[uV]'" in _one_line(e, p) and "out of float32 range" in str(e.value)
+
+
+def test_openhdemg_malformed_extras_is_ignored(tmp_path, rec):
+    """EXTRAS is optional metadata (found by fuzz_readers: data = true crashed the reader)."""
+    p = _openhdemg(tmp_path, rec, EXTRAS=json.dumps({"columns": ["electrode"], "index": [0], "data": True}))
+    assert load_recording(p).electrode is None
