@@ -279,10 +279,21 @@ def _free_name(path: Path) -> Path:
 def cmd_evaluate(a) -> int:
     from . import api, io, metrics
 
+    if (a.truth is None) == (a.reference is None):
+        raise UserError("evaluate needs one of --truth REC.npz (a simulation's ground truth) or --reference FILE "
+                        "(another tool's decomposition of the same recording)")
+    if a.reference is not None and a.oracle:
+        raise UserError("--oracle needs --truth (a simulation): a reference decomposition has no true MUAPs")
     if a.json:
-        _check_outputs([a.json], a.force, inputs=[a.decomposition, a.truth])
-    rep = api.evaluate(a.decomposition, a.truth, oracle=a.oracle)
-    print(metrics.format_report(rep))
+        _check_outputs([a.json], a.force, inputs=[a.decomposition, a.truth or a.reference])
+    if a.reference is not None:
+        from . import reference
+
+        rep = reference.compare(a.decomposition, a.reference)
+        print(reference.format_comparison(rep))
+    else:
+        rep = api.evaluate(a.decomposition, a.truth, oracle=a.oracle)
+        print(metrics.format_report(rep))
     if a.json:
         text = json.dumps(rep, indent=1)
         io.atomic_write(a.json, lambda tmp: Path(tmp).write_text(text), force=a.force)
@@ -558,9 +569,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true")
     d.set_defaults(func=cmd_decompose)
 
-    e = sub.add_parser("evaluate", help="score a decomposition against simulation ground truth")
+    e = sub.add_parser("evaluate", help="score a decomposition against simulation ground truth or a reference "
+                                        "decomposition")
     e.add_argument("decomposition")
-    e.add_argument("--truth", required=True, help="the simulated recording .npz")
+    e.add_argument("--truth", default=None, help="the simulated recording .npz")
+    e.add_argument("--reference", default=None, metavar="FILE",
+                   help="another tool's decomposition of the same recording: OTBioLab+ .mat export, DEMUSE .mat, "
+                        "MUedit .mat, openhdemg .json, EMG-BIDS _events.tsv, bmiss .npz; reports one-to-one "
+                        "matching and RoA per pair")
     e.add_argument("--oracle", action="store_true", help="also report yield as a fraction of the oracle-identifiable MUs")
     e.add_argument("--json", default=None, help="write the full report here")
     e.add_argument("--force", action="store_true", help="overwrite an existing --json")

@@ -318,6 +318,11 @@ def load_layout(code: str | Path, orientation: int | None = None, *, ied_mm: flo
                       "(.json/.csv), or --grid ROWSxCOLS --ied MM")
 
 
+def one_line(e) -> str:
+    """An exception's text on one line (see bmiss.io.one_line; this module does not import io)."""
+    return " ".join(str(e).split())[:400]
+
+
 def load_channel_map(path: str | Path, *, ied_mm: float | None = None) -> Layout:
     """Read a custom channel-map file (formats in the module docstring)."""
     path = Path(path)
@@ -327,13 +332,13 @@ def load_channel_map(path: str | Path, *, ied_mm: float | None = None) -> Layout
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise LayoutError(f"{path}: cannot read the channel-map file ({e})") from None
+        raise LayoutError(f"{path}: cannot read the channel-map file ({one_line(e)})") from None
     if path.suffix.lower() == ".json":
         try:
             d = json.loads(text)
             cm = np.asarray(d["channel_map"], dtype=np.float64)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise LayoutError(f"{path}: a channel-map JSON needs \"channel_map\": [[row, col], ...] ({e})") from None
+            raise LayoutError(f"{path}: a channel-map JSON needs \"channel_map\": [[row, col], ...] ({one_line(e)})") from None
         if cm.ndim != 2 or cm.shape[1] != 2 or not np.all(cm == np.round(cm)):
             raise LayoutError(f"{path}: channel_map must be a list of [row, col] integer pairs")
         cm = cm.astype(np.int64)
@@ -345,11 +350,7 @@ def load_channel_map(path: str | Path, *, ied_mm: float | None = None) -> Layout
             m = re.fullmatch(r"\s*#\s*(\w+)\s*[=:]\s*(.+?)\s*", ln)
             if m:
                 k, v = m.group(1), m.group(2)
-                if k in ("rows", "cols"):
-                    fields[k] = int(v)
-                elif k in ("ied_mm", "electrode_diameter_mm"):
-                    fields[k] = float(v)
-                elif k == "code":
+                if k in ("rows", "cols", "ied_mm", "electrode_diameter_mm", "code"):
                     fields[k] = v
                 continue
             if ln.strip() and not ln.lstrip().startswith("#"):
@@ -359,7 +360,7 @@ def load_channel_map(path: str | Path, *, ied_mm: float | None = None) -> Layout
             for r in rd:
                 rows_.append((int(r["channel"]), int(r["row"]), int(r["col"])))
         except (KeyError, TypeError, ValueError) as e:
-            raise LayoutError(f"{path}: a channel-map CSV needs the header channel,row,col and integer values ({e})") \
+            raise LayoutError(f"{path}: a channel-map CSV needs the header channel,row,col and integer values ({one_line(e)})") \
                 from None
         if not rows_:
             raise LayoutError(f"{path}: the channel-map CSV lists no channels")
@@ -369,6 +370,7 @@ def load_channel_map(path: str | Path, *, ied_mm: float | None = None) -> Layout
         cm = np.zeros((len(ch), 2), np.int64)
         for k, r, c in rows_:
             cm[k] = (r, c)
+    fields = _map_fields(fields, path)
     if ied_mm is not None:
         fields["ied_mm"] = ied_mm
     if "ied_mm" not in fields:
@@ -383,7 +385,36 @@ def load_channel_map(path: str | Path, *, ied_mm: float | None = None) -> Layout
                       channel_map=cm, electrode_diameter_mm=fields.get("electrode_diameter_mm"),
                       source=f"channel-map file {path.name}", confirmed=True)
     except LayoutError as e:
-        raise LayoutError(f"{path}: {e}") from None
+        raise LayoutError(f"{path}: {one_line(e)}") from None
+
+
+def _map_fields(fields: dict, path: Path) -> dict:
+    """Check the header fields of a channel-map file (JSON values or CSV '# key = value' text):
+    ``rows``/``cols`` whole numbers, ``ied_mm``/``electrode_diameter_mm`` finite numbers > 0,
+    ``code`` text.  A bad value is a one-line :class:`LayoutError` naming the file and field."""
+    out: dict = {}
+    for k, v in fields.items():
+        if k == "code":
+            out[k] = str(v)
+            continue
+        if v is None and k == "electrode_diameter_mm":
+            out[k] = None
+            continue
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            x = float(v.strip()) if isinstance(v, str) else float(v)
+            if not math.isfinite(x) or x <= 0:
+                raise ValueError
+            if k in ("rows", "cols"):
+                if x != int(x):
+                    raise ValueError
+                x = int(x)
+        except (TypeError, ValueError, OverflowError):
+            what = "a whole number of electrodes" if k in ("rows", "cols") else "a positive number of mm"
+            raise LayoutError(f"{path}: field {k!r} = {v!r} must be {what}") from None
+        out[k] = x
+    return out
 
 
 def save_channel_map(path: str | Path, layout: Layout, *, force: bool = False) -> Path:

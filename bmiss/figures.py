@@ -310,6 +310,59 @@ def raster(spikes, fs: float, excitation=None, path=None, title: str | None = No
     return _finish(fig, path)
 
 
+def reference_comparison(dec_spikes, ref_spikes, fs: float, report: Mapping, path=None, *,
+                         n_samples: int | None = None, title: str | None = None) -> Figure:
+    """A reference decomposition and a decomposition side by side, one row per unit: matched
+    pairs (``report["pairs"]`` from :func:`bmiss.reference.compare`) share a row and a colour
+    and carry their RoA; units found by one side only are grey, below the pairs.
+
+    Examples
+    --------
+    >>> rep = bmiss.reference.compare(dec, ref)                                        # doctest: +SKIP
+    >>> reference_comparison(dec.spikes, ref.spikes, ref.fs, rep, "vs_reference.png")  # doctest: +SKIP
+    """
+    dec_sp, ref_sp = _spikes_list(dec_spikes), _spikes_list(ref_spikes)
+    pairs = list(report.get("pairs", []))
+    empty = np.zeros(0, np.int64)
+    left, right, colors, labels = [], [], [], []
+    for k, p in enumerate(pairs):
+        left.append(ref_sp[p["ref"]])
+        right.append(dec_sp[p["dec"]])
+        colors.append(_COLOURS[k % len(_COLOURS)])
+        labels.append(f"{p['dec']}  RoA {p['roa']:.2f}")
+    for i in report.get("only_reference", []):
+        left.append(ref_sp[i])
+        right.append(empty)
+        colors.append("0.55")
+        labels.append("-")
+    for j in report.get("only_decomposition", []):
+        left.append(empty)
+        right.append(dec_sp[j])
+        colors.append("0.55")
+        labels.append(f"{j}  (only here)")
+    n = len(left)
+    if n_samples is None:
+        n_samples = int(max((s.max() + 1 for s in left + right if len(s)), default=int(fs)))
+    fig = _new_figure((12, min(1.8 + 0.2 * max(n, 4), 10.0)))
+    axl, axr = fig.subplots(1, 2, sharex=True, sharey=True)
+    _draw_raster(axl, left, fs, n_samples, colors=colors)
+    _draw_raster(axr, right, fs, n_samples, colors=colors)
+    ref = report.get("reference", {})
+    axl.set_title(f"reference: {ref.get('origin', '')} ({ref.get('n_units', len(ref_sp))} units)", fontsize=10)
+    axr.set_title(f"decomposition: {report.get('decomposition', {}).get('method', '')} ({len(dec_sp)} units); "
+                  f"RoA >= 0.9: {report.get('common_90', 0)}", fontsize=10)
+    axl.set_yticks(np.arange(n))
+    axl.set_yticklabels([str(p["ref"]) for p in pairs] + [str(i) for i in report.get("only_reference", [])]
+                        + ["-"] * len(report.get("only_decomposition", [])), fontsize=7)
+    axr.yaxis.set_tick_params(labelleft=False, labelright=True)
+    axr.set_yticks(np.arange(n))
+    axr.set_yticklabels(labels, fontsize=7)
+    axr.set_ylabel("")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _finish(fig, path)
+
+
 # ---------------------------------------------------------------- EMG stretch
 def _draw_emg(ax, emg: np.ndarray, fs: float, start_s: float, length_s: float, channels, labels=None):
     X = np.asarray(emg)

@@ -38,12 +38,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import electrodes as E
-from .io import BmissFileError, Decomposition, Recording, _need_file, atomic_write, load_recording, scalar_fs, warn
+from .io import (BmissFileError, Decomposition, Recording, _need_file, atomic_write, load_recording, one_line,
+                 scalar_fs, warn)
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
     "load_any",
     "load_otbplus",
+    "load_otb4",
     "load_mat",
     "save_openhdemg",
     "save_openhdemg_recording",
@@ -51,6 +53,7 @@ __all__ = [
     "load_openhdemg_decomposition",
     "save_events_tsv",
     "save_summary_csv",
+    "save_muedit",
 ]
 
 SUPPORTED_SUFFIXES = (".npz", ".otb+", ".mat", ".json", ".json.gz")
@@ -133,7 +136,7 @@ def _otb_parse_device(root: ET.Element, where: str) -> dict:
                 chans.append((start + idx, a_id, ch.attrib.get("ID", ""), a_gain * c_gain, idx, k, text))
         total = int(float(dev.attrib.get("DeviceTotalChannels", 0))) or (max(c[0] for c in chans) + 1 if chans else 0)
     except (TypeError, ValueError) as e:
-        raise BmissFileError(f"{where}: malformed <Device>/<Adapter>/<Channel> attributes ({e})") from None
+        raise BmissFileError(f"{where}: malformed <Device>/<Adapter>/<Channel> attributes ({one_line(e)})") from None
     return {"fs": fs, "bits": bits, "total": total, "chans": chans, "name": dev.attrib.get("Name", "")}
 
 
@@ -183,7 +186,7 @@ def load_otbplus(path, *, adc_range_v: float = 5.0, sig: int | str | None = None
         raise
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise BmissFileError(f"{path}: not a readable OTB+ archive (expected a tar file; truncated or corrupt? "
-                             f"{type(e).__name__}: {e})") from None
+                             f"{type(e).__name__}: {one_line(e)})") from None
 
 
 def _load_otbplus_tar(tf, path, arch_size, adc_range_v, sig, emg_only, orientation, max_member_bytes) -> Recording:
@@ -223,7 +226,7 @@ def _load_otbplus_tar(tf, path, arch_size, adc_range_v, sig, emg_only, orientati
         try:
             return ET.fromstring(read(name))
         except ET.ParseError as e:
-            raise BmissFileError(f"{path}: {name} is not valid XML ({e})") from None
+            raise BmissFileError(f"{path}: {name} is not valid XML ({one_line(e)})") from None
 
     blocks, meta_sigs, grid_chans = [], [], []
     for s in sigs:
@@ -285,7 +288,132 @@ def _load_otbplus_tar(tf, path, arch_size, adc_range_v, sig, emg_only, orientati
     try:
         return Recording(emg=emg, fs=blocks[0][0], ied_mm=geo.pop("ied_mm", ied), meta=meta, **geo)
     except BmissFileError as e:
-        raise BmissFileError(f"{path}: {e}") from None
+        raise BmissFileError(f"{path}: {one_line(e)}") from None
+
+
+# =============================================================================== OTB4
+def _xml_text(el, tag: str, default=None):
+    c = el.find(tag)
+    return c.text.strip() if c is not None and c.text is not None else default
+
+
+def load_otb4(path, *, orientation: int | None = None, max_member_bytes: int = MAX_MEMBER_BYTES) -> Recording:
+    """Read an OT BioLab 4 ``.otb4`` archive (layout as OT Bioelettronica's MATLAB reader
+    ``OpenOTB4`` and the Python readers derived from it read it; not checked against a real file).
+
+    A tar holding ``Tracks_000.xml`` (``<ArrayOfTrackInfo>`` with one ``<TrackInfo>`` per track)
+    and the ``.sig`` data files.  Per track: ``SignalStreamPath`` (its ``.sig``),
+    ``TotalChannelsInFile``, ``AcquisitionChannel`` (0-based first channel in that file),
+    ``NumberOfChannels``, ``SampleSize`` (bytes per sample: 4 -> int32, else int16; 4 when
+    absent), ``SamplingFrequency``, ``Gain``, ``ADC_Nbits``, ``ADC_Range``, ``IsControl``,
+    ``Title``/``Description/Name`` and ``Description/SensorType`` (names the grid, e.g.
+    ``GR08MM1305``).  A ``.sig`` holds little-endian samples interleaved over its
+    ``TotalChannelsInFile`` channels.  EMG tracks (not control, not quaternion, ``ADC_Nbits`` >
+    0) are scaled ``raw * ADC_Range / 2**ADC_Nbits / Gain`` (V) and returned in µV; other tracks
+    are dropped.  One grid code over all EMG channels sets the layout at ``orientation``
+    (default 180), track channel *i* being the grid's channel *i* + 1.
+    """
+    path = _need_file(path)
+    arch_size = max(path.stat().st_size, 1)
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            members = {m.name: m for m in tf.getmembers() if m.isfile()}
+            by_base = {Path(n).name: n for n in members}
+            if "Tracks_000.xml" not in by_base:
+                raise BmissFileError(f"{path}: no Tracks_000.xml in the OTB4 archive (members: "
+                                     f"{sorted(by_base)[:8]})")
+            total = sum(m.size for m in members.values())
+            if total > MAX_EXPANSION * arch_size and total > (64 << 20):
+                raise BmissFileError(f"{path}: the archive ({arch_size} bytes) expands to {total} bytes: refusing a "
+                                     "likely decompression bomb")
+
+            def read(base: str, cap: int) -> bytes:
+                m = members[by_base[base]]
+                if m.size > cap:
+                    raise BmissFileError(f"{path}: member {base} declares {m.size} bytes, over the {cap}-byte limit")
+                f = tf.extractfile(m)
+                data = f.read(m.size + 1) if f is not None else b""
+                if len(data) != m.size:
+                    raise BmissFileError(f"{path}: member {base} is truncated ({len(data)} of {m.size} bytes)")
+                return data
+
+            try:
+                root = ET.fromstring(read("Tracks_000.xml", MAX_XML_BYTES))
+            except ET.ParseError as e:
+                raise BmissFileError(f"{path}: Tracks_000.xml is not valid XML ({one_line(e)})") from None
+            tracks = list(root.iter("TrackInfo"))
+            if not tracks:
+                raise BmissFileError(f"{path}: Tracks_000.xml lists no <TrackInfo>")
+            blocks, fss, codes, sig_cache = [], set(), [], {}
+            for k, t in enumerate(tracks):
+                where = f"{path}: Tracks_000.xml TrackInfo {k + 1}"
+                try:
+                    nbits = int(float(_xml_text(t, "ADC_Nbits", "0")))
+                    title = _xml_text(t, "Title") or _xml_text(t.find("Description") if t.find("Description")
+                                                               is not None else t, "Name", "") or ""
+                    control = (_xml_text(t, "IsControl", "false") or "").lower() == "true"
+                    if control or "quaternion" in title.lower() or nbits <= 0:
+                        continue
+                    sig = Path(_xml_text(t, "SignalStreamPath", "") or "").name
+                    tot = int(float(_xml_text(t, "TotalChannelsInFile", "0")))
+                    start = int(float(_xml_text(t, "AcquisitionChannel", "0")))
+                    nch = int(float(_xml_text(t, "NumberOfChannels", "0")))
+                    size = int(float(_xml_text(t, "SampleSize", "4")))
+                    fs = scalar_fs(float(_xml_text(t, "SamplingFrequency", "nan")), where)
+                    gain = float(_xml_text(t, "Gain", "1"))
+                    rng_v = float(_xml_text(t, "ADC_Range", "nan"))
+                except (TypeError, ValueError, OverflowError):
+                    raise BmissFileError(f"{where}: a field is not a number (ADC_Nbits, TotalChannelsInFile, "
+                                         "AcquisitionChannel, NumberOfChannels, SampleSize, SamplingFrequency, Gain, "
+                                         "ADC_Range)") from None
+                if sig not in by_base:
+                    raise BmissFileError(f"{where}: SignalStreamPath {sig!r} is not in the archive")
+                if not (0 < tot <= 4096 and 0 <= start and 0 < nch and start + nch <= tot):
+                    raise BmissFileError(f"{where}: channels {start}..{start + nch - 1} do not fit the file's "
+                                         f"{tot} channels")
+                if not (math.isfinite(gain) and gain > 0 and math.isfinite(rng_v) and rng_v > 0 and nbits <= 32):
+                    raise BmissFileError(f"{where}: Gain {gain}, ADC_Range {rng_v} V and ADC_Nbits {nbits} must be "
+                                         "positive numbers (ADC_Nbits <= 32)")
+                key = (sig, tot, size)
+                if key not in sig_cache:
+                    raw = read(sig, max_member_bytes)
+                    bits = 32 if size == 4 else 16
+                    sig_cache[key] = (raw, bits)
+                raw, bits = sig_cache[key]
+                data = _read_int(raw, bits, tot, list(range(start, start + nch)), f"{path}:{sig}")
+                blocks.append(data * np.float32(rng_v / 2.0 ** nbits / gain * 1e6))
+                fss.add(fs)
+                desc = t.find("Description")
+                sensor = " ".join(x for x in (_xml_text(desc, "SensorType", "") if desc is not None else "",
+                                              _xml_text(t.find("StringsDescriptions"), "OriginalSensor", "")
+                                              if t.find("StringsDescriptions") is not None else "", title) if x)
+                codes.append((E.find_code(sensor), nch))
+    except BmissFileError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise BmissFileError(f"{path}: not a readable OTB4 archive (expected a tar file; truncated or corrupt? "
+                             f"{type(e).__name__}: {one_line(e)})") from None
+    if not blocks:
+        raise BmissFileError(f"{path}: the OTB4 archive has no EMG track")
+    if len(fss) > 1:
+        raise BmissFileError(f"{path}: EMG tracks at different rates {sorted(fss)} Hz; bmiss needs one rate")
+    n = min(b.shape[1] for b in blocks)
+    emg = np.concatenate([b[:, :n] for b in blocks], 0)
+    known = {c for c, _ in codes}
+    geo: dict[str, Any] = {}
+    if len(known) == 1 and None not in known and len(codes) == 1:
+        lay = _layout_for(codes[0][0], emg.shape[0], orientation, str(path))
+        if lay is not None:
+            geo = dict(electrode=lay.code, orientation=lay.orientation, ied_mm=lay.ied_mm,
+                       grid_shape=lay.grid_shape, channel_map=lay.channel_map)
+    elif len(codes) > 1:
+        warn(f"{path}: {len(codes)} EMG tracks ({', '.join(str(c) for c, _ in codes)}): channel positions left "
+             "unknown; bmiss's model needs one grid")
+    meta = {"source": "otb4", "file": path.name, "units": "uV", "otb4": {"grids": [c for c, _ in codes]}}
+    try:
+        return Recording(emg=emg, fs=fss.pop(), meta=meta, **geo)
+    except BmissFileError as e:
+        raise BmissFileError(f"{path}: {one_line(e)}") from None
 
 
 # =============================================================================== .mat
@@ -296,37 +424,51 @@ _AUX_WORDS = ("aux", "force", "torque", "load cell", "loadcell", "trigger", "acc
 
 
 def _mat_label(label: str) -> dict:
-    """Classify one OTBioLab+ column label by its own fields.
+    """Classify one OTBioLab+ column label by its own fields, wherever they sit in the label.
 
-    ``Muscle - INPUT (Channel a->b) - SENSOR (n)[unit]``: the unit is the trailing ``[...]``; the
-    SENSOR field (last ``" - "`` field) tells EMG (a grid code such as ``GR08MM1305``) from
-    auxiliary channels (``AUX ...``, force, torque ...).  The INPUT field may read ``AUX 3``
-    on EMG channels (the amplifier input's name) and is not used to classify.  Whole-label
-    prefixes mark non-channel columns: ``acquired data`` (the force/reference signal),
-    ``performed path`` (the target), ``Decomposition of`` / ``Source for decomposition``.
+    ``[prefix - ]Muscle - INPUT (Channel a->b) - SENSOR (n)[unit]``: the unit is the trailing
+    ``[...]``; the SENSOR field (last ``" - "`` field) tells EMG (a grid code such as
+    ``GR08MM1305``) from auxiliary channels (``AUX ...``, force, torque ...).  The INPUT field
+    may read ``AUX 3`` on EMG channels (the amplifier input's name) and is not used to classify.
+    Phrases found anywhere in the label mark non-channel columns, whatever prefix OTBioLab+
+    numbers them with (``"1 - 4 - Decomposition of ..."``, ``"4 - Source for decomposition of
+    ..."``): ``Source for decomposition`` (a unit's pulse train: kind ``"source"``),
+    ``Decomposition of`` (a unit's binary discharge train: ``"decomposition"``),
+    ``acquired data`` (the force/reference signal: ``"ref"``), ``performed path`` (the target:
+    ``"path"``).  A channel whose unit is neither a voltage nor absent is ``"aux"`` when its
+    sensor names a force/torque/AUX input and ``"other"`` (set aside) otherwise.
     """
     s = str(label).strip()
     m = _UNIT_RE.search(s)
     unit = m.group(1) if m else None
     body = (s[: m.start()] if m else s).strip()
-    low = body.lower()
+    low = " ".join(body.lower().split())
     sensor = body.split(" - ")[-1].strip()
     code = E.find_code(sensor) or E.find_code(body)
-    if low.startswith(("decomposition of", "source for decomposition")):
+    volt = unit is None or unit.replace(" ", "").lower() in _VOLT_TO_UV
+    if "source for decomposition" in low:
+        kind = "source"
+    elif "decomposition of" in low:
         kind = "decomposition"
-    elif low.startswith("acquired data"):
+    elif "acquired data" in low:
         kind = "ref"
-    elif low.startswith(("performed path", "reference path", "target path")):
+    elif any(w in low for w in ("performed path", "reference path", "target path")):
         kind = "path"
     elif code is not None:
-        kind = "emg"
+        kind = "emg" if volt else "other"
     elif sensor.lower().startswith(_AUX_WORDS) or any(w in sensor.lower() for w in _AUX_WORDS[1:]):
         kind = "aux"
-    elif unit is None or unit.replace(" ", "").lower() in _VOLT_TO_UV:
+    elif volt:
         kind = "emg"
     else:
-        kind = "aux"  # a non-voltage unit ([N], [Nm], [%]) is not EMG
+        kind = "other"  # a non-voltage unit ([N], [a.u]) on a column that names no AUX input
     return {"label": s, "kind": kind, "unit": unit, "code": code, "sensor": sensor}
+
+
+def _name_columns(labels: Sequence[str], k: int = 3) -> str:
+    """'a', 'b', 'c' and N more -- for one-line warnings that name set-aside columns."""
+    shown = ", ".join(repr(x) for x in labels[:k])
+    return shown + (f" and {len(labels) - k} more" if len(labels) > k else "")
 
 
 def _mat_get(m: dict, *names):
@@ -343,37 +485,194 @@ def _to_uv_factor(unit: str, where: str) -> float:
     return _VOLT_TO_UV[u]
 
 
-def load_mat(path, *, fs: float | None = None, units: str | None = None, to_uv: float | None = None,
-             emg_only: bool = True, orientation: int | None = None) -> Recording:
-    """Read an OTBioLab+ ``.mat`` export (what openhdemg's ``emg_from_otb`` reads), or a bare
-    EMG matrix.
+# MATLAB v5 element types (the MAT-file format's documented miINT8..miUTF32); scipy's compiled
+# reader indexes a table with the type code unchecked, so a damaged file with another code
+# crashes the interpreter (segfault) instead of raising: every v5 file is walked first.
+_MI_VALID = {1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 14, 15, 16, 17, 18}
+MAX_MAT_BYTES = 4 << 30  # decompressed size limit of one .mat file
 
-    Variables: ``Data`` (also ``data``/``EMG``/``emg``) [n_samples, n_columns] (either
-    orientation accepted; with ``Description`` the axis whose length matches it is the channel
-    axis, otherwise the shorter axis), ``SamplingFrequency`` (Hz; ``fsamp``/``fs`` also
-    accepted; ``fs=`` supplies it for files without one) and ``Description`` (one label per
-    column).
 
-    Columns are classified by their label fields (see :func:`_mat_label`): EMG columns are
-    kept, in file order (the amplifier's order); the ``acquired data`` column (else the first
-    force/torque AUX channel) becomes ``ref_signal`` (unit in ``meta["ref_unit"]``); other AUX,
-    target-path and decomposition-output columns are dropped and listed in ``meta``.
+def _check_mat5(raw: bytes, where: str, budget: list[int], depth: int = 0, base: int = 0,
+                pieces: list | None = None) -> None:
+    """Walk the tagged data elements of a MATLAB v5 stream; refuse unknown type codes, sizes past
+    the end and decompression bombs before scipy reads the file.  ``pieces`` (top level only)
+    collects the checked variables, compressed ones decompressed, for scipy to read."""
+    import struct
 
-    Units: each EMG label's ``[uV]``/``[mV]``/``[V]`` gives its scale to µV.  Without labels
-    the values are taken as mV (OTBioLab+'s export unit) with a warning; ``units="uV"`` (or a
-    factor ``to_uv``) overrides.  A grid code in the labels sets the electrode layout at
-    ``orientation`` (default 180).  MATLAB v7.3 (HDF5) files are not supported.
-    """
-    path = _need_file(path)
+    if depth > 64:
+        raise BmissFileError(f"{where}: MATLAB data nested more than 64 levels deep; the file is corrupt")
+    i, n = 0, len(raw)
+    end = "<" if budget[1] == "<" else ">"
+    while i < n:
+        if n - i < 8:
+            if raw[i:].strip(b"\x00"):
+                raise BmissFileError(f"{where}: truncated MATLAB data element at byte {i}")
+            return
+        a, b = struct.unpack(end + "II", raw[i:i + 8])
+        if a >> 16:  # small data element: type in the low, size in the high 16 bits, data in 4 bytes
+            mdtype, nbytes = a & 0xFFFF, a >> 16
+            if mdtype not in _MI_VALID or nbytes > 4:
+                raise BmissFileError(f"{where}: corrupt MATLAB data element (type {mdtype}, {nbytes} bytes) at "
+                                     f"byte {i}")
+            i += 8
+            continue
+        mdtype, nbytes = a, b
+        if mdtype not in _MI_VALID:
+            raise BmissFileError(f"{where}: corrupt MATLAB data element (unknown type code {mdtype}) at byte {i}")
+        if nbytes > n - i - 8:
+            raise BmissFileError(f"{where}: truncated MATLAB file (an element at byte {i} declares {nbytes} bytes, "
+                                 f"{n - i - 8} remain)")
+        body = raw[i + 8:i + 8 + nbytes]
+        if mdtype == 15:  # miCOMPRESSED: zlib stream of one element
+            d = zlib.decompressobj()
+            try:
+                inner = d.decompress(body, budget[0] + 1)
+            except zlib.error as e:
+                raise BmissFileError(f"{where}: corrupt compressed MATLAB variable at byte {i} ({e})") from None
+            if len(inner) > budget[0]:
+                raise BmissFileError(f"{where}: a compressed MATLAB variable expands past {MAX_MAT_BYTES} bytes; "
+                                     "refusing (a decompression bomb?)")
+            budget[0] -= len(inner)
+            _check_mat5(inner, where, budget, depth + 1, base + i)
+            if pieces is not None:  # hand scipy the checked, already decompressed variable
+                pieces.append(inner + b"\x00" * ((-len(inner)) % 8))
+            i += 8 + nbytes
+            continue
+        if mdtype == 14:  # miMATRIX: flags, dims, name, then the class's data elements
+            _check_matrix(body, where, budget, depth + 1, base + i)
+        elif depth == 0:
+            raise BmissFileError(f"{where}: a top-level MATLAB element of type {mdtype} at byte {i} (only variables, "
+                                 "miMATRIX or miCOMPRESSED, belong there); the file is corrupt")
+        if pieces is not None:
+            pieces.append(raw[i:i + 8 + nbytes] + b"\x00" * ((-nbytes) % 8))
+        i += 8 + nbytes + (-nbytes) % 8  # elements are padded to 8 bytes
+
+
+_MI_SIZE = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 9: 8, 12: 8, 13: 8, 16: 1, 17: 2, 18: 4}
+
+
+def _elements(raw: bytes, where: str, end: str, at: int) -> list[tuple[int, bytes]]:
+    """The tagged elements of a miMATRIX body as (type, data)."""
+    import struct
+
+    out, i, n = [], 0, len(raw)
+    while i < n:
+        if n - i < 8:
+            raise BmissFileError(f"{where}: truncated MATLAB variable at byte {at}")
+        a, b = struct.unpack(end + "II", raw[i:i + 8])
+        if a >> 16:
+            t, k = a & 0xFFFF, a >> 16
+            if t not in _MI_VALID or k > 4:
+                raise BmissFileError(f"{where}: corrupt MATLAB data element (type {t}) in the variable at byte {at}")
+            out.append((t, raw[i + 4:i + 4 + k]))
+            i += 8
+            continue
+        if a not in _MI_VALID or b > n - i - 8:
+            raise BmissFileError(f"{where}: corrupt MATLAB data element (type {a}, {b} bytes) in the variable at byte "
+                                 f"{at}")
+        out.append((a, raw[i + 8:i + 8 + b]))
+        i += 8 + b + (-b) % 8
+    return out
+
+
+def _check_matrix(body: bytes, where: str, budget: list, depth: int, at: int) -> None:
+    """One miMATRIX: the sub-elements its array class needs, of the sizes its dimensions give
+    (scipy's compiled reader trusts them: a complex flag without an imaginary part, for one,
+    crashes it)."""
+    import struct
+
+    if depth > 64:
+        raise BmissFileError(f"{where}: MATLAB data nested more than 64 levels deep; the file is corrupt")
+    if not body:
+        return  # an empty matrix (MATLAB writes empty cells so)
+    end = budget[1]
+    els = _elements(body, where, end, at)
+    bad = f"{where}: corrupt MATLAB variable at byte {at}"
+    if len(els) < 3 or els[0][0] != 6 or len(els[0][1]) != 8 or els[1][0] != 5 or len(els[1][1]) < 8 \
+            or len(els[1][1]) % 4 or els[2][0] not in (1, 2, 16):
+        raise BmissFileError(f"{bad} (array flags, dimensions or name missing)")
+    flags = struct.unpack(end + "I", els[0][1][:4])[0]
+    cls, cplx = flags & 0xFF, bool(flags & 0x0800)
+    dims = struct.unpack(end + f"{len(els[1][1]) // 4}i", els[1][1])
+    if min(dims) < 0:
+        raise BmissFileError(f"{bad} (negative dimension {min(dims)})")
+    count = math.prod(dims)
+    if count > (1 << 34):
+        raise BmissFileError(f"{bad} (dimensions {dims} are implausible)")
+    rest = els[3:]
+    if cls == 1:  # cell: one matrix per element
+        if len(rest) != count or any(t != 14 for t, _ in rest):
+            raise BmissFileError(f"{bad} (a cell of {count} elements holds {len(rest)})")
+        for _, b in rest:
+            _check_matrix(b, where, budget, depth + 1, at)
+    elif cls == 2:  # struct: field-name length, names, then one matrix per field and element
+        if len(rest) < 2 or rest[0][0] != 5 or len(rest[0][1]) != 4 or rest[1][0] != 1:
+            raise BmissFileError(f"{bad} (struct field names missing)")
+        width = struct.unpack(end + "i", rest[0][1])[0]
+        if width <= 0 or len(rest[1][1]) % width:
+            raise BmissFileError(f"{bad} (struct field names of width {width})")
+        n_fields = len(rest[1][1]) // width
+        mats = rest[2:]
+        if len(mats) != n_fields * count or any(t != 14 for t, _ in mats):
+            raise BmissFileError(f"{bad} (a struct of {n_fields} fields x {count} holds {len(mats)} values)")
+        for _, b in mats:
+            _check_matrix(b, where, budget, depth + 1, at)
+    elif cls == 4 or 6 <= cls <= 15:  # char, numeric: the real part, and the imaginary part if complex
+        want = 1 + (cplx and cls != 4)
+        if len(rest) != want:
+            raise BmissFileError(f"{bad} ({'complex ' if cplx else ''}array with {len(rest)} data parts)")
+        for t, b in rest:
+            if t == 14 or len(b) != count * _MI_SIZE.get(t, 0):
+                if not (cls == 4 and t in (16, 17, 18)):  # UTF-8/16 text: byte count varies
+                    raise BmissFileError(f"{bad} (dimensions {dims} need {count} values; the data part holds "
+                                         f"{len(b)} bytes of type {t})")
+    elif cls == 5:  # sparse: row indices, column pointers, values (+ imaginary)
+        if len(rest) != 3 + cplx:
+            raise BmissFileError(f"{bad} (sparse array with {len(rest)} parts)")
+    else:
+        raise BmissFileError(f"{bad} (MATLAB class {cls}: objects, functions and opaque data are not read)")
+
+
+def safe_loadmat(path, **kw) -> dict:
+    """``scipy.io.loadmat(path, simplify_cells=True, **kw)`` for untrusted files: a MATLAB v5 file
+    is checked element by element first (see :func:`_check_mat5`), v7.3 (HDF5) is refused, and
+    any reader failure is one :class:`BmissFileError` line naming the file."""
+    path = Path(path)
     try:
-        from scipy.io import loadmat
+        raw = path.read_bytes()
+    except OSError as e:
+        raise BmissFileError(f"{path}: cannot read ({one_line(e)})") from None
+    if len(raw) >= 128 and raw[126:128] in (b"IM", b"MI"):
+        end = "<" if raw[126:128] == b"IM" else ">"
+        ver = int.from_bytes(raw[124:126], "little" if end == "<" else "big")
+        if ver == 0x0200:
+            raise NotImplementedError("v7.3")
+        if ver == 0x0100:
+            pieces: list[bytes] = []
+            _check_mat5(raw[128:], str(path), [MAX_MAT_BYTES, end], base=128, pieces=pieces)
+            raw = raw[:128] + b"".join(pieces)  # what was checked is what scipy reads (no second inflate)
+    from scipy.io import loadmat
 
-        m = loadmat(path, simplify_cells=True)
+    try:
+        return loadmat(_io.BytesIO(raw), simplify_cells=True, **kw)
+    except NotImplementedError:
+        raise
+    except Exception as e:  # noqa: BLE001  (scipy raises many types for a damaged file)
+        raise BmissFileError(f"{path}: not a readable MATLAB file ({type(e).__name__}: {one_line(e)})") from None
+
+
+def _mat_table(path, fs: float | None = None):
+    """Read a MATLAB file's data matrix as columns: ``(variables, cols [n_columns, n_samples]
+    float64, labels or None, fs)``; every problem is a one-line :class:`BmissFileError`."""
+    try:
+        m = safe_loadmat(path)
+    except BmissFileError:
+        raise
     except NotImplementedError:
         raise BmissFileError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; re-save with "
                              "save(..., '-v7') or export .mat from OTBioLab+ again") from None
     except Exception as e:  # noqa: BLE001  (scipy raises many types for a damaged file)
-        raise BmissFileError(f"{path}: not a readable MATLAB file ({type(e).__name__}: {e})") from None
+        raise BmissFileError(f"{path}: not a readable MATLAB file ({type(e).__name__}: {one_line(e)})") from None
     k, data = _mat_get(m, "Data", "data", "EMG", "emg")
     if data is None:
         have = sorted(x for x in m if not x.startswith("__"))
@@ -383,7 +682,7 @@ def load_mat(path, *, fs: float | None = None, units: str | None = None, to_uv: 
         raise BmissFileError(f"{path}: '{k}' is complex-valued; bmiss needs real EMG")
     if data.dtype.kind not in "iuf":
         raise BmissFileError(f"{path}: '{k}' must be a numeric matrix, got {data.dtype}")
-    data = np.asarray(data, np.float32)
+    data = np.asarray(data, np.float64)  # columns go to float32 when used (a column not used never stops the file)
     if data.ndim == 1:
         data = data[:, None]
     if data.ndim != 2:
@@ -415,13 +714,55 @@ def load_mat(path, *, fs: float | None = None, units: str | None = None, to_uv: 
     if labels is not None and len(labels) != cols.shape[0]:
         warn(f"{path}: {len(labels)} labels for {cols.shape[0]} columns; labels ignored")
         labels = None
+    return m, cols, labels, fs
+
+
+def load_mat(path, *, fs: float | None = None, units: str | None = None, to_uv: float | None = None,
+             emg_only: bool = True, orientation: int | None = None) -> Recording:
+    """Read an OTBioLab+ ``.mat`` export (what openhdemg's ``emg_from_otb`` reads), or a bare
+    EMG matrix.
+
+    Variables: ``Data`` (also ``data``/``EMG``/``emg``) [n_samples, n_columns] (either
+    orientation accepted; with ``Description`` the axis whose length matches it is the channel
+    axis, otherwise the shorter axis), ``SamplingFrequency`` (Hz; ``fsamp``/``fs`` also
+    accepted; ``fs=`` supplies it for files without one) and ``Description`` (one label per
+    column).
+
+    Columns are classified by their label fields (see :func:`_mat_label`): EMG columns are
+    kept, in file order (the amplifier's order); the ``acquired data`` column (else the first
+    force/torque AUX channel) becomes ``ref_signal`` (unit in ``meta["ref_unit"]``); other AUX,
+    target-path and decomposition-output columns are dropped and listed in ``meta``.
+
+    Units: each EMG label's ``[uV]``/``[mV]``/``[V]`` gives its scale to µV.  Without labels
+    the values are taken as mV (OTBioLab+'s export unit) with a warning; ``units="uV"`` (or a
+    factor ``to_uv``) overrides.  A grid code in the labels sets the electrode layout at
+    ``orientation`` (default 180).  MATLAB v7.3 (HDF5) files are not supported.
+    """
+    path = _need_file(path)
+    m, cols, labels, fs = _mat_table(path, fs)
     info = [_mat_label(s) for s in labels] if labels is not None else [
         {"label": None, "kind": "emg", "unit": None, "code": None, "sensor": ""} for _ in range(cols.shape[0])]
+    if units is not None or to_uv is not None:
+        # the caller states the unit: a grid channel labelled in another unit ([a.u]) is EMG too
+        for d in info:
+            if d["kind"] == "other" and d["code"] is not None:
+                d["kind"] = "emg"
+    if emg_only:
+        if labels is not None and any(d["kind"] == "emg" and d["unit"] for d in info):
+            # some EMG labels carry a unit: a unit-less one cannot be scaled safely
+            for d in info:
+                if d["kind"] == "emg" and not d["unit"]:
+                    d["kind"] = "other"
+        other = [d["label"] for d in info if d["kind"] == "other"]
+        if other:
+            warn(f"{path}: {len(other)} column(s) set aside (neither EMG in uV/mV/V nor a known AUX, reference "
+                 f"or decomposition column): {_name_columns(other)}")
     emg_i = [i for i, d in enumerate(info) if d["kind"] == "emg" or not emg_only]
     if not emg_i:
         kinds = sorted({d["kind"] for d in info})
         raise BmissFileError(f"{path}: no EMG column among {len(info)} (label kinds: {kinds}); EMG labels name a "
-                             "grid code (e.g. GR08MM1305) or a voltage unit")
+                             "grid code (e.g. GR08MM1305) or a voltage unit ([uV], [mV], [V]); if the values are EMG in "
+                             "another unit, read it with bmiss.io.load_recording(path, units='uV')")
     # units -> µV per EMG column
     if to_uv is not None:
         scale = np.full(len(emg_i), float(to_uv))
@@ -430,20 +771,25 @@ def load_mat(path, *, fs: float | None = None, units: str | None = None, to_uv: 
         scale = np.full(len(emg_i), _to_uv_factor(units, str(path)))
         unit_note = f"{units} (given)"
     elif all(info[i]["unit"] for i in emg_i):
-        scale = np.array([_to_uv_factor(info[i]["unit"], str(path)) for i in emg_i])
+        scale = np.array([_to_uv_factor(info[i]["unit"], f"{path}: column {info[i]['label']!r}") for i in emg_i])
         unit_note = "from labels"
     else:
         scale = np.full(len(emg_i), 1e3)
         unit_note = "mV (assumed)"
         warn(f"{path}: no unit in the channel labels; assuming mV (OTBioLab+ export); if the values are already "
              "µV, pass --emg-unit uV (API: units='uV')")
-    emg = cols[emg_i] * scale[:, None].astype(np.float32)
+    from .io import to_float32
+
+    def col32(i, factor=1.0):
+        return to_float32(cols[i] * factor, f"{path}: column {info[i]['label'] or i!r}")
+
+    emg = np.stack([col32(i, float(f)) for i, f in zip(emg_i, scale)])
     # reference / force channel
     ref_i = next((i for i, d in enumerate(info) if d["kind"] == "ref"), None)
     if ref_i is None:
         ref_i = next((i for i, d in enumerate(info) if d["kind"] == "aux"
                       and any(w in (d["label"] or "").lower() for w in ("force", "torque"))), None)
-    ref = None if ref_i is None else cols[ref_i]
+    ref = None if ref_i is None else col32(ref_i)
     dropped = [info[i]["label"] for i in range(len(info)) if i not in set(emg_i) and i != ref_i]
     codes = sorted({info[i]["code"] for i in emg_i} - {None})
     geo: dict[str, Any] = {}
@@ -461,7 +807,7 @@ def load_mat(path, *, fs: float | None = None, units: str | None = None, to_uv: 
     try:
         return Recording(emg=emg, fs=fs, ref_signal=ref, meta=meta, **geo)
     except BmissFileError as e:
-        raise BmissFileError(f"{path}: {e}") from None
+        raise BmissFileError(f"{path}: {one_line(e)}") from None
 
 
 # =============================================================================== openhdemg
@@ -501,15 +847,33 @@ def _split_json(data: np.ndarray, columns: Sequence | None = None, *, integer: b
     return head + "[" + ",".join("[" + r + "]" for r in rows) + "]}"
 
 
-def _from_split(obj) -> tuple[list, list, np.ndarray]:
-    """Parse pandas 'split' JSON (string or already-decoded dict) -> (columns, index, data)."""
-    d = json.loads(obj) if isinstance(obj, str) else obj
-    cols, index = list(d.get("columns", [])), list(d.get("index", []))
-    rows = d.get("data", [])
-    # numpy maps None (JSON null, pandas' NaN) to nan for a float dtype
-    data = np.asarray(rows, dtype=np.float64) if rows else np.zeros((0, len(cols)))
+def _from_split(obj, where: str = "DataFrame") -> tuple[list, list, np.ndarray]:
+    """Parse pandas 'split' JSON (string or already-decoded dict) -> (columns, index, data).
+
+    ``where`` names the member (``"file: RAW_SIGNAL"``) in the one-line error a malformed
+    member gives."""
+    try:
+        d = json.loads(obj) if isinstance(obj, str) else obj
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise BmissFileError(f"{where} is not a JSON DataFrame ({one_line(e)})") from None
+    if not isinstance(d, dict):
+        raise BmissFileError(f"{where} must be a DataFrame (pandas 'split' JSON with columns/index/data), got "
+                             f"{type(d).__name__} {str(d)[:40]!r}")
+    cols, index, rows = d.get("columns", []), d.get("index", []), d.get("data", [])
+    if not all(isinstance(x, list) for x in (cols, index, rows)):
+        raise BmissFileError(f"{where}: 'columns', 'index' and 'data' must be lists")
+    try:
+        # numpy maps None (JSON null, pandas' NaN) to nan for a float dtype
+        data = np.asarray(rows, dtype=np.float64) if rows else np.zeros((0, len(cols)))
+    except (TypeError, ValueError, OverflowError, RecursionError) as e:
+        raise BmissFileError(f"{where}: 'data' must be rows of numbers of equal length ({type(e).__name__})") \
+            from None
     if data.ndim == 1:
         data = data.reshape(len(rows), -1)
+    if data.ndim != 2:
+        raise BmissFileError(f"{where}: 'data' must be a table (rows of numbers), got {data.ndim} dimensions")
+    if len(index) not in (0, data.shape[0]):
+        raise BmissFileError(f"{where}: {len(index)} index labels for {data.shape[0]} rows")
     # openhdemg sorts by (int) index and uses int column labels
     try:
         order = np.argsort(np.asarray(index, np.int64), kind="stable")
@@ -650,24 +1014,43 @@ MAX_JSON_BYTES = 1 << 31  # decompressed size limit of an openhdemg file (2 GiB)
 
 
 def _read_openhdemg_dict(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
+    """The outer JSON object of an openhdemg file (gzip or plain).  Decompression stops, with a
+    one-line error, past ``max_bytes`` or past ``MAX_EXPANSION`` (200) times the file's size once
+    over 64 MiB (the OTB+ reader's rule): a gzip bomb never fills the memory."""
+    size = max(path.stat().st_size, 1)
+    cap = min(max_bytes, max(int(MAX_EXPANSION * size), 64 << 20))
     try:
         with open(path, "rb") as f:
             magic = f.read(2)
             f.seek(0)
             if magic == b"\x1f\x8b":
+                chunks, total = [], 0
                 with gzip.GzipFile(fileobj=f) as gz:
-                    raw = gz.read(max_bytes + 1)
+                    while True:
+                        c = gz.read(min(1 << 24, cap + 1 - total))
+                        if not c:
+                            break
+                        chunks.append(c)
+                        total += len(c)
+                        if total > cap:
+                            break
+                raw = b"".join(chunks)
             else:
                 raw = f.read(max_bytes + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise BmissFileError(f"{path}: corrupt or truncated gzip data in an openhdemg file ({type(e).__name__}: "
-                             f"{e})") from None
-    if len(raw) > max_bytes:
+                             f"{one_line(e)})") from None
+    if magic == b"\x1f\x8b" and len(raw) > cap:
+        if cap < max_bytes:
+            raise BmissFileError(f"{path}: the gzip data ({size} bytes) expand to more than {cap} bytes "
+                                 f"({MAX_EXPANSION:g}x): refusing a likely decompression bomb")
         raise BmissFileError(f"{path}: decompresses to more than {max_bytes} bytes; refusing (a decompression bomb?)")
+    if len(raw) > max_bytes:
+        raise BmissFileError(f"{path}: more than {max_bytes} bytes of JSON; refusing")
     try:
         d = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BmissFileError(f"{path}: not an openhdemg JSON file (gzip-compressed JSON expected: {e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise BmissFileError(f"{path}: not an openhdemg JSON file (gzip-compressed JSON expected: {one_line(e)})") from None
     if not isinstance(d, dict) or "SOURCE" not in d:
         raise BmissFileError(f"{path}: not an openhdemg emgfile (no 'SOURCE' key)")
     return d
@@ -682,7 +1065,7 @@ def _scalar(v):
     return v
 
 
-def _extras_layout(d: dict) -> tuple[str | None, int | None]:
+def _extras_layout(d: dict, where: str = "openhdemg file", check: bool = True) -> tuple[str | None, int | None]:
     """(grid code, orientation) written in an EXTRAS DataFrame, if any."""
     if "EXTRAS" not in d:
         return None, None
@@ -690,15 +1073,23 @@ def _extras_layout(d: dict) -> tuple[str | None, int | None]:
         ex = json.loads(d["EXTRAS"]) if isinstance(d["EXTRAS"], str) else d["EXTRAS"]
         cols = [str(c).lower() for c in ex.get("columns", [])]
         rows = ex.get("data", []) or []
-    except (json.JSONDecodeError, AttributeError, TypeError):
+    except (json.JSONDecodeError, AttributeError, TypeError, RecursionError):
         return None, None
+    if not isinstance(rows, list):
+        return None, None  # EXTRAS is optional metadata: a malformed one is ignored, never fatal
     code = orient = None
     for row in rows:
         for c, v in zip(cols, row if isinstance(row, list) else [row]):
             if code is None and isinstance(v, str):
                 code = E.find_code(v)
-            if c == "orientation" and orient is None and v in (0, 180, "0", "180"):
-                orient = int(v)
+            if c == "orientation" and orient is None and v is not None:
+                if not check:
+                    continue
+                if isinstance(v, bool) or str(v).strip() not in ("0", "180", "0.0", "180.0"):
+                    raise BmissFileError(f"{where}: EXTRAS column 'orientation' = {v!r}; bmiss knows grid "
+                                         "orientations 0 and 180 degrees only; pass the grid's orientation "
+                                         "(--orientation 0|180) to override it")
+                orient = int(float(v))
         if code is None:
             code = next((E.find_code(c) for c in cols if E.find_code(c)), None)
     return code, orient
@@ -718,7 +1109,7 @@ def load_openhdemg(path, *, orientation: int | None = None) -> Recording:
         raise BmissFileError(f"{path}: openhdemg file of SOURCE {src!r} has no RAW_SIGNAL "
                              "(a reference-signal-only file?)")
     try:
-        cols, _, raw = _from_split(d["RAW_SIGNAL"])
+        cols, _, raw = _from_split(d["RAW_SIGNAL"], f"{path}: RAW_SIGNAL")
         cols, raw = _sort_columns(cols, raw)
         if "FSAMP" not in d:
             raise KeyError("FSAMP")
@@ -729,12 +1120,14 @@ def load_openhdemg(path, *, orientation: int | None = None) -> Recording:
             ied = None
         ref = None
         if "REF_SIGNAL" in d:
-            _, _, r = _from_split(d["REF_SIGNAL"])
+            _, _, r = _from_split(d["REF_SIGNAL"], f"{path}: REF_SIGNAL")
             if r.shape[0] == raw.shape[0] and r.shape[1] >= 1 and np.isfinite(r[:, 0]).all():
                 ref = r[:, 0]
-    except (KeyError, TypeError, ValueError) as e:
-        raise BmissFileError(f"{path}: malformed openhdemg emgfile ({type(e).__name__}: {e})") from None
-    code, orient = _extras_layout(d)
+    except BmissFileError:
+        raise
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise BmissFileError(f"{path}: malformed openhdemg emgfile ({type(e).__name__}: {one_line(e)})") from None
+    code, orient = _extras_layout(d, str(path), check=orientation is None)
     geo: dict[str, Any] = {}
     lay = _layout_for(code, raw.shape[1], orientation if orientation is not None else orient, str(path))
     if lay is not None:
@@ -747,7 +1140,7 @@ def load_openhdemg(path, *, orientation: int | None = None) -> Recording:
     try:
         return Recording(emg=raw.T, fs=fs, ied_mm=ied, ref_signal=ref, meta=meta, **geo)
     except BmissFileError as e:
-        raise BmissFileError(f"{path}: {e}") from None
+        raise BmissFileError(f"{path}: {one_line(e)}") from None
 
 
 def load_openhdemg_decomposition(path) -> Decomposition:
@@ -763,19 +1156,77 @@ def load_openhdemg_decomposition(path) -> Decomposition:
         n = int(_scalar(d.get("EMG_LENGTH", 0)) or 0)
         sources = np.zeros((n_mu, n), np.float32)
         if "IPTS" in d and n_mu:
-            cols, _, ipts = _from_split(d["IPTS"])
+            cols, _, ipts = _from_split(d["IPTS"], f"{path}: IPTS")
             cols, ipts = _sort_columns(cols, ipts)
             if ipts.shape[1] == n_mu:
                 sources = ipts.T.astype(np.float32)
         sil = None
         if "ACCURACY" in d and n_mu:
-            _, _, acc = _from_split(d["ACCURACY"])
+            _, _, acc = _from_split(d["ACCURACY"], f"{path}: ACCURACY")
             if acc.shape[0] == n_mu and acc.shape[1] >= 1:
                 sil = acc[:, 0].astype(np.float32)
-    except (KeyError, TypeError, ValueError) as e:
-        raise BmissFileError(f"{path}: malformed openhdemg emgfile ({type(e).__name__}: {e})") from None
+    except BmissFileError:
+        raise
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise BmissFileError(f"{path}: malformed openhdemg emgfile ({type(e).__name__}: {one_line(e)})") from None
     return Decomposition(spikes=spikes, sources=sources, fs=fs, method=f"openhdemg:{_scalar(d['SOURCE'])}",
                          sil=sil, meta={"file": path.name})
+
+# =============================================================================== MUedit
+def save_muedit(path, dec: Decomposition, rec: Recording, *, force: bool = True) -> Path:
+    """Write a decomposition as MUedit's output ``.mat`` (MATLAB v7, one grid) so that its units
+    can be reviewed in MUedit; :func:`bmiss.reference.load_reference` reads it back.
+
+    Struct ``signal`` (the fields MUedit's decomposition saves and its editor reads):
+
+    ==============  ================================================================
+    data            [channels x samples] EMG, µV (``rec.emg``)
+    fsamp           sampling rate, Hz
+    nChan, ngrid    number of channels; 1
+    gridname        {grid code} (``rec.electrode``, else ``"custom"``)
+    muscle          {``rec.meta["muscle"]``, else ``"n/a"``}
+    Pulsetrain      {1, 1} cell: [units x samples] pulse trains (``dec.sources``)
+    Dischargetimes  {1, units} cell of 1-based discharge samples (MATLAB indexing)
+    target, path    [1 x samples] reference signal (``rec.ref_signal``, else zeros)
+    EMGmask         {1} cell: [channels x 1] zeros (no channel excluded)
+    emgtype         1 (surface)
+    ==============  ================================================================
+
+    Built from MUedit's documented output structure; whether MUedit's editor opens it was not
+    checked (no MATLAB here).
+    """
+    from scipy.io import savemat
+
+    path = Path(path)
+    n = rec.n_samples
+    if abs(float(dec.fs) - float(rec.fs)) > 1e-6 * rec.fs:
+        raise BmissFileError(f"the decomposition (fs {dec.fs:g} Hz) is not of this recording (fs {rec.fs:g} Hz)")
+    n_mu = dec.n_units
+    dt = np.empty((1, n_mu), dtype=object)
+    for j, s in enumerate(dec.spikes):
+        s = np.unique(np.asarray(s, np.int64))
+        s = s[(s >= 0) & (s < n)]
+        dt[0, j] = (s + 1).astype(np.float64)[None, :]
+    src = np.zeros((n_mu, n))
+    if n_mu and dec.sources is not None and np.asarray(dec.sources).size:
+        src = _fit_length(np.asarray(dec.sources, np.float64).reshape(n_mu, -1), n)
+    pt = np.empty((1, 1), dtype=object)
+    pt[0, 0] = src
+    ref = np.zeros(n) if rec.ref_signal is None else _fit_length(np.asarray(rec.ref_signal, np.float64).ravel(), n)
+    mask = np.empty((1, 1), dtype=object)
+    mask[0, 0] = np.zeros((rec.n_channels, 1))
+    cell = lambda v: np.array([[v]], dtype=object)  # noqa: E731
+    signal = {"data": np.asarray(rec.emg, np.float64), "fsamp": float(rec.fs), "nChan": float(rec.n_channels),
+              "ngrid": 1.0, "gridname": cell(str(rec.electrode or "custom")),
+              "muscle": cell(str(rec.meta.get("muscle") or "n/a")), "Pulsetrain": pt, "Dischargetimes": dt,
+              "target": ref[None, :], "path": ref[None, :], "EMGmask": mask, "emgtype": 1.0}
+
+    def w(tmp):
+        with open(tmp, "wb") as f:
+            savemat(f, {"signal": signal}, do_compression=True)
+
+    return atomic_write(path, w, force=force)
+
 
 # =============================================================================== tables
 def save_events_tsv(path, dec: Decomposition, *, force: bool = True) -> Path:

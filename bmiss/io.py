@@ -55,6 +55,12 @@ log = logging.getLogger("bmiss")
 
 
 
+def one_line(e) -> str:
+    """An exception's text on one line (library messages may span several: a tar ReadError, an
+    XML error), cut to 400 characters: for the one-line errors every reader promises."""
+    return " ".join(str(e).split())[:400]
+
+
 def warn(msg: str) -> None:
     """One-line warning on stderr (through the ``bmiss`` logger: with no logging configured,
     Python prints just the message)."""
@@ -165,7 +171,25 @@ class Recording:
             if len(ref) != self.n_samples:
                 raise BmissFileError(f"recording: ref_signal has {len(ref)} samples but the EMG has {self.n_samples}")
             self.ref_signal = ref
+        if self.true_spikes is not None:
+            self._check_truth()
         self._check_geometry()
+
+    def _check_truth(self) -> None:
+        n = self.n_samples
+        spikes = []
+        for u, s in enumerate(self.true_spikes):
+            s = np.asarray(s)
+            if s.size and (s.dtype.kind not in "iuf" or (s.dtype.kind == "f" and not (
+                    np.isfinite(s).all() and np.all(s == np.round(s))))):
+                raise BmissFileError(f"recording: true_spikes of unit {u} must be whole sample indices")
+            s = s.astype(np.int64).ravel()
+            if s.size and (s.min() < 0 or s.max() >= n):
+                bad = int(s.min()) if s.min() < 0 else int(s.max())
+                raise BmissFileError(f"recording: true_spikes of unit {u} has a discharge at sample {bad}, outside "
+                                     f"the recording's 0..{n - 1} ({n} samples): ground truth and EMG do not match")
+            spikes.append(s)
+        self.true_spikes = spikes
 
     def _check_geometry(self) -> None:
         from . import electrodes as E
@@ -264,7 +288,29 @@ def _real_array(x, where: str) -> np.ndarray:
                              "meaningless, pass emg.real explicitly")
     if arr.dtype.kind not in "iuf":
         raise BmissFileError(f"{where} must be numeric, got dtype {arr.dtype}")
+    return to_float32(arr, where)
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def to_float32(arr, where: str) -> np.ndarray:
+    """float32 copy of a numeric array; finite values beyond float32's range (about 3.4e38) are
+    refused as such (a silent cast would turn them into inf and be reported as NaN/inf)."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and arr.size:
+        with np.errstate(invalid="ignore"):
+            big = np.abs(arr) > F32_MAX
+        if big.any():
+            finite_big = big & np.isfinite(arr)
+            if finite_big.any():
+                v = float(arr[finite_big].flat[0])
+                raise BmissFileError(f"{where}: value {v:g} is out of float32 range (|x| <= 3.4e38); the data "
+                                     "are not EMG in µV or are corrupt")
     return np.asarray(arr, np.float32)
+
+
+FS_MAX = 200_000.0  # Hz: higher rates are a unit mistake, not EMG
 
 
 def validate_emg(emg: np.ndarray, fs: float, source: str = "EMG") -> None:
@@ -282,6 +328,10 @@ def validate_emg(emg: np.ndarray, fs: float, source: str = "EMG") -> None:
             "Store it as [n_channels, n_samples] (e.g. emg.T)")
     if not np.isfinite(fs) or fs <= 0:
         raise BmissFileError(f"{source}: sampling rate fs={fs} Hz is not a positive number")
+    if fs > FS_MAX:
+        raise BmissFileError(
+            f"{source}: fs={fs:g} Hz is implausibly high for EMG (surface HD-EMG 2-10 kHz, needle EMG up to "
+            f"~100 kHz; limit {FS_MAX:g} Hz). Check the unit of fs (Hz)")
     if fs < 500:
         raise BmissFileError(
             f"{source}: fs={fs} Hz is too low for surface EMG (content up to ~500 Hz); "
@@ -355,10 +405,13 @@ def _need_file(path) -> Path:
 READERS: dict[str, str | Callable] = {
     ".npz": "bmiss.io:load_recording_npz",
     ".otb+": "bmiss.formats:load_otbplus",
+    ".otb4": "bmiss.formats:load_otb4",
     ".mat": "bmiss.formats:load_mat",
     ".json": "bmiss.formats:load_openhdemg",
     ".json.gz": "bmiss.formats:load_openhdemg",
     ".hea": "bmiss.needle.wfdb:load_wfdb",  # WFDB record (single-channel needle EMG)
+    ".bdf": "bmiss.bids:load_emg_bids",
+    ".edf": "bmiss.bids:load_emg_bids",
 }
 WRITERS: dict[str, str | Callable] = {
     ".npz": "bmiss.io:save_recording_npz",
@@ -398,14 +451,22 @@ def load_recording(path, *, electrode=None, orientation=None, fs: float | None =
     path = _need_file(path)
     suf = _suffix(path)
     if suf not in READERS:
-        hint = " (.otb4 is not supported yet: export .otb+ or .mat from OTBioLab+)" if suf == ".otb4" else ""
+        hint = ""
         raise BmissFileError(
             f"{path}: unsupported file type {suf or '(no suffix)'!r}{hint}. Supported: "
-            ".npz (bmiss), .otb+ (OT Bioelettronica), .mat (OTBioLab+ export), "
-            ".json / .json.gz (openhdemg)")
+            ".npz (bmiss), .otb+ / .otb4 (OT Bioelettronica), .mat (OTBioLab+ export), "
+            ".json / .json.gz (openhdemg), .bdf / .edf (EMG-BIDS)")
     reader = _resolve(READERS[suf])
     if fs is not None:
         reader_kw["fs"] = fs
+    if orientation is not None:
+        import inspect
+
+        try:
+            if "orientation" in inspect.signature(reader).parameters:
+                reader_kw.setdefault("orientation", orientation)  # the user's orientation overrides the file's
+        except (TypeError, ValueError):
+            pass
     rec = reader(path, **reader_kw)
     if electrode is not None or orientation is not None:
         from . import electrodes as E
@@ -413,7 +474,7 @@ def load_recording(path, *, electrode=None, orientation=None, fs: float | None =
         try:
             rec = rec.with_layout(E.resolve_layout(rec, electrode=electrode, orientation=orientation))
         except BmissFileError as e:
-            raise BmissFileError(f"{path}: {e}") from None
+            raise BmissFileError(f"{path}: {one_line(e)}") from None
     return rec
 
 
@@ -423,17 +484,20 @@ def _open_npz(path: Path):
         with open(path, "rb") as f:
             head = f.read(8)
     except OSError as e:
-        raise BmissFileError(f"{path}: cannot read ({e})") from None
+        raise BmissFileError(f"{path}: cannot read ({one_line(e)})") from None
     if head.startswith(b"\x93NUMPY"):
         raise BmissFileError(f"{path}: a single .npy array, not an .npz archive; save a recording with "
                              "np.savez(path, emg=EMG, fs=FS)")
     if not zipfile.is_zipfile(path):
+        if head.startswith(b"PK"):
+            raise BmissFileError(f"{path}: truncated or corrupt .npz (a zip archive without its central directory: "
+                                 "the file was cut short, e.g. by an interrupted copy or write)")
         raise BmissFileError(f"{path}: not an .npz archive (an .npz is a zip of .npy arrays; this file starts "
                              f"with {head!r}); save a recording with np.savez(path, emg=EMG, fs=FS)")
     try:
         return np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001
-        raise BmissFileError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
+        raise BmissFileError(f"{path}: not a readable .npz file ({type(e).__name__}: {one_line(e)})") from None
 
 
 def _npz_get(z, key: str, path: Path):
@@ -443,9 +507,9 @@ def _npz_get(z, key: str, path: Path):
         if "pickle" in str(e).lower():
             raise BmissFileError(f"{path}: array {key!r} holds Python objects; bmiss reads only plain numeric/text "
                                  "arrays (save numbers, not lists of arrays)") from None
-        raise BmissFileError(f"{path}: array {key!r} is unreadable ({e})") from None
+        raise BmissFileError(f"{path}: array {key!r} is unreadable ({one_line(e)})") from None
     except Exception as e:  # noqa: BLE001  (zip/zlib errors of a damaged member)
-        raise BmissFileError(f"{path}: array {key!r} is damaged ({type(e).__name__}: {e})") from None
+        raise BmissFileError(f"{path}: array {key!r} is damaged ({type(e).__name__}: {one_line(e)})") from None
 
 
 def load_recording_npz(path, *, fs: float | None = None) -> Recording:
@@ -473,7 +537,7 @@ def load_recording_npz(path, *, fs: float | None = None) -> Recording:
         try:
             meta = json.loads(str(g("meta_json"))) if "meta_json" in files else {}
         except json.JSONDecodeError as e:
-            raise BmissFileError(f"{path}: meta_json is not valid JSON ({e})") from None
+            raise BmissFileError(f"{path}: meta_json is not valid JSON ({one_line(e)})") from None
         geo = dict(grid_shape=g("grid_shape"), ied_mm=g("ied_mm"), channel_map=g("channel_map"),
                    electrode=str(g("electrode")) if "electrode" in files else None,
                    orientation=g("orientation"))
@@ -493,14 +557,14 @@ def load_recording_npz(path, *, fs: float | None = None) -> Recording:
     except BmissFileError as e:
         msg = str(e)
         if not any(w in msg for w in ("grid_shape", "channel_map", "ied_mm", "orientation", "electrode")):
-            raise BmissFileError(f"{path}: {e}") from None
+            raise BmissFileError(f"{path}: {one_line(e)}") from None
     # the geometry is unusable: keep the EMG (blind methods need no geometry) and say so
     warn(f"{path}: electrode geometry ignored ({msg.removeprefix('recording: ')}); model-based methods need "
          "--electrode CODE or --grid ROWSxCOLS --ied MM")
     try:
         rec = Recording(**kw)
     except BmissFileError as e:
-        raise BmissFileError(f"{path}: {e}") from None
+        raise BmissFileError(f"{path}: {one_line(e)}") from None
     rec.meta["geometry_ignored"] = msg
     return rec
 
@@ -560,11 +624,15 @@ def load_decomposition(path) -> Decomposition:
         try:
             meta = json.loads(str(g("meta_json"))) if "meta_json" in files else {}
         except json.JSONDecodeError as e:
-            raise BmissFileError(f"{path}: meta_json is not valid JSON ({e})") from None
+            raise BmissFileError(f"{path}: meta_json is not valid JSON ({one_line(e)})") from None
+        if not isinstance(meta, dict):
+            raise BmissFileError(f"{path}: meta_json must be a JSON object, got {type(meta).__name__}")
+        fs_dec = scalar_fs(g("fs"), f"{path}: fs")
+        _check_fingerprint(meta, fs_dec, path)
         return Decomposition(
             spikes=csr_to_spikes(g("spikes"), g("spikes_offsets"), where=str(path)),
             sources=g("sources"),
-            fs=scalar_fs(g("fs"), str(path)),
+            fs=fs_dec,
             method=str(g("method")),
             param_names=tuple(str(s) for s in g("param_names")) if "param_names" in files else None,
             meta=meta,
@@ -573,6 +641,34 @@ def load_decomposition(path) -> Decomposition:
 
 
 # ---------------------------------------------------------------- fingerprint
+def _check_fingerprint(meta: dict, fs: float, path) -> None:
+    """A decomposition's ``meta["recording"]`` must be a well-formed fingerprint that agrees with
+    its own ``fs``; a file that contradicts itself is refused (it would pass the pairing check
+    and export wrong rates)."""
+    fp = meta.get("recording")
+    if fp is None:
+        return
+    where = f"{path}: meta_json 'recording' (the recording's fingerprint)"
+    if not isinstance(fp, dict):
+        raise BmissFileError(f"{where} must be an object, got {type(fp).__name__}")
+    for k, kind in (("fs", "number"), ("n_samples", "int"), ("n_channels", "int")):
+        if k not in fp:
+            continue
+        v = fp[k]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        if ok and kind == "int":
+            ok = float(v) == int(v)
+        if not ok:
+            raise BmissFileError(f"{where}: {k} = {v!r} must be a positive {'whole ' if kind == 'int' else ''}number")
+    h = fp.get("emg_sha256")
+    if h is not None and not (isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h)):
+        raise BmissFileError(f"{where}: emg_sha256 must be 64 hexadecimal digits, got {str(h)[:40]!r}")
+    if "fs" in fp and abs(float(fp["fs"]) - fs) > 1e-9 * fs:
+        raise BmissFileError(f"{path}: the decomposition says fs = {fs:g} Hz but its recording fingerprint says "
+                             f"{float(fp['fs']):g} Hz; the file was edited or is corrupt: decompose the recording "
+                             "again")
+
+
 def recording_fingerprint(rec: Recording) -> dict:
     """What identifies a recording, stored in every decomposition's ``meta["recording"]``.
 

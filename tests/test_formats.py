@@ -236,10 +236,14 @@ def test_mat_round_trip(tmp_path):
 
 # ------------------------------------------------------------------ dispatch errors
 def test_unknown_suffix_and_missing(tmp_path):
-    p = tmp_path / "x.edf"
+    p = tmp_path / "x.xdf"
     p.write_bytes(b"0")
-    with pytest.raises(BmissFileError, match=r"\.otb\+.*\.mat.*\.json"):
+    with pytest.raises(BmissFileError, match=r"\.otb\+.*\.mat.*\.json.*\.bdf"):
         F.load_any(p)
+    e = tmp_path / "x.edf"  # an EDF that is not one: refused in one line naming the file
+    e.write_bytes(b"0")
+    with pytest.raises(BmissFileError, match="x.edf: not a readable EDF/BDF file"):
+        F.load_any(e)
     q = tmp_path / "x.otb4"
     q.write_bytes(b"0")
     with pytest.raises(BmissFileError, match="otb4"):
@@ -477,12 +481,12 @@ def test_cli_decomposes_exports_without_flags(tmp_path, capsys):
     from bmiss.cli import main
     from bmiss.io import load_decomposition
 
+    import exports
+
     rng = np.random.default_rng(9)
     n = 4096
-    mat = tmp_path / "export.mat"
-    desc = np.array([_otb_label(i) for i in range(64)] + ["acquired data[ %(MVC)]"], dtype=object)
-    savemat(mat, {"Data": np.hstack([rng.standard_normal((n, 64)) * 20, np.linspace(0, 30, n)[:, None]]),
-                  "SamplingFrequency": 2048.0, "Description": desc})
+    # issue 18: the 75-column OTBioLab+ export (numbered decomposition/source columns, [a.u], % MVC)
+    mat, _, _ = exports.otbiolab_mat(tmp_path / "export.mat", n_samples=n)
     raw = rng.integers(-2000, 2000, (n, 65)).astype("<i2")
     otb = _otb_archive(tmp_path / "rec.otb+", raw.tobytes(), _pinout_xml("GR08MM1305", 65, range(64)))
     for src in (mat, otb):
@@ -491,6 +495,10 @@ def test_cli_decomposes_exports_without_flags(tmp_path, capsys):
         lay = load_decomposition(out).meta["layout"]
         assert lay["electrode"] == "GR08MM1305" and lay["orientation"] == 180 and lay["ied_mm"] == 8.0
         assert lay["channel_map"] == E.load_layout("GR08MM1305").channel_map.tolist()
+    # and its decomposition is compared with OTBioLab's own 5 units
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "export_cbss.npz"), "--reference", str(mat)]) == 0
+    assert "5 units at 2048 Hz" in capsys.readouterr().out
     bare = tmp_path / "bare.npz"
     np.savez(bare, emg=rng.standard_normal((64, n)).astype(np.float32), fs=FS)
     capsys.readouterr()
