@@ -248,11 +248,11 @@ def decompose(rec: Recording | str | Path, method: str = "bmiss", *, progress: b
     if "seed" in kw:
         kw["seed"] = check_seed(kw["seed"], "seed", where="decompose")
     interrupts.check()
-    from . import electrodes, pipeline
+    from . import electrodes, geometry, pipeline
 
     # Geometry flags (electrode, orientation, grid, ied_mm, missing) override the file's layout.
     # Blind methods never need a geometry; bmiss gets the anatomy with the recording's grid
-    # (electrodes.anatomy_for_recording) and refuses, naming the flags, when there is none.
+    # (geometry.anatomy_for_recording) and refuses, naming the flags, when there is none.
     geo = {k: kw.pop(k) for k in ("electrode", "orientation", "grid", "ied_mm", "missing") if k in kw}
     geo = {k: v for k, v in geo.items() if v is not None and v != ()}
     lay = None
@@ -270,7 +270,7 @@ def decompose(rec: Recording | str | Path, method: str = "bmiss", *, progress: b
         kw.pop("seed", None)  # deterministic: nothing to seed
         dec = pipeline.decompose_oracle(rec.emg, rec.fs, rec.true_muaps, progress=progress, **kw)
     elif method == "bmiss":
-        a = electrodes.anatomy_for_recording(rec, kw.pop("anatomy", None), electrode=geo.get("electrode"),
+        a = geometry.anatomy_for_recording(rec, kw.pop("anatomy", None), electrode=geo.get("electrode"),
                                              orientation=geo.get("orientation"), grid=geo.get("grid"),
                                              ied=geo.get("ied_mm"), missing=geo.get("missing"))
         lay = electrodes.layout_of_anatomy(a)
@@ -526,13 +526,13 @@ def fit(rec: Recording | str | Path, *, anatomy=None, electrode=None, decomposit
     seed = check_seed(seed, "seed", where="fit")
     if decomposition is not None and not isinstance(decomposition, Decomposition):
         decomposition = _as_decomposition(decomposition, "decomposition", "fit")
-    from . import electrodes, fitting
+    from . import fitting, geometry
 
     src = source or (str(rec) if _path_like(rec) else "")
     rec = _as_recording(rec, "rec", "fit")
     interrupts.check()
     s = fitting.SubjectFitSettings(fix=tuple(fix or ()), **settings)
-    base = anatomy if isinstance(anatomy, anatomy_mod.Anatomy) else electrodes.anatomy_for_recording(
+    base = anatomy if isinstance(anatomy, anatomy_mod.Anatomy) else geometry.anatomy_for_recording(
         rec, anatomy, electrode=electrode)
     t0 = time.perf_counter()
     dec = decomposition if decomposition is not None else decompose(rec, "cbss", progress=False, seed=seed)

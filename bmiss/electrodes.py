@@ -419,12 +419,11 @@ def _map_fields(fields: dict, path: Path) -> dict:
 
 def save_channel_map(path: str | Path, layout: Layout, *, force: bool = False) -> Path:
     """Write ``layout`` as a channel-map JSON that :func:`load_layout` reads back."""
-    from .io import atomic_write  # noqa: PLC0415
+    from .files import write_text
 
     doc = {"code": layout.code, "rows": layout.rows, "cols": layout.cols, "ied_mm": layout.ied_mm,
            "electrode_diameter_mm": layout.electrode_diameter_mm, "channel_map": layout.channel_map.tolist()}
-    text = json.dumps(doc, indent=1)
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), force=force)
+    return write_text(path, json.dumps(doc, indent=1), force=force)
 
 
 def standard_13x5(ied_mm: float = 8.0) -> Layout:
@@ -535,72 +534,6 @@ def layout_meta(rec, layout: Layout | None = None) -> dict:
     return lay.to_meta()
 
 
-def anatomy_for_recording(rec, anatomy=None, *, electrode=None, orientation=None, grid=None, ied=None,
-                          missing=None):
-    """The anatomy whose electrode grid is the recording's: what a model-based method inverts.
-
-    rec: :class:`bmiss.io.Recording`.  anatomy: shipped name, TOML path or Anatomy (default: the
-    nominal anatomy stored in a simulation's meta, else ``biceps_brachii`` for the tissue).
-    electrode / orientation / grid / ied / missing: the CLI flags; they override the file's geometry.
-
-    The grid's rows, columns, IED, missing electrodes and channel order become the layout's, so
-    the forward model puts every channel at its real position; the sampling rate becomes the
-    recording's and the MUAP window keeps its duration in ms.  A simulation without flags keeps
-    its own anatomy's grid (montage included).  Raises :class:`GeometryError` naming the flags
-    when no geometry is known (never falls back to a default grid), and when the layout's
-    channel count differs from the recording's.
-    """
-    import tomllib
-
-    from . import anatomy as anatomy_mod
-
-    flags = any(v is not None for v in (electrode, orientation, grid, ied)) or bool(missing)
-    if anatomy is not None:
-        a = anatomy_mod.load(anatomy)
-        base_is_sim = False
-    elif rec.meta.get("anatomy_toml"):
-        # a simulation's nominal anatomy; its tissue_overrides (a simulated mismatch) stay hidden
-        a = anatomy_mod.from_dict(tomllib.loads(rec.meta["anatomy_toml"]), source="recording meta")
-        base_is_sim = True
-    else:
-        a = anatomy_mod.load("biceps_brachii")
-        base_is_sim = False
-    lay = resolve_layout(rec, electrode=electrode, orientation=orientation, grid=grid, ied=ied, missing=missing)
-    if base_is_sim and not flags and a.grid.n_channels == rec.n_channels:
-        pass  # the simulation's own grid, montage and channel order
-    else:
-        if lay is None:
-            if rec.channel_map is not None and rec.ied_mm is None:
-                raise GeometryError(f"the recording gives its channel positions ({rec.grid_shape[0]}x"
-                                    f"{rec.grid_shape[1]} grid) but not the inter-electrode distance: add --ied MM "
-                                    "(or --electrode CODE)")
-            raise GeometryError(f"the recording ({rec.n_channels} channels) does not describe its electrode grid; a "
-                                f"model-based method needs it: pass {_FLAGS}")
-        if lay.n_channels != rec.n_channels:
-            raise GeometryError(f"electrode layout {lay.code} ({lay.rows}x{lay.cols}) has {lay.n_channels} channels but "
-                                f"the recording has {rec.n_channels}; pass the grid that recorded it: {_FLAGS}")
-        try:
-            a = a.with_layout(lay)
-        except anatomy_mod.AnatomyError as e:
-            fits = []
-            for name in anatomy_mod.list_anatomies():
-                try:
-                    anatomy_mod.load(name).with_layout(lay)
-                    fits.append(name)
-                except anatomy_mod.AnatomyError:
-                    pass
-            hint = f"; shipped anatomies it fits: {', '.join(fits)}" if fits else ""
-            raise GeometryError(f"electrode layout {lay.code} ({lay.rows}x{lay.cols} @ {lay.ied_mm:g} mm) does not fit "
-                                f"anatomy {a.name!r} ({str(e).split(': ', 1)[-1]}); pass --anatomy NAME|PATH.toml "
-                                f"for the recorded muscle{hint}") from None
-    if abs(a.grid.fs_hz - rec.fs) > 1e-6:
-        # keep the MUAP window's duration (ms) when the sampling rate changes
-        T = int(round(a.grid.muap_samples * rec.fs / a.grid.fs_hz))
-        a = a.with_grid(fs_hz=float(rec.fs), muap_samples=int(min(max(T, 16), 1024)))
-    return a
-
-
 __all__ = ["Layout", "LayoutError", "GeometryError", "CODES", "ORIENTATIONS", "DEFAULT_ORIENTATION",
            "load_layout", "load_channel_map", "save_channel_map", "row_major", "standard_13x5", "parse_grid",
-           "parse_missing", "find_code", "canonical_code", "layout_of", "layout_of_anatomy", "resolve_layout", "layout_meta",
-           "anatomy_for_recording"]
+           "parse_missing", "find_code", "canonical_code", "layout_of", "layout_of_anatomy", "resolve_layout", "layout_meta"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bmiss import anatomy, electrodes as E
+from bmiss.geometry import anatomy_for_recording
 from bmiss.io import Recording
 
 # Hand-written from the pinout drawings (1-based amplifier channel, 0 = no electrode), rows top to
@@ -160,7 +161,7 @@ def test_anatomy_for_recording_places_channels():
     rec = _rec(electrode="GR08MM1305")
     assert rec.orientation == 180 and rec.ied_mm == 8.0
     np.testing.assert_array_equal(rec.channel_map, lay.channel_map)
-    a = E.anatomy_for_recording(rec, "biceps_brachii")
+    a = anatomy_for_recording(rec, "biceps_brachii")
     xz, rc = a.grid.electrode_positions()
     np.testing.assert_array_equal(rc, lay.channel_map)  # forward-model channel k = amplifier channel k
     np.testing.assert_allclose(xz, lay.positions_mm() + [a.grid.centre_x_mm, a.grid.centre_z_mm], atol=1e-9)
@@ -178,20 +179,20 @@ def test_anatomy_for_recording_places_channels():
 def test_anatomy_for_recording_flags_and_errors():
     bare = _rec()
     with pytest.raises(E.GeometryError, match="--electrode CODE.*--grid ROWSxCOLS --ied MM"):
-        E.anatomy_for_recording(bare)
-    a = E.anatomy_for_recording(bare, electrode="GR08MM1305", orientation=0)
+        anatomy_for_recording(bare)
+    a = anatomy_for_recording(bare, electrode="GR08MM1305", orientation=0)
     assert a.grid.electrode == "GR08MM1305" and a.grid.orientation == 0 and a.grid.missing == ((12, 4),)
-    a = E.anatomy_for_recording(bare, grid="13x5", ied=8, missing="0,0")
+    a = anatomy_for_recording(bare, grid="13x5", ied=8, missing="0,0")
     assert a.grid.channel_order[0] == (0, 1)
     with pytest.raises(E.GeometryError, match="--ied"):
-        E.anatomy_for_recording(bare, grid=(13, 5), missing="0,0")
+        anatomy_for_recording(bare, grid=(13, 5), missing="0,0")
     with pytest.raises(E.GeometryError, match="32 channels"):
-        E.anatomy_for_recording(bare, electrode="HD10MM0804")
+        anatomy_for_recording(bare, electrode="HD10MM0804")
     with pytest.raises(E.GeometryError, match="tibialis_anterior"):  # 8x8 @ 10 mm is wider than the biceps
-        E.anatomy_for_recording(bare, electrode="GR10MM0808")
+        anatomy_for_recording(bare, electrode="GR10MM0808")
     # the recording's rate is used and the MUAP window keeps its duration
     fast = Recording(emg=bare.emg, fs=10240.0, electrode="GR10MM0808")
-    a = E.anatomy_for_recording(fast, "tibialis_anterior")
+    a = anatomy_for_recording(fast, "tibialis_anterior")
     assert a.grid.fs_hz == 10240.0 and a.grid.muap_samples == 96 * 5
 
 

@@ -342,7 +342,7 @@ def test_real_gr10mm0808_recording():
     np.testing.assert_array_equal(r.channel_map[:8], [[7 - k, 0] for k in range(8)])  # channel 1 bottom-left, up
     np.testing.assert_array_equal(r.channel_map[8], [7, 1])
     assert np.isfinite(r.emg).all() and 10 < float(np.median(r.emg.std(1))) < 1000  # µV (mV x 1000)
-    from bmiss.electrodes import anatomy_for_recording
+    from bmiss.geometry import anatomy_for_recording
 
     a = anatomy_for_recording(r, "tibialis_anterior")
     assert a.grid.fs_hz == 10240.0 and a.grid.channel_order == tuple(map(tuple, r.channel_map.tolist()))

@@ -269,7 +269,7 @@ def fit_subject(rec, decomposition, *, anatomy: Anatomy, settings: SubjectFitSet
         Blind units of ``rec`` (e.g. ``bmiss.decompose(rec, "cbss")``).
     anatomy : Anatomy
         Base anatomy with the recording's grid (tissue starting values and bounds;
-        :func:`bmiss.electrodes.anatomy_for_recording`).
+        :func:`bmiss.geometry.anatomy_for_recording`).
     settings : SubjectFitSettings
     units : sequence of int, optional
         Use these units of the decomposition instead of the confident-unit selection.

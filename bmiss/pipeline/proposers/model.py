@@ -131,12 +131,12 @@ def _optimise(model: FilterModel, u0, z, kind, n_steps, lr):
 def resolve_anatomy(rec, anatomy=None, grid=None, ied_mm=None):
     """The forward model's anatomy for ``rec``: an :class:`~bmiss.anatomy.Anatomy` as given
     (``bmiss.api.decompose`` resolves it with the recording's layout), else
-    :func:`bmiss.electrodes.anatomy_for_recording` (name/path, or the simulation's nominal
+    :func:`bmiss.geometry.anatomy_for_recording` (name/path, or the simulation's nominal
     anatomy, with the recording's electrode grid; refuses without a geometry)."""
     if not isinstance(anatomy, anatomy_mod.Anatomy):
-        from ... import electrodes
+        from ... import geometry
 
-        return electrodes.anatomy_for_recording(rec, anatomy, grid=grid, ied=ied_mm)
+        return geometry.anatomy_for_recording(rec, anatomy, grid=grid, ied=ied_mm)
     a = anatomy
     if a.grid.n_channels != rec.n_channels:
         raise BmissFileError(
