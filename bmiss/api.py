@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from .errors import BmissFileError, UserError, RecordingMismatchError  # noqa: F401  (re-exported)
 import functools
-import json
 import os
 import zipfile
 from pathlib import Path
@@ -20,7 +19,8 @@ import numpy as np
 from . import anatomy as anatomy_mod
 from . import interrupts, outputs
 from .checks import SEED_MAX, check_seed  # noqa: F401  (re-exported)
-from .io import (Decomposition, Recording, atomic_write, recording_fingerprint)
+from .files import write_json
+from .io import (Decomposition, Recording, recording_fingerprint)
 from .io import load_decomposition as _io_load_decomposition
 from .io import load_recording as _io_load_recording
 from .io import save_decomposition as _io_save_decomposition
@@ -345,7 +345,7 @@ def evaluate(dec: Decomposition | str | Path, rec: Recording | str | Path, *, or
     return metrics.evaluate(dec, rec, **kw)
 
 
-EXPORT_FORMATS = ("openhdemg", "csv", "tsv", "json", "mu-csv", "mu-json", "drive-csv", "drive-json")
+EXPORT_FORMATS = ("openhdemg", "muedit", "csv", "tsv", "json", "mu-csv", "mu-json", "drive-csv", "drive-json")
 
 
 def _unit_quality(dec: Decomposition) -> list[dict]:
@@ -367,6 +367,7 @@ def _unit_quality(dec: Decomposition) -> list[dict]:
 
 EXPORT_DESCRIPTIONS = {
     "openhdemg": "openhdemg emgfile (gzip JSON with RAW_SIGNAL and the MUs)",
+    "muedit": "MUedit output .mat (signal struct: EMG, discharge times, pulse trains) to review in MUedit",
     "csv": "per-MU summary CSV (quality and fitted MU properties)",
     "tsv": "EMG-BIDS events TSV of the discharges",
     "json": "per-MU JSON (quality and fitted MU properties)",
@@ -383,7 +384,7 @@ def export_format(out: str | Path, fmt: str | None = None) -> str:
             raise UserError(f"export: unknown format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
         return fmt
     name = Path(out).name.lower()
-    for suf, f in ((".json.gz", "openhdemg"), (".csv", "csv"), (".tsv", "tsv"), (".json", "json")):
+    for suf, f in ((".json.gz", "openhdemg"), (".mat", "muedit"), (".csv", "csv"), (".tsv", "tsv"), (".json", "json")):
         if name.endswith(suf):
             return f
     raise UserError(f"cannot infer the export format from {Path(out).name!r}; pass --format (fmt=), one of "
@@ -399,7 +400,8 @@ def export(dec: Decomposition | str | Path, out: str | Path, fmt: str | None = N
     dec : Decomposition or path of a decomposition .npz.
     out : file to write. Never overwritten unless ``force=True``; never one of the inputs (``dec``,
         ``rec``) nor an ``.npz`` (bmiss's own recordings and decompositions), even with ``force``.
-    fmt : "openhdemg" (gzip JSON emgfile; needs the recording), "csv" (per-MU summary and fitted
+    fmt : "openhdemg" (gzip JSON emgfile; needs the recording), "muedit" (MUedit's output .mat, to
+        review the units in MUedit; needs the recording), "csv" (per-MU summary and fitted
         MU properties), "tsv" (EMG-BIDS ``_events.tsv`` of discharges), "json" (MU properties and
         quality as JSON), "mu-csv"/"mu-json" (motor-neuron properties), "drive-csv"/"drive-json"
         (neural drive). Inferred from the suffix of ``out`` when omitted (:func:`export_format`:
@@ -415,7 +417,7 @@ def export(dec: Decomposition | str | Path, out: str | Path, fmt: str | None = N
     >>> bmiss.export(dec, "units.csv")  # doctest: +SKIP
     >>> bmiss.export(dec, "dec.json.gz", rec=rec)  # openhdemg  # doctest: +SKIP
     """
-    from . import formats, metrics
+    from . import formats
 
     if not _path_like(out):
         raise UserError(f"export: out must be a file path (str or Path), got {type(out).__name__}"
@@ -424,7 +426,7 @@ def export(dec: Decomposition | str | Path, out: str | Path, fmt: str | None = N
     out = Path(out)
     if out.name.lower().endswith(".npz"):
         raise UserError(f"export: out={str(out)!r}: an export is {EXPORT_DESCRIPTIONS[fmt]}, not an .npz (bmiss's "
-                        "own recordings and decompositions); choose a name ending in .csv, .tsv, .json or .json.gz")
+                        "own recordings and decompositions); choose a name ending in .csv, .tsv, .json, .json.gz or .mat")
     outputs.check_outputs([out], force, inputs=[x for x in (dec, rec) if _path_like(x)],
                           force_hint="force=True (--force)")
     dec_name = str(dec) if _path_like(dec) else "the decomposition"
@@ -435,13 +437,14 @@ def export(dec: Decomposition | str | Path, out: str | Path, fmt: str | None = N
         raise UserError(f"export: rec must be a bmiss Recording, the path of a recording file or None; "
                         f"got {type(rec).__name__}")
     interrupts.check()
-    if fmt == "openhdemg":
+    if fmt in ("openhdemg", "muedit"):
         if rec is None:
-            raise UserError("openhdemg export needs the recording (--recording REC): the emgfile holds RAW_SIGNAL")
+            raise UserError(f"{fmt} export needs the recording (--recording REC): the file holds the EMG")
         rec_name = str(rec) if isinstance(rec, (str, Path)) else "the recording"
         rec = _as_recording(rec, "rec", "export")
         check_pair(dec, rec, dec_name=dec_name, rec_name=rec_name)
-        return formats.save_openhdemg(out, dec, rec, force=force)
+        save = formats.save_openhdemg if fmt == "openhdemg" else formats.save_muedit
+        return save(out, dec, rec, force=force)
     if fmt == "tsv":
         return formats.save_events_tsv(out, dec, force=force)
     if fmt in ("mu-csv", "mu-json", "drive-csv", "drive-json"):
@@ -463,8 +466,7 @@ def export(dec: Decomposition | str | Path, out: str | Path, fmt: str | None = N
 
         doc = {"method": dec.method, "fs": dec.fs, "n_units": dec.n_units, "sil_definition": SIL_DEFINITION,
                "units": units, "meta": dec.meta}
-        text = json.dumps(metrics._jsonable(doc), indent=1)
-        return atomic_write(out, lambda tmp: Path(tmp).write_text(text), force=force)
+        return write_json(out, doc, force=force)
     raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
 
 

@@ -582,15 +582,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="overwrite an existing --json")
     e.set_defaults(func=cmd_evaluate)
 
-    x = sub.add_parser("export", help="export a decomposition (openhdemg JSON, CSV, events TSV, JSON)")
+    x = sub.add_parser("export", help="export a decomposition (openhdemg JSON, MUedit .mat, CSV, events TSV, JSON)")
     x.add_argument("decomposition")
     x.add_argument("--out", required=True, help="file to write; without --format the suffix chooses: .csv per-MU "
-                                                "summary, .json per-MU JSON, .tsv events, .json.gz openhdemg")
-    x.add_argument("--format", choices=("openhdemg", "csv", "tsv", "json", "mu-csv", "mu-json", "drive-csv", "drive-json"),
+                                                "summary, .json per-MU JSON, .tsv events, .json.gz openhdemg, "
+                                                ".mat MUedit")
+    x.add_argument("--format", choices=("openhdemg", "muedit", "csv", "tsv", "json", "mu-csv", "mu-json", "drive-csv", "drive-json"),
                    default=None, help="mu-*: motor-neuron properties (thresholds, rates, pool fit); drive-*: neural "
                                       "drive (smoothed rates, cumulative spike train); both use --recording's "
                                       "reference/force signal when given")
-    x.add_argument("--recording", default=None, help="needed for openhdemg (RAW_SIGNAL)")
+    x.add_argument("--recording", default=None, help="needed for openhdemg and muedit (the files hold the EMG)")
     x.add_argument("--force", action="store_true")
     x.set_defaults(func=cmd_export)
 

@@ -250,3 +250,23 @@ def test_muedit_edited_file_prefers_distimeclean(tmp_path):
     assert ref.meta["discharges_from"] == "edition.Distimeclean" and ref.n_units == 2
     np.testing.assert_array_equal(ref.spikes[0], spikes[0][::2])
     np.testing.assert_array_equal(ref.spikes[1], spikes[1])
+
+
+def test_export_muedit_through_the_cli(otb, tmp_path):
+    """``bmiss export DEC --recording REC --out units.mat`` writes MUedit's output, which reads back."""
+    from bmiss import api
+
+    p, _, _ = otb
+    rec = F.load_any(p)
+    ref = R.load_reference(p)
+    dec = Decomposition(spikes=ref.spikes, sources=ref.sources, fs=ref.fs, method="x",
+                        meta={"recording": api.recording_fingerprint(rec)})
+    dpath = tmp_path / "dec.npz"
+    save_decomposition(dpath, dec)
+    out = tmp_path / "units.mat"
+    assert main(["export", str(dpath), "--recording", str(p), "--out", str(out)]) == 0
+    back = R.load_reference(out)
+    assert back.origin == "MUedit .mat"
+    for a, b in zip(back.spikes, ref.spikes):
+        np.testing.assert_array_equal(a, b)
+    assert main(["export", str(dpath), "--out", str(tmp_path / "x.mat")]) == 2  # needs the recording
