@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 from .api import decompose, evaluate, export, simulate  # noqa: E402
 from .io import load_decomposition, load_recording, save_decomposition, save_recording  # noqa: E402
+from .batch import batch  # noqa: E402  (the function; the package is bmiss.batch in sys.modules)
 
 __all__ = ["simulate", "decompose", "evaluate", "export", "load_recording", "save_recording",
-           "load_decomposition", "save_decomposition"]
+           "load_decomposition", "save_decomposition", "batch"]
