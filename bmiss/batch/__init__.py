@@ -282,17 +282,16 @@ def plan_workers(n_jobs: int, workers: int | None = None, threads: int | None = 
     """``(worker processes, threads per worker)`` for a local cluster: workers x threads <= cores.
 
     Default: one single-threaded worker per core (a small recording keeps one core busy, and
-    independent recordings scale better than threads inside one), at most one per recording; with
-    ``workers`` given, the cores are shared out among them.
+    independent recordings scale better than threads inside one); with ``workers`` given, the
+    cores are shared out among them. Never more workers than recordings.
 
     Examples
     --------
-    >>> plan_workers(10, cores=16), plan_workers(3, cores=16), plan_workers(10, workers=4, cores=16)
+    >>> plan_workers(20, cores=16), plan_workers(3, cores=16), plan_workers(10, workers=4, cores=16)
     ((16, 1), (3, 5), (4, 4))
     """
     cores = cores or _cores()
-    if workers is None:
-        workers = max(1, min(cores, n_jobs))
+    workers = max(1, min(cores if workers is None else workers, n_jobs))
     if threads is None:
         threads = max(1, cores // workers)
     return int(workers), int(threads)
@@ -511,7 +510,10 @@ def _failed_status(spec: dict, error: str, kind: str) -> dict:
 
 
 def _run_on_dask(specs, *, workers, threads, scheduler, retries, progress, n_skipped, log, run_one, jax_cache):
-    from distributed import Client, as_completed
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise UserError("bmiss batch runs on Dask: pip install 'bmiss[batch]' (or 'dask[distributed]')") from None
     from tqdm.auto import tqdm
 
     cluster = None
@@ -531,7 +533,10 @@ def _run_on_dask(specs, *, workers, threads, scheduler, retries, progress, n_ski
     except Exception:  # noqa: BLE001 - the dashboard needs bokeh; the batch does not
         _LAST_DASHBOARD[0] = None
     if _LAST_DASHBOARD[0]:
-        log(f"bmiss batch: Dask dashboard at {_LAST_DASHBOARD[0]}")
+        import importlib.util
+
+        note = "" if importlib.util.find_spec("bokeh") else " (pip install bokeh to see it)"
+        log(f"bmiss batch: Dask dashboard at {_LAST_DASHBOARD[0]}{note}")
     results: dict[str, dict] = {}
     total = len(specs) + n_skipped
     bar = tqdm(total=total, initial=n_skipped, desc="bmiss batch", unit="rec", disable=not progress,
