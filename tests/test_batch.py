@@ -180,7 +180,7 @@ def test_rerun_skips_done_and_redoes_changed_or_failed(study, capsys):
     # nothing left to do: no cluster starts; other settings are refused without --force
     t = time.perf_counter()
     assert main(["batch", str(data), "--out", str(out), *ARGS]) == 0
-    assert json.loads((out / "batch.json").read_text())["ran"] == [] and time.perf_counter() - t < 20
+    assert json.loads((out / "batch.json").read_text())["ran"] == []  # no task, no cluster
     capsys.readouterr()
     assert main(["batch", str(data), "--out", str(out), *ARGS[:2], "--setting", "n_iter=7", "--quiet"]) == 2
     assert "--force" in capsys.readouterr().err

@@ -165,16 +165,16 @@ def discover(inputs, *, exclude: str | Path | None = None) -> list[Job]:
         elif p.is_file():
             got = [(p, p.parent)]
         elif _glob.has_magic(spec):
-            base = Path(*[part for part in (Path(spec).parts[:next(i for i, part in enumerate(Path(spec).parts)
-                                                                   if _glob.has_magic(part))])]) \
-                if not _glob.has_magic(Path(spec).parts[0]) else Path(".")
+            parts = Path(spec).parts
+            fixed = next(i for i, part in enumerate(parts) if _glob.has_magic(part))
+            base = Path(*parts[:fixed]) if fixed else Path(".")  # keys keep the structure below it
             got = []
             for m in sorted(_glob.glob(spec, recursive=True)):
                 mp = Path(m)
                 if mp.is_dir():
                     got += _folder_jobs(mp, suffixes, ex)
                 elif mp.is_file():
-                    got.append((mp, base if str(base) else Path(".")))
+                    got.append((mp, base))
             if not got:
                 raise UserError(f"{spec} matches no recording")
         else:
@@ -329,12 +329,17 @@ def _start_cluster(n_workers: int, threads: int, retries: int, quiet: bool, jax_
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, env=env,
                                dashboard_address=":0", silence_logs=50 if quiet else 40)
         client = Client(cluster)
+    _restore_env(saved)
+    cluster._bmiss_saved_env = saved  # a restarted worker sets them again: put back at the end too
+    return cluster, client
+
+
+def _restore_env(saved: dict) -> None:
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    return cluster, client
 
 
 # ---------------------------------------------------------------- the run
@@ -580,4 +585,5 @@ def _run_on_dask(specs, *, workers, threads, scheduler, retries, progress, n_ski
                 cluster.close(timeout=10)
             except Exception:  # noqa: BLE001
                 pass
+            _restore_env(getattr(cluster, "_bmiss_saved_env", {}))
     return results
