@@ -16,7 +16,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bmiss import metrics
@@ -178,7 +177,6 @@ def test_rerun_skips_done_and_redoes_changed_or_failed(study, capsys):
     assert _status(out, "rec3")["fingerprint"] == recording_fingerprint(load_recording(data / "rec3.npz"))
     assert _status(out, "bad")["status"] == "done"
     # nothing left to do: no cluster starts; other settings are refused without --force
-    t = time.perf_counter()
     assert main(["batch", str(data), "--out", str(out), *ARGS]) == 0
     assert json.loads((out / "batch.json").read_text())["ran"] == []  # no task, no cluster
     capsys.readouterr()

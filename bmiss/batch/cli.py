@@ -14,7 +14,8 @@ def register(sub) -> None:
 
     b = sub.add_parser("batch", help="decompose many recordings (files, folders, globs, EMG-BIDS) on Dask, "
                                      "resumable, with a study table and report",
-                       description=__doc__.split("\n\n", 1)[0] + " Exit status: 0 all done; 10+N when N "
+                       description="Decompose every recording of INPUT (files, folders, globs, an EMG-BIDS "
+                       "dataset) as Dask tasks into DIR; a rerun resumes. Exit status: 0 all done; 10+N when N "
                        "recordings failed (capped at 109); 2 bad arguments; 130 interrupted.")
     b.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="recording files, folders (searched recursively), globs ('data/*/*.otb+') or an "
