@@ -36,6 +36,8 @@ def main(argv=None):
     ap.add_argument("--method", default="cbss")
     ap.add_argument("--n-iter", type=int, default=20, help="cbss iterations")
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--no-figures", action="store_true", help="batch without per-recording figures (the single "
+                    "runs make none)")
     ap.add_argument("--warm", action="store_true", help="also time a second batch with the compile cache warm")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -65,7 +67,8 @@ def main(argv=None):
         for name in ("cold", "warm") if a.warm else ("cold",):
             t = time.perf_counter()
             res = bmiss.batch(data, Path(tmp) / f"out_{name}", method=a.method, settings=settings,
-                              workers=a.workers, jax_cache=cache, progress=True)
+                              workers=a.workers, jax_cache=cache, figures=not a.no_figures,
+                              progress=True)
             wall = time.perf_counter() - t
             load[f"after_batch_{name}"] = os.getloadavg()
             batches[name] = {
