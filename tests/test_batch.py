@@ -195,7 +195,7 @@ def test_killed_worker_on_a_bids_dataset(study):
     out = study / "out_kill"
     rc = []
     run = threading.Thread(target=lambda: rc.append(main(["batch", str(bids), "--out", str(out), *ARGS,
-                                                          "--retries", "0"])), daemon=True)
+                                                          "--retries", "0", "--no-figures"])), daemon=True)
     run.start()
     killed = None
     t0 = time.time()
@@ -222,7 +222,7 @@ def test_killed_worker_on_a_bids_dataset(study):
     for p in out.rglob("*_cbss.npz"):  # none half-written: every decomposition file there is whole
         load_decomposition(p)
     # the rerun completes only the missing ones
-    assert main(["batch", str(bids), "--out", str(out), *ARGS]) == 0
+    assert main(["batch", str(bids), "--out", str(out), *ARGS, "--no-figures"]) == 0
     s = json.loads((out / "batch.json").read_text())
     assert sorted(s["ran"]) == failed and len(s["skipped"]) == 4 - len(failed)
     _no_partial_files(out)
