@@ -455,11 +455,14 @@ def batch(inputs, out, *, method: str = "bmiss", settings: dict | None = None, e
                         f"(e.g. {k}: differs in {', '.join(diff) or 'the method version'}); pass --force to redo them "
                         "with these settings, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    from ..files import write_json
+
+    if not is_batch_dir:  # mark the folder as a batch's at once: an interrupted first run resumes without --force
+        write_json(out / "batch.json", {"state": "started", "method": method, "settings_hash": shash})
     todo = [j for j in jobs if plan[j.key] != "skip"]
     skipped = [j.key for j in jobs if plan[j.key] == "skip"]
     log(f"bmiss batch: {len(jobs)} recording(s): {len(skipped)} already done, {len(todo)} to do "
         f"(method {method}, settings {shash})")
-    from ..files import write_json
 
     dashboard = None
     ran: list[str] = []

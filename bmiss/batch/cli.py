@@ -66,7 +66,7 @@ def cmd_batch(a) -> int:
     print(f"bmiss batch: {len(res.done)} done ({len(res.skipped)} skipped as already done), {len(res.failed)} "
           f"failed, {n_units} MUs, {res.wall_s:.1f} s; results in {res.out}")
     for k in res.failed:
-        print(f"  failed: {res.status[k].get('path')}: {res.status[k].get('error')}", file=sys.stderr)
+        print(f"  failed: {k}: {res.status[k].get('error')}", file=sys.stderr)
     if "report_html" in res.files:
         print(f"report: {res.files['report_html']}")
     return res.exit_status
