@@ -48,7 +48,6 @@ def register(sub) -> None:
 
 
 def cmd_batch(a) -> int:
-    from ..cli import _parse_settings
     from . import batch
 
     settings = {}
@@ -58,7 +57,14 @@ def cmd_batch(a) -> int:
         settings["n_iter" if a.method == "cbss" else "n_rounds"] = a.n_iter
     if a.anatomy is not None:
         settings["anatomy"] = a.anatomy
-    settings.update(_parse_settings(a.setting))
+    try:  # typed and checked per field where the pipeline offers it
+        from ..pipeline.settings import parse_settings
+
+        settings.update(parse_settings(a.method, a.setting) if a.setting else {})
+    except ImportError:
+        from ..cli import _parse_settings
+
+        settings.update(_parse_settings(a.setting))
     res = batch(a.inputs, a.out, method=a.method, settings=settings, exports=a.export, figures=not a.no_figures,
                 workers=a.workers, threads=a.threads, scheduler=a.scheduler, retries=a.retries, force=a.force,
                 report=not a.no_report, progress=not a.quiet)
