@@ -33,14 +33,15 @@ _LAZY = {
     # reference decompositions (bmiss.reference, from the readers' work; absent -> AttributeError)
     "compare_reference": "bmiss.reference:compare",
     "load_reference": "bmiss.reference:load_reference",
+    "batch": "bmiss.batch:batch",  # many recordings as Dask tasks (bmiss.batch)
 }
 
 __all__ = ["simulate", "decompose", "evaluate", "export", "fit", "load_recording", "save_recording",
-           "load_decomposition", "save_decomposition"]
+           "load_decomposition", "save_decomposition", "batch"]
 
 
 # API functions that share their name with a submodule (bmiss/simulate.py)
-_FUNCTION_NAMES = {"simulate"}
+_FUNCTION_NAMES = {"simulate", "batch"}
 
 
 class _Package(types.ModuleType):

@@ -509,7 +509,7 @@ def _write_json(path: Path, obj) -> None:
 # Commands that live in their own module: each defines ``register(sub)``, which adds its
 # subparser(s) with ``set_defaults(func=...)``; a module must import nothing heavy at import time
 # (``bmiss --help`` stays fast), so handlers import their work inside the function.
-COMMAND_MODULES = ("bmiss.review.cli", "bmiss.needle.cli")
+COMMAND_MODULES = ("bmiss.review.cli", "bmiss.needle.cli", "bmiss.batch.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
