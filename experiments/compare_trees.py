@@ -44,19 +44,22 @@ def run(a) -> int:
                                  "timing_s": dec.meta.get("timing_s")}
             print(spec, m, row["methods"][m]["found_90"], row["methods"][m]["false"], f"{dt:.1f} s", flush=True)
         rows.append(row)
-    try:
-        from bmiss.files import provenance, write_json
-        doc = {"rows": rows, "provenance": provenance(tree=a.tree or "this checkout")}
-        write_json(a.out, doc)
-    except ImportError:  # an old tree without bmiss.files
-        import os
-        import platform
-        import subprocess
-        commit = subprocess.run(["git", "-C", a.tree or ".", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-        doc = {"rows": rows, "provenance": {"command": " ".join(sys.argv), "commit": commit, "machine": platform.node(),
-                                            "cpu_count": os.cpu_count(), "load_avg": list(os.getloadavg())}}
-        with open(a.out, "w") as f:
-            json.dump(doc, f, indent=1)
+    import os
+    import platform
+    import subprocess
+
+    # the commit of the tree under test (an old tree's missing modules may resolve to this checkout's)
+    commit = subprocess.run(["git", "-C", a.tree or os.path.dirname(os.path.abspath(__file__)), "rev-parse", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    doc = {"rows": rows, "provenance": {"command": " ".join(sys.argv), "commit": commit, "tree": a.tree or "this checkout",
+                                        "machine": platform.node(), "processor": platform.machine(),
+                                        "cpu_count": os.cpu_count(), "load_avg": list(os.getloadavg()),
+                                        "settings": {"duration_s": a.duration, "n_units": a.n_units, "seed": a.seed,
+                                                     "recordings": a.recordings}}}
+    tmp = a.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(tmp, a.out)
     return 0
 
 
