@@ -262,7 +262,8 @@ class Surrogate:
 
 
 def load_surrogate(anatomy: Anatomy | str = "biceps_brachii", path: str | os.PathLike | None = None,
-                   check_bounds: bool = True, *, fs: float | None = None, n_samples: int | None = None) -> Surrogate:
+                   check_bounds: bool = True, *, fs: float | None = None, n_samples: int | None = None,
+                   universal: bool = False):
     """The universal surrogate bound to ``anatomy`` (an :class:`Anatomy`, e.g. a fitted subject, or a name).
 
     Parameters
@@ -276,6 +277,10 @@ def load_surrogate(anatomy: Anatomy | str = "biceps_brachii", path: str | os.Pat
         Refuse (concrete) or warn (traced) on MU parameters outside the domain.
     fs, n_samples : optional
         Sampling rate (Hz) and MUAP length (samples); default the anatomy grid's.
+    universal : bool
+        Always the universal network. By default an anatomy that matches its own shipped
+        per-anatomy weights exactly (``biceps_brachii`` as shipped, at its grid's rate) gets those
+        (:mod:`bmiss.surrogate_anatomy`, more accurate there); every other one the universal network.
 
     Raises
     ------
@@ -289,5 +294,13 @@ def load_surrogate(anatomy: Anatomy | str = "biceps_brachii", path: str | os.Pat
     160
     """
     a = _anatomy.load(anatomy) if isinstance(anatomy, str) else anatomy
+    if path is None and not universal and fs in (None, a.grid.fs_hz) and n_samples in (None, a.grid.muap_samples):
+        from . import surrogate_anatomy as _legacy
+
+        if _legacy.shipped_path(a.name).with_suffix(".json").exists() and a.name != UNIVERSAL:
+            try:
+                return _legacy.load_surrogate(a, check_bounds=check_bounds)
+            except SurrogateMismatchError:
+                pass  # same name, other tissue / grid: the universal network serves it
     model, meta = load_network(path)
     return Surrogate(model, meta, a, fs=fs, n_samples=n_samples, check_bounds=check_bounds)

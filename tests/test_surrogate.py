@@ -23,7 +23,7 @@ def _err(out, ref):
 @pytest.fixture(scope="module")
 def biceps():
     a = anatomy.load("biceps_brachii")
-    return a, S.load_surrogate(a)
+    return a, S.load_surrogate(a, universal=True)
 
 
 def _subject():
@@ -105,7 +105,7 @@ def test_out_of_domain_refused_or_flagged(biceps):
         s.muaps(bad)
     out = np.asarray(S.Surrogate(s.model, s.meta, a, check_bounds=False).muaps(bad))
     assert not np.allclose(out[1], out[0])  # extrapolated, not clipped
-    s2 = S.load_surrogate(a)
+    s2 = S.load_surrogate(a, universal=True)
     with pytest.warns(UserWarning, match="outside the training domain"):
         jax.block_until_ready(jax.jit(lambda p: s2.muap(p).sum())(bad[1]))
 
@@ -147,3 +147,15 @@ def test_forward_surrogate_setting_for_a_subject_like_anatomy():
         P = S.sample_params(sub, 3, seed=1)
         assert s.in_domain(P).all()
         assert np.isfinite(np.asarray(s.muaps(P))).all()
+
+
+def test_biceps_as_shipped_keeps_its_own_network():
+    """biceps_brachii as shipped gets its per-anatomy network (more accurate there); a changed biceps the
+    universal one."""
+    from bmiss import surrogate_anatomy
+
+    a = anatomy.load("biceps_brachii")
+    s = S.load_surrogate(a)
+    assert isinstance(s, surrogate_anatomy.Surrogate) and s.muap(P0).shape == (64, 96)
+    assert isinstance(S.load_surrogate(a.with_layers(fat_thickness_mm=3.5)), S.Surrogate)
+    assert isinstance(S.load_surrogate(a, fs=4096.0), S.Surrogate)
