@@ -24,11 +24,12 @@ def main(argv=None):
     ap.add_argument("--snr", type=float, default=20.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-units", type=int, default=100)
+    ap.add_argument("--forwards", default="surrogate,conductor", help="comma-separated forward models to run")
     ap.add_argument("--json", default="results/bench_surrogate_downstream.json")
     a = ap.parse_args(argv)
     rec = bmiss.simulate(a.anatomy, duration_s=a.duration, snr_db=a.snr, seed=a.seed, n_units=a.n_units)
     out = {}
-    for fwd in ("surrogate", "conductor"):
+    for fwd in a.forwards.split(","):
         t = time.perf_counter()
         try:
             dec = api.decompose(rec, "bmiss", progress=False, forward=fwd)
