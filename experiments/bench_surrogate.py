@@ -45,6 +45,8 @@ def parse(argv=None):
     ap.add_argument("--n-grad", type=int, default=8, help="draws per anatomy for the Jacobian comparison")
     ap.add_argument("--batch", type=int, default=500, help="MUAPs per timed call")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", default=None, help="comma-separated variants (per-anatomy table only; no domain, "
+                                                 "per-fibre or speed sections)")
     ap.add_argument("--seed", type=int, default=20240601, help="held-out seed (not the training seed 0)")
     return ap.parse_args(argv)
 
@@ -101,56 +103,60 @@ def main(argv=None) -> dict:
     res = {"weights": args.weights or str(S.shipped_path()), "network": {k: meta.get(k) for k in ("arch", "training")}}
     say = lambda *m: print(*m, file=sys.stderr, flush=True)  # noqa: E731
 
-    # ------------------------------------------------------------ whole domain (held-out draws)
-    d = G.draw(args.n_domain, args.seed)
-    # one IZ / fibre-end scatter (2.0 / 2.5 mm) keeps this to 3 conductor compiles; the training script's
-    # validation table (weights' JSON) covers every scatter on its held-out draws
-    d["iz_jit_i"][:], d["end_jit_i"][:] = 1, 1
-    d["iz_jitter_mm"][:], d["end_jitter_mm"][:] = G.IZ_JITTERS[1], G.END_JITTERS[1]
-    idx = np.arange(args.n_domain)
-    t = time.perf_counter()
-    ref = G.conductor_muaps(d, idx, "expected", progress=True, desc="conductor (domain)")
-    say(f"domain: {len(idx)} conductor MUAPs in {time.perf_counter() - t:.0f} s")
-    P = G.params_of(d)
-    TIS = np.stack([d[k] for k in N.TISSUE_KEYS], -1).astype(np.float32)
-    TT = (np.arange(G.N_SAMPLES)[None] / d["fs_hz"][:, None] * 1e3).astype(np.float32)
-    f = jax.jit(net.electrodes)
-    pred = np.concatenate([np.asarray(f(P[i:i + 50], TIS[i:i + 50], np.full(len(P[i:i + 50]), G.SIGMA_R, np.float32),
-                                        d["ex"][i:i + 50], d["ez"][i:i + 50],
-                                        d["radius_mm"][i:i + 50].astype(np.float32), TT[i:i + 50]))
-                           for i in range(0, len(P), 50)])
-    e = nrmse(pred, ref)
-    dom = {"all": summ(e)}
-    for name, key, edges in (("muscle_top_mm", "top_mm", (1.5, 2.5, 4.0, 6.0, 10.0)),
-                             ("fs_hz", "fs_hz", (2048, 3000, 5000, 7500, 10241)),
-                             ("depth_below_mm", "depth_below_mm", (0, 3, 8, 15, 26)),
-                             ("radius_mm", "radius_mm", (0.25, 0.75, 1.5, 2.5))):
-        v = d[key]
-        dom[name] = {f"[{lo:g}, {hi:g})": summ(e[(v >= lo) & (v < hi)]) for lo, hi in zip(edges[:-1], edges[1:])
-                     if ((v >= lo) & (v < hi)).sum()}
-    res["domain"] = dom
-    say(f"domain: median {dom['all']['median']:.4f} p95 {dom['all']['p95']:.4f}")
+    if not args.only:
+        # ------------------------------------------------------------ whole domain (held-out draws)
+        d = G.draw(args.n_domain, args.seed)
+        # one IZ / fibre-end scatter (2.0 / 2.5 mm) keeps this to 3 conductor compiles; the training script's
+        # validation table (weights' JSON) covers every scatter on its held-out draws
+        d["iz_jit_i"][:], d["end_jit_i"][:] = 1, 1
+        d["iz_jitter_mm"][:], d["end_jitter_mm"][:] = G.IZ_JITTERS[1], G.END_JITTERS[1]
+        idx = np.arange(args.n_domain)
+        t = time.perf_counter()
+        ref = G.conductor_muaps(d, idx, "expected", progress=True, desc="conductor (domain)")
+        say(f"domain: {len(idx)} conductor MUAPs in {time.perf_counter() - t:.0f} s")
+        P = G.params_of(d)
+        TIS = np.stack([d[k] for k in N.TISSUE_KEYS], -1).astype(np.float32)
+        TT = (np.arange(G.N_SAMPLES)[None] / d["fs_hz"][:, None] * 1e3).astype(np.float32)
+        f = jax.jit(net.electrodes)
+        pred = np.concatenate([np.asarray(f(P[i:i + 50], TIS[i:i + 50], np.full(len(P[i:i + 50]), G.SIGMA_R, np.float32),
+                                            d["ex"][i:i + 50], d["ez"][i:i + 50],
+                                            d["radius_mm"][i:i + 50].astype(np.float32), TT[i:i + 50]))
+                               for i in range(0, len(P), 50)])
+        e = nrmse(pred, ref)
+        dom = {"all": summ(e)}
+        for name, key, edges in (("muscle_top_mm", "top_mm", (1.5, 2.5, 4.0, 6.0, 10.0)),
+                                 ("fs_hz", "fs_hz", (2048, 3000, 5000, 7500, 10241)),
+                                 ("depth_below_mm", "depth_below_mm", (0, 3, 8, 15, 26)),
+                                 ("radius_mm", "radius_mm", (0.25, 0.75, 1.5, 2.5))):
+            v = d[key]
+            dom[name] = {f"[{lo:g}, {hi:g})": summ(e[(v >= lo) & (v < hi)]) for lo, hi in zip(edges[:-1], edges[1:])
+                         if ((v >= lo) & (v < hi)).sum()}
+        res["domain"] = dom
+        say(f"domain: median {dom['all']['median']:.4f} p95 {dom['all']['p95']:.4f}")
 
-    # ------------------------------------------------------------ per-fibre targets
-    nf = args.n_fibres
-    df = G.draw(nf, args.seed + 1)
-    df["iz_jit_i"][:], df["end_jit_i"][:] = 1, 1
-    df["iz_jitter_mm"][:], df["end_jitter_mm"][:] = G.IZ_JITTERS[1], G.END_JITTERS[1]
-    df["density"][:] = G.DENSITY_REF
-    yf = G.conductor_muaps(df, np.arange(nf), "fibres", seed=args.seed)
-    ye = G.conductor_muaps(df, np.arange(nf), "expected")
-    Pf = G.params_of(df)
-    TISf = np.stack([df[k] for k in N.TISSUE_KEYS], -1).astype(np.float32)
-    TTf = (np.arange(G.N_SAMPLES)[None] / df["fs_hz"][:, None] * 1e3).astype(np.float32)
-    pf = np.asarray(f(Pf, TISf, np.full(nf, G.SIGMA_R, np.float32), df["ex"], df["ez"],
-                      df["radius_mm"].astype(np.float32), TTf))
-    res["per_fibre"] = {"network_vs_per_fibre": summ(nrmse(pf, yf)), "expected_vs_per_fibre": summ(nrmse(ye, yf)),
-                        "network_vs_expected": summ(nrmse(pf, ye))}
+        # ------------------------------------------------------------ per-fibre targets
+        nf = args.n_fibres
+        df = G.draw(nf, args.seed + 1)
+        df["iz_jit_i"][:], df["end_jit_i"][:] = 1, 1
+        df["iz_jitter_mm"][:], df["end_jitter_mm"][:] = G.IZ_JITTERS[1], G.END_JITTERS[1]
+        df["density"][:] = G.DENSITY_REF
+        yf = G.conductor_muaps(df, np.arange(nf), "fibres", seed=args.seed)
+        ye = G.conductor_muaps(df, np.arange(nf), "expected")
+        Pf = G.params_of(df)
+        TISf = np.stack([df[k] for k in N.TISSUE_KEYS], -1).astype(np.float32)
+        TTf = (np.arange(G.N_SAMPLES)[None] / df["fs_hz"][:, None] * 1e3).astype(np.float32)
+        pf = np.asarray(f(Pf, TISf, np.full(nf, G.SIGMA_R, np.float32), df["ex"], df["ez"],
+                          df["radius_mm"].astype(np.float32), TTf))
+        res["per_fibre"] = {"network_vs_per_fibre": summ(nrmse(pf, yf)), "expected_vs_per_fibre": summ(nrmse(ye, yf)),
+                            "network_vs_expected": summ(nrmse(pf, ye))}
 
     # ------------------------------------------------------------ per anatomy / variant
     res["anatomies"], res["gradient_cosine"] = {}, {}
     speed_inputs = None
+    legacy = None
     for name, a in variants().items():
+        if args.only and name not in args.only.split(","):
+            continue
         fs, T = a.grid.fs_hz, a.grid.muap_samples
         s = S.load_surrogate(a, args.weights, universal=True)
         cond = Conductor.from_anatomy(a)
@@ -160,7 +166,8 @@ def main(argv=None) -> dict:
         o = np.asarray(s.muaps(Pa[ok])) if ok.all() else np.asarray(S.Surrogate(
             s.model, s.meta, a, check_bounds=False).muaps(Pa))
         ea = nrmse(o, r[ok] if ok.all() else r)
-        res["anatomies"][name] = {**summ(ea), "n_channels": s.n_channels, "n_samples": T, "fs_hz": fs,
+        split = {} if ok.all() else {"in_domain": summ(ea[ok]), "out_of_domain_flagged": summ(ea[~ok])}
+        res["anatomies"][name] = {**summ(ea), **split, "n_channels": s.n_channels, "n_samples": T, "fs_hz": fs,
                                   "in_domain_share": float(ok.mean()), "grid": f"{a.grid.rows}x{a.grid.cols} "
                                   f"IED {a.grid.ied_mm:g} mm, r {a.grid.electrode_radius_mm:g} mm, rot "
                                   f"{a.grid.rotation_deg:g} deg, {a.grid.montage}",
@@ -183,25 +190,26 @@ def main(argv=None) -> dict:
                     **summ(el), "note": "bmiss.surrogate_anatomy: trained for this anatomy and grid only"}
                 say(f"biceps per-anatomy: median {np.median(el):.4f}")
 
-    # ------------------------------------------------------------ speed (biceps, same batch)
-    cond, s, a = speed_inputs
-    Pb = S.sample_params(a, args.batch, args.seed + 2)
-    fc = lambda x: muaps(cond, x, batch_size=16)  # noqa: E731
-    fns = {"conductor": fc, "surrogate": s.muaps}
-    if not isinstance(legacy, S.Surrogate):
-        fns["per_anatomy"] = legacy.muaps
-    r = race(fns, Pb, args.repeats)
-    res["speed"] = {"anatomy": a.name, "batch": args.batch, "n_channels": s.n_channels, "n_samples": s.n_samples,
-                    "conductor_muaps_per_s": args.batch / r["conductor"]["best_s"],
-                    "surrogate_muaps_per_s": args.batch / r["surrogate"]["best_s"],
-                    "speedup_best": r["conductor"]["best_s"] / r["surrogate"]["best_s"],
-                    "speedup_median": r["conductor"]["median_s"] / r["surrogate"]["median_s"],
-                    **({"per_anatomy_muaps_per_s": args.batch / r["per_anatomy"]["best_s"]} if "per_anatomy" in r
-                       else {}), "timings": r,
-                    "conductor_call": "muaps(cond, params, batch_size=16) (expected mode)",
-                    "surrogate_call": "Surrogate.muaps(params)"}
-    say(f"speed: conductor {res['speed']['conductor_muaps_per_s']:.0f}/s, network "
-        f"{res['speed']['surrogate_muaps_per_s']:.0f}/s, x{res['speed']['speedup_best']:.1f}")
+    if speed_inputs is not None and not args.only:
+        # ------------------------------------------------------------ speed (biceps, same batch)
+        cond, s, a = speed_inputs
+        Pb = S.sample_params(a, args.batch, args.seed + 2)
+        fc = lambda x: muaps(cond, x, batch_size=16)  # noqa: E731
+        fns = {"conductor": fc, "surrogate": s.muaps}
+        if not isinstance(legacy, S.Surrogate):
+            fns["per_anatomy"] = legacy.muaps
+        r = race(fns, Pb, args.repeats)
+        res["speed"] = {"anatomy": a.name, "batch": args.batch, "n_channels": s.n_channels, "n_samples": s.n_samples,
+                        "conductor_muaps_per_s": args.batch / r["conductor"]["best_s"],
+                        "surrogate_muaps_per_s": args.batch / r["surrogate"]["best_s"],
+                        "speedup_best": r["conductor"]["best_s"] / r["surrogate"]["best_s"],
+                        "speedup_median": r["conductor"]["median_s"] / r["surrogate"]["median_s"],
+                        **({"per_anatomy_muaps_per_s": args.batch / r["per_anatomy"]["best_s"]} if "per_anatomy" in r
+                           else {}), "timings": r,
+                        "conductor_call": "muaps(cond, params, batch_size=16) (expected mode)",
+                        "surrogate_call": "Surrogate.muaps(params)"}
+        say(f"speed: conductor {res['speed']['conductor_muaps_per_s']:.0f}/s, network "
+            f"{res['speed']['surrogate_muaps_per_s']:.0f}/s, x{res['speed']['speedup_best']:.1f}")
     res["load_avg_start"] = list(load0)
     res["provenance"] = provenance(**vars(args))
     res["targets"] = {"domain_median_le": 0.03, "domain_p95_le": 0.06, "speedup_ge": 20.0}
