@@ -1,56 +1,32 @@
-"""Neural surrogate of the volume conductor: MU parameters -> MUAP, a Flax NNX generator.
+"""Neural surrogate of the volume conductor: MU parameters -> MUAP, for any anatomy, subject and grid.
 
-Architecture (and why)
-----------------------
-A *shared per-electrode* MLP that places learned, band-limited profiles at physically computed
-delays, for one grid geometry at a time. For electrode e and component c:
+:class:`Surrogate` binds the universal network (:mod:`bmiss.muapnet`, one set of weights shipped as
+``bmiss/data/surrogate_universal.npz/.json``) to one anatomy: its tissue, muscle scatter, grid
+(electrode positions after rotation and placement, electrode radius, montage) and sampling rate
+(any rate, any number of samples within the trained window). It is a drop-in for
+:class:`bmiss.conductor.Conductor`'s ``muap``: ``muap(p, shift_ms, tissue)`` honours the time shift
+and a (differentiable) :class:`~bmiss.conductor.Tissue`.
 
-    (a_ec, u_ec) = MLP(f(p, e))                         log-scale, unit coefficient vector [K]
-    F_ec         = u_ec @ basis_c                        Fourier coefficients [M] of a profile over v (mm)
-    phi_e(t)     = Re sum_c exp(a_ec) sum_m F_ecm exp(i w_m (cv (t - onset) - s_ec))
-    channels     = montage @ phi                         [n_channels, T] µV
+Domain: an anatomy whose tissue, grid or sampling lie outside the training ranges
+(:data:`bmiss.muapgen.DOMAIN`) is refused with :class:`SurrogateMismatchError` naming the values;
+MU parameters outside them are never clipped: :meth:`Surrogate.in_domain` returns the mask,
+:meth:`Surrogate.muaps` raises on concrete out-of-domain values (``check_bounds=True``), and a traced
+call warns through ``jax.debug.callback``.
 
-* Components c: the wave front reaching the electrode (s = |z_e - iz|, smoothed), and the fronts
-  reaching the right / left fibre end (s = L/2 -+ iz: extinction, the non-propagating terms).
-* CV enters exactly, not learned: the conductor's potential depends on time only through the
-  distance travelled by the fronts, cv (t - onset). The delays s_ec carry the IZ / length shifts.
-  In Fourier form a delay is a phase rotation, so the read-out is a rotation plus one dense
-  product with the MU's time basis: no gathers, smooth (C-infinity) in every parameter.
-* ``f(p, e)``: the 6 parameters normalised to [0, 1] by the anatomy bounds, as geometry relative
-  to the MU (squared lateral offset -> exact mirror symmetry in x; distance to the MU; offset from
-  the IZ; distances to the fibre ends). The planar conductor is translation invariant, so one
-  network serves all electrodes (64x the data per conductor call).
-* Why not the simpler MLP over a fixed PCA basis of whole MUAPs: measured on biceps MUAPs, 256
-  PCA components still leave 6 % median (19 % p95) truncation error, since IZ and lateral
-  position *shift* the pattern over the grid and shifts are high-rank. A per-electrode MLP over
-  a fixed temporal PCA basis (0.2 % truncation error at K = 48) trained to only 27 % median
-  error: it has to learn time shifts and CV time-scaling; placing the profiles at the physical
-  delays brought the same budget to 7 %.
-* Amplitude in log space (a_ec), shape as a unit vector (u_ec): amplitudes span ~4 decades
-  (depth, fibre count, electrode distance). The loss is the per-MUAP normalised squared error,
-  the metric the benchmark reports. SiLU activations keep d(MUAP)/dp smooth for the inversion.
-
-The log-amplitude standardisation, the frequency grid, the electrode positions, the montage and the
-parameter bounds are non-trainable :class:`Buffer` variables stored with the weights\n(the profile basis is trained).
-
-Shipped ``biceps_brachii`` model (experiments/bench_surrogate.py, 1000 held-out LHS draws):
-normalised RMSE median 4.1 %, p95 4.8 %; Jacobian cosine >= 0.997 for every parameter against
-a conductor with a 0.125 mm source grid (0.83 for d/d(cv) against the shipped 0.5 mm grid,
-whose own d/d(cv) carries a grid-crossing ripple: 0.83 against the fine grid too).
-
-Files: ``NAME.npz`` (flattened NNX state, arrays only, no pickle) + ``NAME.json`` (metadata:
-anatomy, grid, n_channels, T, bounds, architecture, data seed, validation error, ...).
-Shipped: ``bmiss/data/surrogate_<anatomy>.npz/.json`` (train with
-``experiments/train_surrogate.py``).
-
-Out-of-bounds parameters are CLIPPED to the training bounds (extrapolation is not trusted); a
-``UserWarning`` is issued once per :class:`Surrogate` on the host side: directly when called with
-concrete values, through ``jax.debug.callback`` when traced (disable with ``check_bounds=False``).
+Files: ``NAME.npz`` (flattened NNX state, arrays only) + ``NAME.json`` (metadata: architecture,
+training script and data seed, domain, validation table). Train with
+``experiments/train_surrogate.py``; benchmark with ``experiments/bench_surrogate.py``.
 Units: lengths mm, CV m/s, time ms, potential µV. Parameter order: ``conductor.PARAM_NAMES``.
+
+Examples
+--------
+>>> from bmiss.surrogate import load_surrogate
+>>> s = load_surrogate("tibialis_anterior")            # doctest: +SKIP
+>>> s.muap([6.0, 0.0, 5.0, 0.0, 4.0, 75.0]).shape        # doctest: +SKIP
+(64, 96)
 """
 from __future__ import annotations
 
-from .errors import SurrogateMismatchError  # noqa: F401  (re-exported)
 import json
 import math
 import os
@@ -63,24 +39,18 @@ import numpy as np
 from flax import nnx
 
 from . import anatomy as _anatomy
+from . import muapnet as N
 from .anatomy import Anatomy
-from .conductor import PARAM_NAMES, Conductor, muaps
+from .conductor import PARAM_NAMES
+from .errors import SurrogateMismatchError  # noqa: F401  (re-exported)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-FORMAT_VERSION = 1
-_LEN_SCALE = 50.0  # mm: scale of the geometric input features
-N_FEATURES = 12
-_N_COMP = 3  # propagating wave, right-end and left-end extinction
-_ABS_EPS = 2.0  # mm: smoothing of |z - iz| (keeps the frame differentiable at the IZ)
+FORMAT_VERSION = 2
+UNIVERSAL = "universal"
+Buffer = N.Buffer
 
 
-
-
-class Buffer(nnx.Variable):
-    """Non-trainable array stored with the weights (basis, bounds, geometry)."""
-
-
-# --------------------------------------------------------------------------- training data
+# --------------------------------------------------------------------------- sampling helpers
 def latin_hypercube(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
     """Latin hypercube sample [n, d] in [0, 1): each column hits each of n equal strata once."""
     u = rng.random((n, d))
@@ -99,180 +69,6 @@ def sample_params(a: Anatomy, n: int, seed: int) -> np.ndarray:
     """n LHS draws [n, 6] (physical units) over ``a.param_bounds()``."""
     lo, hi = bounds_array(a)
     return (lo + (hi - lo) * latin_hypercube(n, 6, np.random.default_rng(seed))).astype(np.float32)
-
-
-def electrode_conductor(a: Anatomy) -> Conductor:
-    """Conductor for ``a``'s grid with a monopolar montage: its channels are the electrodes."""
-    return Conductor.from_anatomy(a.with_grid(montage="monopolar"))
-
-
-def generate(a: Anatomy, params: np.ndarray, batch_size: int = 16, chunk: int = 2000,
-             progress: bool = False) -> np.ndarray:
-    """Electrode potentials [n, n_electrodes, T] µV of ``params`` [n, 6] from the analytic conductor."""
-    cond = electrode_conductor(a)
-    out = np.empty((len(params), cond.n_channels, cond.n_samples), np.float32)
-    it = range(0, len(params), chunk)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="conductor MUAPs", unit="chunk")
-    for i in it:  # chunks of equal size keep one compiled shape and bound device memory
-        p = params[i:i + chunk]
-        pad = chunk - len(p) if len(params) > chunk else 0
-        p = np.concatenate([p, np.repeat(p[-1:], pad, 0)]) if pad else p
-        out[i:i + chunk] = np.asarray(muaps(cond, p, batch_size=batch_size))[:len(p) - pad]
-    return out
-
-
-def generate_cv_jacobian(a: Anatomy, params: np.ndarray, batch_size: int = 16, chunk: int = 2000,
-                         progress: bool = False) -> np.ndarray:
-    """d(electrode potentials)/d(cv) [n, n_electrodes, T] µV/(m/s) of ``params`` [n, 6] (forward mode).
-
-    Training targets for the CV derivative: the surrogate must get the potential right *between*
-    the samples too (d/d cv = (t - onset) d/du), which the values alone constrain only loosely.
-    """
-    import equinox as eqx
-
-    cond = electrode_conductor(a)
-    e_cv = jnp.zeros(6, jnp.float32).at[PARAM_NAMES.index("cv_m_s")].set(1.0)
-    f = eqx.filter_jit(lambda c, p: jax.lax.map(lambda q: jax.jvp(c.muap, (q,), (e_cv,))[1], p,
-                                                batch_size=batch_size))
-    out = np.empty((len(params), cond.n_channels, cond.n_samples), np.float32)
-    it = range(0, len(params), chunk)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="conductor d/d(cv)", unit="chunk")
-    for i in it:
-        p = params[i:i + chunk]
-        pad = chunk - len(p) if len(params) > chunk else 0
-        p = np.concatenate([p, np.repeat(p[-1:], pad, 0)]) if pad else p
-        out[i:i + chunk] = np.asarray(f(cond, jnp.asarray(p)))[:len(p) - pad]
-    return out
-
-
-# --------------------------------------------------------------------------- the network
-def _smooth_abs(x, eps):
-    return jnp.sqrt(x * x + eps * eps)
-
-
-class MuapNet(nnx.Module):
-    """Per-electrode generator in the travelled-distance frame.
-
-    ``__call__(pn [B, 6] in [0, 1]) -> channels [B, n_channels, T]`` µV.
-
-    Electrode e, component c (propagating wave; extinction at the right / left fibre end) is a
-    band-limited profile over v (mm), f(v) = Re sum_m F_m exp(i w_m v), w_m = 2 pi m / period,
-    with F = u_ec @ basis_c (learned basis [C, K, M] complex, u_ec a unit vector from the MLP),
-    scaled by exp(a_ec) and read at v = cv (t - onset) - s_ec, s_ec the distance the fronts travel
-    before reaching the electrode (|z_e - iz|, smoothed) or the fibre end. In Fourier form the
-    read-out is a phase rotation exp(-i w_m s_ec) and ONE dense product with the MUAP's time
-    basis exp(i w_m cv (t - onset)) [M, T]: no gathers, smooth in every parameter.
-    """
-
-    def __init__(self, *, ex, ez, montage, lo, hi, t_ms, onset_ms: float, amp_mean: float, amp_std: float,
-                 n_basis: int = 32, k_max: float = 1.25, hidden: int = 128, depth: int = 3, seed: int = 0):
-        rngs = nnx.Rngs(seed)
-        lo, hi, ex, ez, t_ms = (np.asarray(v, np.float64) for v in (lo, hi, ex, ez, t_ms))
-        # the period must exceed the range of v any component reads (all bounds, electrodes, samples)
-        u_min = min(lo[4] * (t_ms[0] - onset_ms), hi[4] * (t_ms[0] - onset_ms))
-        u_max = hi[4] * (t_ms[-1] - onset_ms)
-        s_max = max(np.max(np.abs(ez[:, None] - np.array([lo[3], hi[3]])[None])) + _ABS_EPS,
-                    hi[5] / 2 + max(abs(lo[3]), abs(hi[3])))
-        s_min = min(lo[5] / 2 - max(abs(lo[3]), abs(hi[3])), 0.0)
-        period = float(np.ceil((u_max - s_min) - (u_min - s_max) + 20.0))
-        n_freq = int(np.ceil(k_max * period / (2 * np.pi))) + 1
-        sizes = [N_FEATURES] + [hidden] * depth
-        self.layers = nnx.List([nnx.Linear(i, o, rngs=rngs) for i, o in zip(sizes[:-1], sizes[1:])])
-        self.out = nnx.Linear(hidden, _N_COMP * (1 + n_basis), rngs=rngs,
-                              kernel_init=nnx.initializers.variance_scaling(0.1, "fan_in", "normal"))
-        w = 2 * np.pi * np.arange(n_freq) / period
-        # random start with a decaying spectrum (smooth profiles), real and imaginary parts
-        g = np.random.default_rng(seed)
-        init = g.normal(size=(_N_COMP, n_basis, 2, n_freq)) * np.exp(-2.0 * w)
-        # scale so that a unit coefficient vector gives a waveform of norm ~1 over T samples
-        init = init.reshape(_N_COMP, n_basis, 2 * n_freq) / np.sqrt(np.mean(np.sum(init**2, (2, 3))) * len(t_ms) / 2)
-        self.basis = nnx.Param(jnp.asarray(init, jnp.float32))  # [C, K, 2M]: real | imaginary parts
-        f = lambda v: Buffer(jnp.asarray(v, jnp.float32))  # noqa: E731
-        self.ex, self.ez, self.montage, self.lo, self.hi = f(ex), f(ez), f(montage), f(lo), f(hi)
-        self.t_ms, self.omega = f(t_ms), f(w)
-        self.frame = f([onset_ms, period])
-        self.amp = f([amp_mean, amp_std])
-
-    def features(self, pn):
-        """Per-electrode input features [B, Ne, N_FEATURES] from normalised parameters [B, 6].
-
-        Geometry only: CV enters exactly through the time axis (the conductor's potential is a
-        function of cv * (t - onset)), so the MLP never has to learn a time scaling.
-        """
-        lo, hi = self.lo[...], self.hi[...]
-        p = lo + pn * (hi - lo)
-        depth, x, iz, length = (p[:, i, None] for i in (0, 1, 3, 5))
-        ex, ez = self.ex[...][None], self.ez[...][None]
-        dx2 = (ex - x) ** 2
-        rho = jnp.sqrt(dx2 + depth**2)  # distance electrode -> MU axis, mm
-        dz = ez - iz  # along the fibres from the IZ
-        s = _LEN_SCALE
-        shape = dx2.shape
-        b = lambda v: jnp.broadcast_to(v, shape)  # noqa: E731
-        cols = [dx2 / s**2, rho / s, jnp.log(rho / s), dz / s, _smooth_abs(dz, _ABS_EPS) / s,
-                (ez + length / 2) / s, (length / 2 - ez) / s,  # electrode <- left / right fibre end
-                b((length / 2 + iz) / s), b((length / 2 - iz) / s),  # IZ -> fibre ends
-                b(pn[:, 0, None]), b(pn[:, 2, None]), b(pn[:, 5, None])]
-        return jnp.stack(cols, -1)
-
-    def electrodes(self, pn):
-        """Electrode potentials [B, Ne, T] µV."""
-        h = self.features(pn)
-        for lin in self.layers:
-            h = jax.nn.silu(lin(h))
-        o = self.out(h)
-        o = o.reshape(o.shape[:-1] + (_N_COMP, -1))  # [B, Ne, C, 1 + K]
-        a = self.amp[0] + self.amp[1] * o[..., 0]
-        u = o[..., 1:]
-        u = u * (jnp.exp(a)[..., None] * jax.lax.rsqrt(jnp.sum(u * u, -1, keepdims=True) + 1e-12))
-        lo, hi = self.lo[...], self.hi[...]
-        p = lo + pn * (hi - lo)
-        iz, cv, length = (p[:, i, None] for i in (3, 4, 5))
-        w = self.omega[...]
-        m = w.shape[0]
-        bas = self.basis[...]  # [C, K, 2M]: real | imaginary Fourier coefficients
-        # delay of each component: the front reaching the electrode (per electrode), the
-        # right / left fibre end (per MU); [B, Ne or 1, C]
-        dz = self.ez[...][None] - iz
-        s0 = _smooth_abs(dz, _ABS_EPS)
-        ph = [s0[..., None] * w, ((length / 2 - iz) * w)[:, None], ((length / 2 + iz) * w)[:, None]]
-        gr = gi = 0.0
-        for k in range(_N_COMP):
-            f = u[:, :, k] @ bas[k]  # one plain GEMM per component (fast path)
-            fr, fi = f[..., :m], f[..., m:]
-            c, sn = jnp.cos(ph[k]), jnp.sin(ph[k])
-            gr, gi = gr + fr * c + fi * sn, gi + fi * c - fr * sn  # F exp(-i w s), summed over components
-        tph = (cv * (self.t_ms[...] - self.frame[0]))[:, None, :] * w[None, :, None]  # [B, M, T]
-        # Re(G exp(i w u_t)) for all electrodes in one batched product
-        return jnp.einsum("bnm,bmt->bnt", jnp.concatenate([gr, gi], -1),
-                          jnp.concatenate([jnp.cos(tph), -jnp.sin(tph)], 1))
-
-    def __call__(self, pn):
-        return jnp.einsum("ce,bet->bct", self.montage[...], self.electrodes(pn))
-
-
-def build_model(a: Anatomy, amp_mean=0.0, amp_std=1.0, *, n_basis=32, k_max=1.25, hidden=128, depth=3,
-                seed=0, onset_ms=1.0) -> MuapNet:
-    xz, _ = a.grid.electrode_positions()
-    M, _ = a.grid.montage_matrix()
-    lo, hi = bounds_array(a)
-    g = a.grid
-    t_ms = np.arange(g.muap_samples) / g.fs_hz * 1e3
-    return MuapNet(ex=xz[:, 0], ez=xz[:, 1], montage=M, lo=lo, hi=hi, t_ms=t_ms, onset_ms=onset_ms,
-                   amp_mean=amp_mean, amp_std=amp_std, n_basis=n_basis, k_max=k_max, hidden=hidden,
-                   depth=depth, seed=seed)
-
-
-def template_model(a: Anatomy, arch: dict) -> MuapNet:
-    """A model of the right shapes to load weights into (values are overwritten)."""
-    return build_model(a, n_basis=arch["n_basis"], k_max=arch["k_max"], hidden=arch["hidden"],
-                       depth=arch["depth"], onset_ms=arch["onset_ms"])
 
 
 # --------------------------------------------------------------------------- flat state I/O
@@ -305,8 +101,8 @@ def _key(path) -> str:
 
 
 def atomic_savez(path, arrays: dict) -> None:
-    """np.savez via :func:`bmiss.io.atomic_write`: never half a file."""
-    from .io import atomic_write
+    """np.savez via :func:`bmiss.files.atomic_write`: never half a file."""
+    from .files import atomic_write
 
     def w(tmp):
         with open(tmp, "wb") as f:
@@ -315,35 +111,18 @@ def atomic_savez(path, arrays: dict) -> None:
     atomic_write(path, w)
 
 
-def atomic_write_text(path, text: str) -> None:
-    from .io import atomic_write
-
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def geometry_meta(a: Anatomy) -> dict:
-    """What the weights depend on: anatomy name, grid, tissue, muscle (for the compatibility check)."""
-    from dataclasses import asdict
-
-    g = asdict(a.grid)
-    g["missing"] = [list(m) for m in g["missing"]]
-    return {"anatomy": a.name, "grid": g, "layers": asdict(a.layers), "muscle": asdict(a.muscle),
-            "n_channels": a.grid.n_channels, "n_samples": a.grid.muap_samples,
-            "param_names": list(PARAM_NAMES),
-            "bounds": {k: list(v) for k, v in a.param_bounds().items()}}
-
-
-def save_surrogate(stem, model: MuapNet, meta: dict) -> tuple[Path, Path]:
+def save_surrogate(stem, model: N.MuapNet, meta: dict) -> tuple[Path, Path]:
     """Write ``stem.npz`` (flat NNX state) and ``stem.json`` (metadata). Returns both paths."""
+    from .files import write_json
+
     stem = Path(stem)
     npz, js = stem.with_suffix(".npz"), stem.with_suffix(".json")
     atomic_savez(npz, flat_state(model))
-    meta = dict(meta, format_version=FORMAT_VERSION, weights=npz.name)
-    atomic_write_text(js, json.dumps(meta, indent=2, sort_keys=False) + "\n")
+    write_json(js, dict(meta, format_version=FORMAT_VERSION, weights=npz.name), indent=2)
     return npz, js
 
 
-def shipped_path(name: str) -> Path:
+def shipped_path(name: str = UNIVERSAL) -> Path:
     return DATA_DIR / f"surrogate_{name}.npz"
 
 
@@ -351,107 +130,129 @@ def list_shipped() -> list[str]:
     return sorted(p.stem.removeprefix("surrogate_") for p in DATA_DIR.glob("surrogate_*.json"))
 
 
-def _check_compatible(meta: dict, a: Anatomy, where: Path) -> None:
-    want = geometry_meta(a)
-    diffs = []
-    for sec in ("grid", "layers", "muscle", "bounds"):
-        for k, v in want[sec].items():
-            got = meta.get(sec, {}).get(k)
-            if got is None or not _same(got, v):
-                diffs.append(f"{sec}.{k}: weights {got!r} vs anatomy {v!r}")
-    for k in ("n_channels", "n_samples"):
-        if meta.get(k) != want[k]:
-            diffs.append(f"{k}: weights {meta.get(k)!r} vs anatomy {want[k]!r}")
-    if meta.get("anatomy") != a.name or diffs:
+def load_network(path: str | os.PathLike | None = None) -> tuple[N.MuapNet, dict]:
+    """(network, metadata) from ``path`` (.npz or .json; default the shipped universal weights)."""
+    npz = shipped_path() if path is None else Path(path)
+    npz = npz.with_suffix(".npz") if npz.suffix in (".json", "") else npz
+    js = npz.with_suffix(".json")
+    for f in (npz, js):
+        if not f.exists():
+            raise FileNotFoundError(f"surrogate file {f} does not exist (need both .npz weights and .json metadata)")
+    meta = json.loads(js.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
         raise SurrogateMismatchError(
-            f"{where}: surrogate weights were trained for anatomy {meta.get('anatomy')!r} but were loaded for "
-            f"anatomy {a.name!r}" + (f"; differences: {'; '.join(diffs[:6])}" + (" ..." if len(diffs) > 6 else "")
-                                    if diffs else "")
-            + f". Train one with: python experiments/train_surrogate.py --anatomy {a.name}")
-
-
-def _same(x, y) -> bool:
-    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
-        return len(x) == len(y) and all(_same(i, j) for i, j in zip(x, y))
-    if isinstance(x, (int, float)) and isinstance(y, (int, float)):
-        return math.isclose(float(x), float(y), rel_tol=1e-6, abs_tol=1e-9)
-    return x == y
+            f"{js}: surrogate format version {meta.get('format_version')!r}, expected {FORMAT_VERSION} (the "
+            "universal network); retrain with experiments/train_surrogate.py")
+    model = N.build(meta["arch"])
+    with np.load(npz, allow_pickle=False) as z:
+        load_flat_state(model, {k: z[k] for k in z.files})
+    return model, meta
 
 
 # --------------------------------------------------------------------------- public API
 class Surrogate:
-    """Trained MUAP generator bound to one anatomy; drop-in for :class:`Conductor`'s ``muap``.
+    """The universal network bound to one anatomy / grid / sampling; drop-in for ``Conductor.muap``.
 
-    ``muap(p [6], shift_ms=0.0, tissue=None) -> [n_channels, T]`` µV, differentiable in ``p``.
+    ``muap(p [6], shift_ms=0.0, tissue=None) -> [n_channels, T]`` µV, differentiable in ``p``,
+    ``shift_ms`` and ``tissue`` (a :class:`bmiss.conductor.Tissue`; default the anatomy's).
     ``muaps(params [n, 6]) -> [n, n_channels, T]``, the batched form (jitted).
     """
 
-    def __init__(self, model: MuapNet, meta: dict, check_bounds: bool = True, chunk: int = 100):
-        self.model = model
-        self.meta = meta
+    def __init__(self, model: N.MuapNet, meta: dict, a: Anatomy, *, fs: float | None = None,
+                 n_samples: int | None = None, check_bounds: bool = True, chunk: int = 64):
+        g = a.grid
+        self.model, self.meta, self.anatomy = model, meta, a
         self.check_bounds = check_bounds
         self._warned = False
-        self.lo = np.asarray(model.lo[...])
-        self.hi = np.asarray(model.hi[...])
-        graphdef, state = nnx.split(model)
-        self._graphdef, self._state = graphdef, state
-        one = lambda p: self._forward(p[None])[0]  # noqa: E731
-        self._single = jax.jit(one)  # inlined when traced from outside
-        # chunks of ~100 MUAPs keep the [chunk, Ne, M] intermediates cache-sized (faster on CPU)
-        self._batched = jax.jit(lambda p: jax.lax.map(one, p, batch_size=chunk))
+        self.fs = float(fs or g.fs_hz)
+        T = int(n_samples or g.muap_samples)
+        t_ms = np.arange(T) / self.fs * 1e3
+        tis = N.tissue_of_anatomy(a)
+        bad = N.setting_violations(tis, ied_mm=g.ied_mm, radius_mm=g.electrode_radius_mm,
+                                   rotation_deg=g.rotation_deg, fs_hz=self.fs, t_max_ms=float(t_ms[-1]))
+        if bad:
+            raise SurrogateMismatchError(
+                f"anatomy {a.name!r} lies outside the surrogate's training domain: {'; '.join(bad)}. Use the "
+                "analytic conductor (--forward conductor) or retrain (experiments/train_surrogate.py) wider")
+        xz, _ = g.electrode_positions()
+        M, _ = g.montage_matrix()
+        self.ex, self.ez = jnp.asarray(xz[:, 0], jnp.float32), jnp.asarray(xz[:, 1], jnp.float32)
+        self.montage = jnp.asarray(M, jnp.float32)
+        self.t_ms = jnp.asarray(t_ms, jnp.float32)
+        self.radius = float(g.electrode_radius_mm)
+        self.tis = np.array([tis[k] for k in N.TISSUE_KEYS], np.float32)
+        self.sigma_r = float(a.layers.muscle_conductivity_radial)
+        self._tis_rest = jnp.asarray(self.tis[5:])  # density, IZ and end scatter (not in Tissue)
+        self._graphdef, self._state = nnx.split(model)
+        self._single = jax.jit(self._forward)
+        self._batched = jax.jit(lambda P: jax.lax.map(lambda p: self._forward(p, 0.0, None), P, batch_size=chunk))
 
     @property
     def n_channels(self) -> int:
-        return int(self.model.montage.shape[0])
+        return int(self.montage.shape[0])
 
     @property
     def n_samples(self) -> int:
-        return int(self.model.t_ms.shape[0])
+        return int(self.t_ms.shape[0])
 
     @property
     def anatomy_name(self) -> str:
-        return self.meta.get("anatomy", "")
+        return self.anatomy.name
 
-    def _forward(self, params):
+    def _inputs(self, tissue):
+        if tissue is None:
+            return jnp.asarray(self.tis), jnp.float32(self.sigma_r)
+        tv = jnp.stack([tissue.skin_mm, tissue.fat_mm, tissue.sigma_z / tissue.sigma_r,
+                        tissue.sigma_skin / tissue.sigma_fat, tissue.sigma_fat / tissue.sigma_r]).astype(jnp.float32)
+        return jnp.concatenate([tv, self._tis_rest]), tissue.sigma_r
+
+    def _forward(self, p, shift_ms=0.0, tissue=None):
         model = nnx.merge(self._graphdef, self._state)
-        lo, hi = model.lo[...], model.hi[...]
-        pn = (jnp.clip(params, lo, hi) - lo) / (hi - lo)
-        return model(pn)
+        tv, sr = self._inputs(tissue)
+        e = model.electrodes(p[None], tv[None], jnp.reshape(sr, (1,)), self.ex[None], self.ez[None],
+                             jnp.reshape(jnp.float32(self.radius), (1,)), (self.t_ms - shift_ms)[None])[0]
+        return self.montage @ e
 
-    def _warn(self, n_out: int, where: str = "") -> None:
-        if n_out and not self._warned:
-            self._warned = True
-            names = ", ".join(f"{n} in [{l:.3g}, {h:.3g}]" for n, l, h in zip(PARAM_NAMES, self.lo, self.hi))
-            warnings.warn(f"surrogate ({self.anatomy_name}): {n_out} parameter value(s){where} outside the "
-                          f"training bounds were clipped to them ({names})", UserWarning, stacklevel=3)
+    def in_domain(self, params, tissue=None) -> np.ndarray:
+        """Bool [n]: the MU parameters ``params`` [n, 6] lie in the training domain (under ``tissue``)."""
+        tv = self.tis if tissue is None else np.asarray(self._inputs(tissue)[0])
+        return ~N.mu_domain_violations(params, tv).any(1)
 
-    def _check(self, params) -> None:
+    def _message(self, p, tv) -> str:
+        v = N.mu_domain_violations(p, tv)
+        names = [N.MU_DOMAIN_NAMES[j] for j in np.flatnonzero(v.any(0))]
+        return (f"surrogate ({self.anatomy_name}): {int(v.any(1).sum())} MU parameter set(s) outside the "
+                f"training domain ({', '.join(names)}); values there are extrapolated, not clipped")
+
+    def _check(self, params, tissue=None) -> None:
         if not self.check_bounds:
             return
-        if isinstance(params, jax.core.Tracer):
-            lo, hi = self.lo, self.hi
+        if isinstance(params, jax.core.Tracer) or tissue is not None:
+            tvj = self._inputs(tissue)[0] if tissue is not None else jnp.asarray(self.tis)
 
-            def host(p):
-                p = np.asarray(p)
-                self._warn(int(np.sum((p < lo * (1 - 1e-6) - 1e-6) | (p > hi * (1 + 1e-6) + 1e-6))))
+            def host(p, tv):
+                p, tv = np.asarray(p), np.asarray(tv)
+                if N.mu_domain_violations(p.reshape(-1, 6), tv).any() and not self._warned:
+                    self._warned = True
+                    warnings.warn(self._message(p.reshape(-1, 6), tv), UserWarning, stacklevel=2)
 
-            jax.debug.callback(host, params)
+            jax.debug.callback(host, params, tvj)
         else:
-            p = np.asarray(params)
-            self._warn(int(np.sum((p < self.lo - 1e-6 * np.abs(self.lo) - 1e-6)
-                                  | (p > self.hi + 1e-6 * np.abs(self.hi) + 1e-6))))
+            p = np.asarray(params).reshape(-1, 6)
+            if N.mu_domain_violations(p, self.tis).any():
+                raise SurrogateMismatchError(self._message(p, self.tis) + " (check_bounds=False to allow, or "
+                                             "mask with Surrogate.in_domain)")
 
     def muap(self, p, shift_ms=0.0, tissue=None) -> jax.Array:
         """MUAP [n_channels, T] µV of one MU, ``p`` [6] in ``PARAM_NAMES`` order (physical units).
 
-        ``shift_ms`` and ``tissue`` are accepted for signature compatibility with
-        ``Conductor.muap`` and IGNORED: the surrogate knows only the training tissue and the
-        discharge at t = 0 (the inversion applies time shifts itself). Parameters outside the
-        training bounds are clipped (warned once).
+        ``shift_ms``: discharge time (ms) relative to the first sample; ``tissue``: a
+        :class:`bmiss.conductor.Tissue` (default: the anatomy's). Concrete out-of-domain
+        parameters raise :class:`SurrogateMismatchError`; traced ones warn once (host callback).
         """
         p = jnp.asarray(p, jnp.float32)
-        self._check(p)
-        return self._single(p)
+        self._check(p, tissue)
+        return self._single(p, shift_ms, tissue)
 
     def muaps(self, params) -> jax.Array:
         """MUAPs [n, n_channels, T] µV for ``params`` [n, 6] (jitted; evaluated in chunks)."""
@@ -461,37 +262,45 @@ class Surrogate:
 
 
 def load_surrogate(anatomy: Anatomy | str = "biceps_brachii", path: str | os.PathLike | None = None,
-                   check_bounds: bool = True) -> Surrogate:
-    """Load trained weights for ``anatomy`` (an :class:`Anatomy` or a shipped name).
+                   check_bounds: bool = True, *, fs: float | None = None, n_samples: int | None = None,
+                   universal: bool = False):
+    """The universal surrogate bound to ``anatomy`` (an :class:`Anatomy`, e.g. a fitted subject, or a name).
 
-    ``path``: a ``.npz`` or ``.json`` of a trained surrogate (default: the shipped
-    ``bmiss/data/surrogate_<name>.npz``). Raises :class:`SurrogateMismatchError` naming both
-    anatomies when the weights were trained for another anatomy / grid / tissue, and
-    ``FileNotFoundError`` when no weights exist for this anatomy. No network access.
+    Parameters
+    ----------
+    anatomy : Anatomy or str
+        Any anatomy whose tissue, grid (IED, electrode radius, rotation) and sampling lie in the
+        training domain (``bmiss.muapgen.DOMAIN``); shipped names and fitted subjects alike.
+    path : str, optional
+        ``.npz`` / ``.json`` of trained weights (default: ``bmiss/data/surrogate_universal.npz``).
+    check_bounds : bool
+        Refuse (concrete) or warn (traced) on MU parameters outside the domain.
+    fs, n_samples : optional
+        Sampling rate (Hz) and MUAP length (samples); default the anatomy grid's.
+    universal : bool
+        Always the universal network. By default an anatomy that matches its own shipped
+        per-anatomy weights exactly (``biceps_brachii`` as shipped, at its grid's rate) gets those
+        (:mod:`bmiss.surrogate_anatomy`, more accurate there); every other one the universal network.
+
+    Raises
+    ------
+    SurrogateMismatchError
+        The anatomy lies outside the training domain (names the values), or old-format weights.
+
+    Examples
+    --------
+    >>> s = load_surrogate("biceps_brachii", fs=4096.0, n_samples=160)  # doctest: +SKIP
+    >>> s.n_samples                                                        # doctest: +SKIP
+    160
     """
     a = _anatomy.load(anatomy) if isinstance(anatomy, str) else anatomy
-    if path is None:
-        npz = shipped_path(a.name)
-        if not npz.with_suffix(".json").exists():
-            shipped = list_shipped()
-            raise FileNotFoundError(
-                f"no shipped surrogate for anatomy {a.name!r} (shipped: {', '.join(shipped) or 'none'}; a "
-                f"surrogate trained for {shipped[0] if shipped else 'another anatomy'!r} cannot serve "
-                f"{a.name!r}). Train one with: python experiments/train_surrogate.py --anatomy {a.name} "
-                "and pass path=.../surrogate.npz")
-    else:
-        npz = Path(path)
-        npz = npz.with_suffix(".npz") if npz.suffix in (".json", "") else npz
-    js = npz.with_suffix(".json")
-    for f in (npz, js):
-        if not f.exists():
-            raise FileNotFoundError(f"surrogate file {f} does not exist (need both .npz weights and .json metadata)")
-    meta = json.loads(js.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{js}: surrogate format version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
-    _check_compatible(meta, a, js)
-    model = template_model(a, meta["arch"])
-    with np.load(npz, allow_pickle=False) as z:
-        load_flat_state(model, {k: z[k] for k in z.files})
-    return Surrogate(model, meta, check_bounds=check_bounds)
+    if path is None and not universal and fs in (None, a.grid.fs_hz) and n_samples in (None, a.grid.muap_samples):
+        from . import surrogate_anatomy as _legacy
 
+        if _legacy.shipped_path(a.name).with_suffix(".json").exists() and a.name != UNIVERSAL:
+            try:
+                return _legacy.load_surrogate(a, check_bounds=check_bounds)
+            except SurrogateMismatchError:
+                pass  # same name, other tissue / grid: the universal network serves it
+    model, meta = load_network(path)
+    return Surrogate(model, meta, a, fs=fs, n_samples=n_samples, check_bounds=check_bounds)
