@@ -147,6 +147,21 @@ def resolve_anatomy(rec, anatomy=None, grid=None, ied_mm=None):
     return a
 
 
+def _forward_model(kind: str, a, fs: float):
+    """``(forward model, note)``: the analytic conductor, or the trained surrogate at the recording's
+    rate; a subject outside the surrogate's training domain (the subject fit may give fat up to
+    12 mm, rotations up to 25 degrees) falls back to the conductor, and ``note`` says why."""
+    if kind == "surrogate":
+        from ...errors import SurrogateMismatchError
+        from ...surrogate import load_surrogate
+
+        try:
+            return load_surrogate(a, fs=fs), "surrogate"
+        except SurrogateMismatchError as e:
+            return Conductor.from_anatomy(a, fs=fs), f"conductor (the surrogate refused this anatomy: {e})"
+    return Conductor.from_anatomy(a, fs=fs), "conductor"
+
+
 @dataclass(frozen=True, eq=False)  # arrays inside: compare by identity
 class ModelState(ProposerState):
     """State of the model search.
@@ -172,6 +187,7 @@ class ModelState(ProposerState):
     used: frozenset = frozenset()
     empty_rounds: int = 0
     done: bool = False
+    forward: str = "conductor"
 
 
 class ModelProposer(AbstractProposer):
@@ -187,12 +203,7 @@ class ModelProposer(AbstractProposer):
     def init(self, ws) -> ModelState:
         s, prep, a = self.settings, ws.prep, self.anatomy
         fs = ws.fs
-        if s.forward == "conductor":
-            fwd = Conductor.from_anatomy(a, fs=fs)
-        else:
-            from ...surrogate import load_surrogate
-
-            fwd = load_surrogate(a)
+        fwd, forward_note = _forward_model(s.forward, a, fs)
         T = int(fwd.n_samples)
         P = int(2 ** np.ceil(np.log2(T + 64)))
         bounds = a.param_bounds()
@@ -214,7 +225,8 @@ class ModelProposer(AbstractProposer):
         U_probe = np.concatenate([np.repeat(u_th, len(shifts), 0),
                                   np.tile(np.arctanh(shifts / model.max_shift), s.n_probe)[:, None]],
                                  1).astype(np.float32)
-        return ModelState(model=model, fit_idx=fit_idx, probe_idx=probe_idx, V_probe=V_probe, U_probe=U_probe)
+        return ModelState(model=model, fit_idx=fit_idx, probe_idx=probe_idx, V_probe=V_probe, U_probe=U_probe,
+                          forward=forward_note)
 
     def _round(self, st: ModelState, ws) -> ModelState:
         """Score the probe on the current data, pick diverse starts, optimise them: the next round's queue."""
@@ -272,7 +284,7 @@ class ModelProposer(AbstractProposer):
 
     def extras(self, st: ModelState, units):
         """The search's own record: its rounds (the units' properties are the ``unit_properties`` stage's)."""
-        return {}, {"rounds": list(st.rounds), "anatomy": self.anatomy.name}
+        return {}, {"rounds": list(st.rounds), "anatomy": self.anatomy.name, "forward_model": st.forward}
 
     def settings_meta(self):
         d = as_dict(self.settings)
