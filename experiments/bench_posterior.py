@@ -172,13 +172,15 @@ def recording(name: str, duration, n_units, seed, min_dis, baseline, snr, cache=
     row["n_discharges_median"] = float(np.median(cnt[units])) if len(units) else 0.0
     if not baseline_only:
         row["posterior"] = _posterior_rows(name, tpl, truth, pos, diam, a_nom)
-    if baseline == "fit" and name != "hermite":
+    if baseline in ("fit", "cached") and name != "hermite":
         bkey = Path(cache) / f"baseline_{name}_d{duration:g}_n{n_units}_s{seed}_snr{snr:g}_m{min_dis}.json" if cache else None
         if bkey is not None and bkey.exists():
             import json
 
             row["baseline_fit"] = json.loads(bkey.read_text())
             row["baseline_fit"]["cached"] = str(bkey)
+        elif baseline == "cached":
+            row["baseline_fit"] = {"error": "not run in this invocation (--baseline cached and no cached result)"}
         else:
             row["baseline_fit"] = _baseline(rec, units, truth, seed)
             row["baseline_fit"]["provenance"] = files.provenance()
@@ -278,7 +280,8 @@ def main(argv=None):
     ap.add_argument("--min-discharges", type=int, default=30)
     ap.add_argument("--heldout-batches", type=int, default=16)
     ap.add_argument("--heldout-seed", type=int, default=3)
-    ap.add_argument("--baseline", choices=["fit", "none"], default="fit")
+    ap.add_argument("--baseline", choices=["fit", "cached", "none"], default="fit",
+                    help="fit: run (or reuse from --cache) the optimisation; cached: only reuse; none: skip")
     ap.add_argument("--baseline-recordings", nargs="*", default=None, help="run the fit baseline only on these")
     ap.add_argument("--real-seconds", type=float, default=0.0, help="crop the real recording (0: all of it)")
     ap.add_argument("--cache", default="/work/cache_posterior",

@@ -71,10 +71,12 @@ def test_posterior_accuracy_and_coverage_on_fresh_muaps(case):
     truth = d["theta"]
     assert post.in_domain.all(), post.reasons
     err = np.abs(post.mean - truth)
-    # tolerances: about twice the median absolute errors measured on this case with the shipped weights
-    # (see the README table); the interval check is the calibration claim at the level of a handful of units
+    # tolerances on the median absolute error: about twice what the shipped weights give on this case
+    # (measured: depth 1.8 mm, x 2.2 mm, IZ 3.2 mm, CV 0.52 m/s; an untrained or mis-wired network is off by
+    # the prior's width, depth ~8 mm, IZ ~25 mm); the interval check is the calibration claim for a handful
+    # of units (measured: 94 % of the 72 values inside the 95 % intervals)
     med = np.median(err, axis=0)
-    tol = {"depth_mm": TOL_DEPTH, "x_mm": TOL_X, "iz_mm": TOL_IZ, "cv_m_s": TOL_CV}
+    tol = {"depth_mm": 3.5, "x_mm": 4.5, "iz_mm": 6.5, "cv_m_s": 1.0}
     for name, t in tol.items():
         j = PARAM_NAMES.index(name)
         assert med[j] < t, (name, med[j], t)
