@@ -37,7 +37,7 @@ TISSUE_ALLOWED = F.TISSUE_KEYS + ("rotation_deg", "grid_centre_x_mm", "grid_cent
 
 # domain limits of the inputs (the training ranges, with the margin the network was seen to tolerate)
 MIN_PNR = 3.0  # peak-to-noise ratio of the average
-MIN_ENERGY_SNR = 3.0  # Σ muap² / Σ noise² (the rule of bmiss.fit.fit_units)
+MIN_ENERGY_SNR = 3.0  # Σ muap² / Σ noise² over the network's window (the rule of bmiss.fit.fit_units)
 MAX_UNCOVERED_MS = 12.0  # of the fixed window around the MUAP's energy peak
 
 
@@ -322,13 +322,9 @@ def _domain_reasons(meta, enc, templates, diameter, fs, tissue, rot, s) -> list[
     band = getattr(templates, "band", None)
     if band is None or band[1] > 0.45 * fs + 1 and band[1] > 600 or band[0] > 60:
         glob.append(f"band {band} is not the 20-500 Hz band-pass the network was trained on")
-    M = np.asarray(templates.muaps, np.float64)
-    nz = np.asarray(templates.noise_std, np.float64)
-    if nz.ndim == 2:
-        nz = nz[..., None]
-    esnr = (M**2).sum((1, 2)) / np.maximum((np.broadcast_to(nz, M.shape) ** 2).sum((1, 2)), 1e-30)
+    esnr = enc["energy_snr"]
     out = []
-    for i in range(len(M)):
+    for i in range(len(esnr)):
         r = list(glob)
         ied = enc["ied_mm"][i]
         if not (0.85 * R["ied_mm"][0] <= ied <= 1.1 * R["ied_mm"][1]):

@@ -90,7 +90,8 @@ def encode(muaps: np.ndarray, noise_std: np.ndarray, t_ms: np.ndarray, positions
     dict: ``tokens`` [n, NE, N_TOKEN], ``mask`` [n, NE] bool, ``globals_base`` [n, 8] (the tissue part is
     added by :func:`globals_with_tissue`), ``centre`` [n, 2] mm (bounding-box centre of the used
     electrodes, fibre frame), ``log_amp`` [n], ``pnr`` [n], ``cover_ms`` [n, 2] (ms of the fixed window
-    the average does not cover, before/after), ``ied_mm`` [n], ``n_used`` [n].
+    the average does not cover, before/after), ``ied_mm`` [n], ``n_used`` [n], ``energy_snr`` [n] (Σ MUAP² /
+    Σ noise² over the electrodes used and the fixed window).
     """
     muaps = np.asarray(muaps, np.float32)
     n, C, T = muaps.shape
@@ -111,7 +112,7 @@ def encode(muaps: np.ndarray, noise_std: np.ndarray, t_ms: np.ndarray, positions
     mask = np.zeros((n, NE), bool)
     glob = np.zeros((n, 8), np.float32)
     centre = np.zeros((n, 2))
-    log_amp, pnr, ied, n_used = (np.zeros(n) for _ in range(4))
+    log_amp, pnr, ied, n_used, esnr = (np.zeros(n) for _ in range(5))
     cover = np.zeros((n, 2))
     for i in range(n):
         m, nz, pos = muaps[i, :n_el[i]], noise[i, :n_el[i]], pos_all[i, :n_el[i]]
@@ -136,11 +137,13 @@ def encode(muaps: np.ndarray, noise_std: np.ndarray, t_ms: np.ndarray, positions
         mask[i, :k] = True
         log_amp[i] = np.log10(s)
         pnr[i] = s / max(float(np.median(nz)), 1e-6)
+        inside = float(np.count_nonzero(np.abs(w).sum(0) > 0))
+        esnr[i] = float((w.astype(np.float64) ** 2).sum() / max((nz.astype(np.float64) ** 2).sum() * inside, 1e-30))
         cover[i] = (max(0.0, max(win[0], t_ms[0]) - tg[0]), max(0.0, tg[-1] - min(win[1], t_ms[-1])))
         glob[i] = (log_amp[i] - 1.0, np.log10(pnr[i]) - 1.5, radius[i], ied[i] / 10.0, 2048.0 / fs[i],
                    cover[i, 0] / 10.0, cover[i, 1] / 10.0, k / NE)
     return {"tokens": tokens, "mask": mask, "globals_base": glob, "centre": centre, "log_amp": log_amp, "pnr": pnr,
-            "cover_ms": cover, "ied_mm": ied, "n_used": n_used}
+            "cover_ms": cover, "ied_mm": ied, "n_used": n_used, "energy_snr": esnr}
 
 
 def globals_with_tissue(globals_base: np.ndarray, tissue: dict) -> np.ndarray:
