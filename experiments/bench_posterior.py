@@ -196,7 +196,8 @@ def _posterior_rows(name, tpl, truth, pos, diam, a_nom) -> dict:
         post = P.unit_properties(tpl, pos, diam, tis)
         dt = time.perf_counter() - t
         r = {"time_s_first_call": round(dt, 3), "in_domain": int(post.in_domain.sum()),
-             "reasons": sorted({x for rr in post.reasons for x in rr})[:8]}
+             "reasons": sorted({x.split(" (")[0] for rr in post.reasons for x in rr}),
+             "pnr_median": float(np.median(post.meta["pnr"]))}
         if name != "hermite":
             r["all"] = post_metrics(post, truth)
             r["in_domain_only"] = post_metrics(post, truth, post.in_domain) if post.in_domain.any() else {}
