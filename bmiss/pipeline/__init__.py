@@ -81,7 +81,7 @@ def decompose_bmiss(rec, *, rules: Rules | None = None, settings: ModelSettings 
     a = resolve_anatomy(rec, settings.anatomy, settings.grid, settings.ied_mm)
     if init == "model":
         def props(units):  # the search's own parameters: no subject model to fit them under
-            return unit_properties(rec, units, None, settings.unit_fit, seed=settings.seed)
+            return unit_properties(rec, units, None, settings.unit_fit, seed=settings.seed, anatomy=a)
 
         return run(rec.emg, rec.fs, ModelProposer(settings=settings, anatomy=a), rules, method="bmiss",
                    batch=settings.n_starts, progress=progress, properties=props)

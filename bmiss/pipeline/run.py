@@ -145,7 +145,8 @@ def run_bmiss(rec, *, blind, blind_rules: Rules, model, rules: Rules, base_anato
     clock.stage("model_search", t)
     dmeta = _deconvolve_if(ws, units, rules, clock)
     t = time.perf_counter()
-    extra, pmeta = unit_properties(rec, units, subject, settings.unit_fit, seed=settings.seed, progress=progress)
+    extra, pmeta = unit_properties(rec, units, subject, settings.unit_fit, seed=settings.seed, progress=progress,
+                                   anatomy=subject.anatomy)
     clock.stage("unit_properties", t)
     _, smeta = proposer.extras(mstate, units)
     phases = [_phase_meta(blind, blind_rules, nb, prep), _phase_meta(proposer, rules, settings.n_starts, prep)]

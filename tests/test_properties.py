@@ -1,0 +1,53 @@
+"""The unit-properties stage: the amortized posterior is attached to every unit with a usable
+average, and ``method="posterior"`` reports its mean/std (no subject model needed)."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import bmiss
+from bmiss import anatomy
+from bmiss.conductor import PARAM_NAMES
+from bmiss.fitting import UnitFitSettings
+from bmiss.pipeline.accept import Unit
+from bmiss.pipeline.properties import unit_properties
+
+
+@pytest.fixture(scope="module")
+def case():
+    a = anatomy.load("tibialis_anterior").with_grid(rows=6, cols=5, ied_mm=8.0)
+    a = replace(a, muscle=replace(a.muscle, thickness_mm=10.0, width_mm=40.0),
+                pool=replace(a.pool, fibres_min=150, fibres_max=600))
+    rec = bmiss.simulate(a, duration_s=4.0, snr_db=20.0, seed=3, n_units=8, muap_mode="fibres",
+                         excitation="constant:0.9")
+    units = [Unit(w=np.zeros(1, np.float32), source=np.zeros(rec.n_samples, np.float32), peaks=np.asarray(s),
+                  sil=1.0, cov=0.1, cand=i, spikes=np.asarray(s, np.int64))
+             for i, s in enumerate(rec.true_spikes)]
+    return a, rec, units
+
+
+def test_posterior_properties_without_a_subject_model(case):
+    a, rec, units = case
+    extra, meta = unit_properties(rec, units, None, UnitFitSettings(method="posterior"), anatomy=a)
+    assert extra["params"].shape == (len(units), 6) and extra["param_names"] == PARAM_NAMES
+    assert meta["posterior"]["n_units"] >= 3, meta["posterior"]
+    with_post = [i for i, m in enumerate(meta["units"]) if "posterior" in m]
+    assert len(with_post) == meta["posterior"]["n_units"]
+    for i in with_post:
+        p = meta["units"][i]["posterior"]
+        for n in PARAM_NAMES:  # ordered quantiles around the mean
+            assert p["q0.025"][n] <= p["q0.16"][n] <= p["mean"][n] + 1e-6 and p["mean"][n] <= p["q0.975"][n] + 1e-6
+        if p["in_domain"]:
+            assert meta["units"][i]["params_from"] == "amortized posterior"
+            np.testing.assert_allclose(extra["params"][i], [p["mean"][n] for n in PARAM_NAMES], rtol=1e-5)
+    # against the truth: the 95 % intervals hold most of the true values (calibrated on held-out simulations)
+    inside = [p["q0.025"][n] <= t <= p["q0.975"][n]
+              for i in with_post for p in [meta["units"][i]["posterior"]]
+              for n, t in zip(PARAM_NAMES, rec.true_params[i])]
+    assert np.mean(inside) >= 0.6, np.mean(inside)
+
+
+def test_posterior_can_be_turned_off(case):
+    a, rec, units = case
+    _, meta = unit_properties(rec, units, None, UnitFitSettings(posterior=False), anatomy=a)
+    assert "posterior" not in meta and all("posterior" not in m for m in meta["units"])
