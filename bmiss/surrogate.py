@@ -28,7 +28,6 @@ Examples
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from pathlib import Path
@@ -71,44 +70,7 @@ def sample_params(a: Anatomy, n: int, seed: int) -> np.ndarray:
     return (lo + (hi - lo) * latin_hypercube(n, 6, np.random.default_rng(seed))).astype(np.float32)
 
 
-# --------------------------------------------------------------------------- flat state I/O
-def flat_state(model: nnx.Module) -> dict[str, np.ndarray]:
-    """Every variable of ``model`` as {"layers/0/kernel": array, ...}."""
-    leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model)))[0]
-    return {_key(path): np.asarray(v) for path, v in leaves}
-
-
-def load_flat_state(model: nnx.Module, arrays) -> None:
-    """Overwrite ``model``'s variables from a flat dict (shapes must match)."""
-    state = nnx.state(model)
-    pure = nnx.to_pure_dict(state)
-    leaves, tree = jax.tree_util.tree_flatten_with_path(pure)
-    new = []
-    for path, v in leaves:
-        k = _key(path)
-        if k not in arrays:
-            raise ValueError(f"weights lack variable {k!r}")
-        arr = np.asarray(arrays[k])
-        if arr.shape != v.shape:
-            raise ValueError(f"variable {k!r} has shape {arr.shape}, the model expects {v.shape}")
-        new.append(jnp.asarray(arr, v.dtype))
-    nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(tree, new))
-    nnx.update(model, state)
-
-
-def _key(path) -> str:
-    return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
-
-
-def atomic_savez(path, arrays: dict) -> None:
-    """np.savez via :func:`bmiss.files.atomic_write`: never half a file."""
-    from .files import atomic_write
-
-    def w(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    atomic_write(path, w)
+from .weights import atomic_savez, flat_state, load_flat_state  # noqa: E402,F401  (one home; re-exported)
 
 
 def save_surrogate(stem, model: N.MuapNet, meta: dict) -> tuple[Path, Path]:

@@ -282,50 +282,13 @@ def template_model(a: Anatomy, arch: dict) -> MuapNet:
                        depth=arch["depth"], onset_ms=arch["onset_ms"])
 
 
-# --------------------------------------------------------------------------- flat state I/O
-def flat_state(model: nnx.Module) -> dict[str, np.ndarray]:
-    """Every variable of ``model`` as {"layers/0/kernel": array, ...}."""
-    leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model)))[0]
-    return {_key(path): np.asarray(v) for path, v in leaves}
-
-
-def load_flat_state(model: nnx.Module, arrays) -> None:
-    """Overwrite ``model``'s variables from a flat dict (shapes must match)."""
-    state = nnx.state(model)
-    pure = nnx.to_pure_dict(state)
-    leaves, tree = jax.tree_util.tree_flatten_with_path(pure)
-    new = []
-    for path, v in leaves:
-        k = _key(path)
-        if k not in arrays:
-            raise ValueError(f"weights lack variable {k!r}")
-        arr = np.asarray(arrays[k])
-        if arr.shape != v.shape:
-            raise ValueError(f"variable {k!r} has shape {arr.shape}, the model expects {v.shape}")
-        new.append(jnp.asarray(arr, v.dtype))
-    nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(tree, new))
-    nnx.update(model, state)
-
-
-def _key(path) -> str:
-    return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
-
-
-def atomic_savez(path, arrays: dict) -> None:
-    """np.savez via :func:`bmiss.io.atomic_write`: never half a file."""
-    from .files import atomic_write
-
-    def w(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    atomic_write(path, w)
+from .weights import atomic_savez, flat_state, load_flat_state  # noqa: E402,F401  (one home; re-exported)
 
 
 def atomic_write_text(path, text: str) -> None:
-    from .files import atomic_write
+    from .files import write_text
 
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    write_text(path, text)
 
 
 def geometry_meta(a: Anatomy) -> dict:
