@@ -512,12 +512,7 @@ def _write_json(path: Path, obj) -> None:
 COMMAND_MODULES = ("bmiss.review.cli", "bmiss.needle.cli", "bmiss.batch.cli")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
-    p = _Parser(prog="bmiss", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
-
+def _add_simulate(sub) -> None:
     s = sub.add_parser("simulate", help="simulate an HD-EMG recording with ground truth")
     s.add_argument("--anatomy", type=_ANATOMY, default="biceps_brachii", help="shipped anatomy name or TOML path")
     s.add_argument("--duration", type=_DURATION, default=20.0,
@@ -537,6 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     _geometry_args(s, "simulate through this ")
     s.set_defaults(func=cmd_simulate)
 
+
+def _add_decompose(sub) -> None:
     d = sub.add_parser("decompose", help="decompose a recording into MU spike trains")
     d.add_argument("recording", help=".npz recording (or .otb+, .mat, openhdemg .json)")
     d.add_argument("--method", choices=("bmiss", "cbss", "oracle"), default="bmiss")
@@ -569,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true")
     d.set_defaults(func=cmd_decompose)
 
+
+def _add_evaluate(sub) -> None:
     e = sub.add_parser("evaluate", help="score a decomposition against simulation ground truth or a reference "
                                         "decomposition")
     e.add_argument("decomposition")
@@ -582,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="overwrite an existing --json")
     e.set_defaults(func=cmd_evaluate)
 
+
+def _add_export(sub) -> None:
     x = sub.add_parser("export", help="export a decomposition (openhdemg JSON, MUedit .mat, CSV, events TSV, JSON)")
     x.add_argument("decomposition")
     x.add_argument("--out", required=True, help="file to write; without --format the suffix chooses: .csv per-MU "
@@ -595,6 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--force", action="store_true")
     x.set_defaults(func=cmd_export)
 
+
+def _add_figures(sub) -> None:
     f = sub.add_parser("figures", help="MUAP map, raster, EMG stretch (and estimate vs truth)")
     f.add_argument("recording")
     f.add_argument("--decomposition", default=None)
@@ -607,6 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     _units_arg(f)
     f.set_defaults(func=cmd_figures)
 
+
+def _add_fit(sub) -> None:
     ft = sub.add_parser("fit", help="fit the subject's forward model (tissue, fibres, grid placement) to a recording")
     ft.add_argument("recording", help=".npz recording (or .otb+, .mat, openhdemg .json)")
     ft.add_argument("--anatomy", type=_ANATOMY, default=None, help="base anatomy (default: the recording's or biceps_brachii)")
@@ -632,9 +637,13 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--force", action="store_true")
     ft.set_defaults(func=cmd_fit)
 
+
+def _add_anatomies(sub) -> None:
     an = sub.add_parser("anatomies", help="list shipped anatomies")
     an.set_defaults(func=cmd_anatomies)
 
+
+def _add_demo(sub) -> None:
     m = sub.add_parser("demo", help="simulate -> decompose -> evaluate -> figures on the default anatomy")
     m.add_argument("--anatomy", type=_ANATOMY, default="biceps_brachii", help="shipped anatomy name or TOML path")
     m.add_argument("--duration", type=_DURATION, default=10.0, help=f"seconds, [{MIN_DURATION_S:g}, 3600]")
@@ -647,6 +656,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", default="demo_out", help="folder (a demo's own folder is rewritten)")
     m.add_argument("--force", action="store_true", help="also overwrite demo-named files in a folder that is not a demo's")
     m.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command: the built-in ones (one ``_add_CMD`` each), then COMMAND_MODULES'."""
+    import importlib
+
+    p = _Parser(prog="bmiss", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for add in (_add_simulate, _add_decompose, _add_evaluate, _add_export, _add_figures, _add_fit, _add_anatomies, _add_demo):
+        add(sub)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     p._bmiss_subparsers = dict(sub.choices)
