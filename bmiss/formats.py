@@ -717,6 +717,48 @@ def _mat_table(path, fs: float | None = None):
     return m, cols, labels, fs
 
 
+def _mat_emg_columns(info: list[dict], labelled: bool, path, unit_given: bool, emg_only: bool) -> list[int]:
+    """The EMG columns (indices) under the reader policy: classified by their label fields; a column
+    that is neither EMG with a voltage unit nor a known AUX/reference/decomposition column is set
+    aside with one warning naming it; only a file with no EMG column left is an error."""
+    if unit_given:
+        # the caller states the unit: a grid channel labelled in another unit ([a.u]) is EMG too
+        for d in info:
+            if d["kind"] == "other" and d["code"] is not None:
+                d["kind"] = "emg"
+    if emg_only:
+        if labelled and any(d["kind"] == "emg" and d["unit"] for d in info):
+            # some EMG labels carry a unit: a unit-less one cannot be scaled safely
+            for d in info:
+                if d["kind"] == "emg" and not d["unit"]:
+                    d["kind"] = "other"
+        other = [d["label"] for d in info if d["kind"] == "other"]
+        if other:
+            warn(f"{path}: {len(other)} column(s) set aside (neither EMG in uV/mV/V nor a known AUX, reference "
+                 f"or decomposition column): {_name_columns(other)}")
+    emg_i = [i for i, d in enumerate(info) if d["kind"] == "emg" or not emg_only]
+    if not emg_i:
+        kinds = sorted({d["kind"] for d in info})
+        raise BmissFileError(f"{path}: no EMG column among {len(info)} (label kinds: {kinds}); EMG labels name a "
+                             "grid code (e.g. GR08MM1305) or a voltage unit ([uV], [mV], [V]); if the values are EMG in "
+                             "another unit, read it with bmiss.io.load_recording(path, units='uV')")
+    return emg_i
+
+
+def _mat_emg_scale(info: list[dict], emg_i: list[int], path, units, to_uv) -> tuple[np.ndarray, str]:
+    """``(factor to µV per EMG column, how it was known)``: a given factor or unit, else each label's."""
+    if to_uv is not None:
+        return np.full(len(emg_i), float(to_uv)), f"factor {to_uv}"
+    if units is not None:
+        return np.full(len(emg_i), _to_uv_factor(units, str(path))), f"{units} (given)"
+    if all(info[i]["unit"] for i in emg_i):
+        return np.array([_to_uv_factor(info[i]["unit"], f"{path}: column {info[i]['label']!r}") for i in emg_i]), \
+            "from labels"
+    warn(f"{path}: no unit in the channel labels; assuming mV (OTBioLab+ export); if the values are already "
+         "µV, pass --emg-unit uV (API: units='uV')")
+    return np.full(len(emg_i), 1e3), "mV (assumed)"
+
+
 def load_mat(path, *, fs: float | None = None, units: str | None = None, to_uv: float | None = None,
              emg_only: bool = True, orientation: int | None = None) -> Recording:
     """Read an OTBioLab+ ``.mat`` export (what openhdemg's ``emg_from_otb`` reads), or a bare
@@ -742,42 +784,8 @@ def load_mat(path, *, fs: float | None = None, units: str | None = None, to_uv: 
     m, cols, labels, fs = _mat_table(path, fs)
     info = [_mat_label(s) for s in labels] if labels is not None else [
         {"label": None, "kind": "emg", "unit": None, "code": None, "sensor": ""} for _ in range(cols.shape[0])]
-    if units is not None or to_uv is not None:
-        # the caller states the unit: a grid channel labelled in another unit ([a.u]) is EMG too
-        for d in info:
-            if d["kind"] == "other" and d["code"] is not None:
-                d["kind"] = "emg"
-    if emg_only:
-        if labels is not None and any(d["kind"] == "emg" and d["unit"] for d in info):
-            # some EMG labels carry a unit: a unit-less one cannot be scaled safely
-            for d in info:
-                if d["kind"] == "emg" and not d["unit"]:
-                    d["kind"] = "other"
-        other = [d["label"] for d in info if d["kind"] == "other"]
-        if other:
-            warn(f"{path}: {len(other)} column(s) set aside (neither EMG in uV/mV/V nor a known AUX, reference "
-                 f"or decomposition column): {_name_columns(other)}")
-    emg_i = [i for i, d in enumerate(info) if d["kind"] == "emg" or not emg_only]
-    if not emg_i:
-        kinds = sorted({d["kind"] for d in info})
-        raise BmissFileError(f"{path}: no EMG column among {len(info)} (label kinds: {kinds}); EMG labels name a "
-                             "grid code (e.g. GR08MM1305) or a voltage unit ([uV], [mV], [V]); if the values are EMG in "
-                             "another unit, read it with bmiss.io.load_recording(path, units='uV')")
-    # units -> µV per EMG column
-    if to_uv is not None:
-        scale = np.full(len(emg_i), float(to_uv))
-        unit_note = f"factor {to_uv}"
-    elif units is not None:
-        scale = np.full(len(emg_i), _to_uv_factor(units, str(path)))
-        unit_note = f"{units} (given)"
-    elif all(info[i]["unit"] for i in emg_i):
-        scale = np.array([_to_uv_factor(info[i]["unit"], f"{path}: column {info[i]['label']!r}") for i in emg_i])
-        unit_note = "from labels"
-    else:
-        scale = np.full(len(emg_i), 1e3)
-        unit_note = "mV (assumed)"
-        warn(f"{path}: no unit in the channel labels; assuming mV (OTBioLab+ export); if the values are already "
-             "µV, pass --emg-unit uV (API: units='uV')")
+    emg_i = _mat_emg_columns(info, labels is not None, path, units is not None or to_uv is not None, emg_only)
+    scale, unit_note = _mat_emg_scale(info, emg_i, path, units, to_uv)
     from .io import to_float32
 
     def col32(i, factor=1.0):
