@@ -225,10 +225,7 @@ def cmd_decompose(a) -> int:
         raise UserError(f"--method oracle needs the true MUAPs of a simulated recording; {a.recording} has none "
                         "(use --method cbss or bmiss)")
     kw = _geometry_kw(a)  # every method records the layout; bmiss needs one (file or flags)
-    if a.seed is not None:
-        kw["seed"] = a.seed
-    if a.n_iter is not None:
-        kw["n_iter" if a.method == "cbss" else "n_rounds"] = a.n_iter
+    kw.update(method_kw(a.method, a.seed, a.n_iter))
     if a.extension_factor is not None:
         kw["R"] = a.extension_factor
     kw.update(settings)
@@ -256,6 +253,15 @@ def cmd_decompose(a) -> int:
         print(f"against the recording's ground truth: {s['found_90']} MUs at RoA >= 0.9, {s['found_80']} at >= 0.8, "
               f"{s['n_false']} false, {s['n_duplicates']} duplicates (of {s['n_true']} true MUs)")
     return 0
+
+
+def method_kw(method: str, seed=None, n_iter=None) -> dict:
+    """The method's keywords for ``--seed`` and ``--n-iter`` (FastICA iterations for cbss, search
+    rounds for bmiss), shared by ``decompose`` and ``batch``."""
+    kw = {} if seed is None else {"seed": seed}
+    if n_iter is not None:
+        kw["n_iter" if method == "cbss" else "n_rounds"] = n_iter
+    return kw
 
 
 def _parse_settings(items, method: str) -> dict:

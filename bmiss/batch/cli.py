@@ -48,23 +48,13 @@ def register(sub) -> None:
 
 
 def cmd_batch(a) -> int:
+    from ..cli import _parse_settings, method_kw
     from . import batch
 
-    settings = {}
-    if a.seed is not None:
-        settings["seed"] = a.seed
-    if a.n_iter is not None:
-        settings["n_iter" if a.method == "cbss" else "n_rounds"] = a.n_iter
+    settings = method_kw(a.method, a.seed, a.n_iter)
     if a.anatomy is not None:
         settings["anatomy"] = a.anatomy
-    try:  # typed and checked per field where the pipeline offers it
-        from ..pipeline.settings import parse_settings
-
-        settings.update(parse_settings(a.method, a.setting) if a.setting else {})
-    except ImportError:
-        from ..cli import _parse_settings
-
-        settings.update(_parse_settings(a.setting))
+    settings.update(_parse_settings(a.setting, a.method))  # typed and checked per field
     res = batch(a.inputs, a.out, method=a.method, settings=settings, exports=a.export, figures=not a.no_figures,
                 workers=a.workers, threads=a.threads, scheduler=a.scheduler, retries=a.retries, force=a.force,
                 report=not a.no_report, progress=not a.quiet)
