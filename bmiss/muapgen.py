@@ -218,3 +218,26 @@ def conductor_muaps(d: dict, idx: np.ndarray, mode: str = "expected", seed: int 
     if bar is not None:
         bar.close()
     return out
+
+
+# --------------------------------------------------------------------------- parameter sampling (one home)
+def latin_hypercube(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
+    """Latin hypercube sample [n, d] in [0, 1): each column hits each of n equal strata once."""
+    u = rng.random((n, d))
+    strata = np.stack([rng.permutation(n) for _ in range(d)], axis=1)
+    return (strata + u) / n
+
+
+def bounds_array(a) -> tuple[np.ndarray, np.ndarray]:
+    """(lo [6], hi [6]) physical parameter bounds in ``PARAM_NAMES`` order."""
+    from .conductor import PARAM_NAMES
+
+    b = a.param_bounds()
+    return (np.array([b[n][0] for n in PARAM_NAMES], np.float64),
+            np.array([b[n][1] for n in PARAM_NAMES], np.float64))
+
+
+def sample_params(a, n: int, seed: int) -> np.ndarray:
+    """n LHS draws [n, 6] (physical units) over ``a.param_bounds()``."""
+    lo, hi = bounds_array(a)
+    return (lo + (hi - lo) * latin_hypercube(n, 6, np.random.default_rng(seed))).astype(np.float32)

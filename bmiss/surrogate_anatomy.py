@@ -88,24 +88,7 @@ class Buffer(nnx.Variable):
 
 
 # --------------------------------------------------------------------------- training data
-def latin_hypercube(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
-    """Latin hypercube sample [n, d] in [0, 1): each column hits each of n equal strata once."""
-    u = rng.random((n, d))
-    strata = np.stack([rng.permutation(n) for _ in range(d)], axis=1)
-    return (strata + u) / n
-
-
-def bounds_array(a: Anatomy) -> tuple[np.ndarray, np.ndarray]:
-    """(lo [6], hi [6]) physical parameter bounds in ``PARAM_NAMES`` order."""
-    b = a.param_bounds()
-    return (np.array([b[n][0] for n in PARAM_NAMES], np.float64),
-            np.array([b[n][1] for n in PARAM_NAMES], np.float64))
-
-
-def sample_params(a: Anatomy, n: int, seed: int) -> np.ndarray:
-    """n LHS draws [n, 6] (physical units) over ``a.param_bounds()``."""
-    lo, hi = bounds_array(a)
-    return (lo + (hi - lo) * latin_hypercube(n, 6, np.random.default_rng(seed))).astype(np.float32)
+from .muapgen import bounds_array, latin_hypercube, sample_params  # noqa: E402,F401  (one home; re-exported)
 
 
 def electrode_conductor(a: Anatomy) -> Conductor:
