@@ -49,7 +49,7 @@ Buffer = N.Buffer
 
 
 from .muapgen import bounds_array, latin_hypercube, sample_params  # noqa: E402,F401  (one home; re-exported)
-from .weights import atomic_savez, flat_state, load_flat_state  # noqa: E402,F401  (one home; re-exported)
+from .weights import atomic_savez, flat_state, load_flat_state, load_npz_into, weight_files  # noqa: E402,F401  (one home; re-exported)
 
 
 def save_surrogate(stem, model: N.MuapNet, meta: dict) -> tuple[Path, Path]:
@@ -73,20 +73,14 @@ def list_shipped() -> list[str]:
 
 def load_network(path: str | os.PathLike | None = None) -> tuple[N.MuapNet, dict]:
     """(network, metadata) from ``path`` (.npz or .json; default the shipped universal weights)."""
-    npz = shipped_path() if path is None else Path(path)
-    npz = npz.with_suffix(".npz") if npz.suffix in (".json", "") else npz
-    js = npz.with_suffix(".json")
-    for f in (npz, js):
-        if not f.exists():
-            raise FileNotFoundError(f"surrogate file {f} does not exist (need both .npz weights and .json metadata)")
+    npz, js = weight_files(shipped_path() if path is None else path)
     meta = json.loads(js.read_text())
     if meta.get("format_version") != FORMAT_VERSION:
         raise SurrogateMismatchError(
             f"{js}: surrogate format version {meta.get('format_version')!r}, expected {FORMAT_VERSION} (the "
             "universal network); retrain with experiments/train_surrogate.py")
     model = N.build(meta["arch"])
-    with np.load(npz, allow_pickle=False) as z:
-        load_flat_state(model, {k: z[k] for k in z.files})
+    load_npz_into(model, npz)
     return model, meta
 
 

@@ -265,7 +265,7 @@ def template_model(a: Anatomy, arch: dict) -> MuapNet:
                        depth=arch["depth"], onset_ms=arch["onset_ms"])
 
 
-from .weights import atomic_savez, flat_state, load_flat_state  # noqa: E402,F401  (one home; re-exported)
+from .weights import atomic_savez, flat_state, load_flat_state, load_npz_into, weight_files  # noqa: E402,F401  (one home; re-exported)
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -435,17 +435,13 @@ def load_surrogate(anatomy: Anatomy | str = "biceps_brachii", path: str | os.Pat
                 "and pass path=.../surrogate.npz")
     else:
         npz = Path(path)
-        npz = npz.with_suffix(".npz") if npz.suffix in (".json", "") else npz
-    js = npz.with_suffix(".json")
-    for f in (npz, js):
-        if not f.exists():
-            raise FileNotFoundError(f"surrogate file {f} does not exist (need both .npz weights and .json metadata)")
+    npz, js = weight_files(npz)
     meta = json.loads(js.read_text())
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{js}: surrogate format version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+        raise SurrogateMismatchError(f"{js}: surrogate format version {meta.get('format_version')!r}, "
+                                     f"expected {FORMAT_VERSION}")
     _check_compatible(meta, a, js)
     model = template_model(a, meta["arch"])
-    with np.load(npz, allow_pickle=False) as z:
-        load_flat_state(model, {k: z[k] for k in z.files})
+    load_npz_into(model, npz)
     return Surrogate(model, meta, check_bounds=check_bounds)
 

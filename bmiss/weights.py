@@ -9,7 +9,7 @@ from flax import nnx
 
 from .errors import BmissFileError
 
-__all__ = ["flat_state", "load_flat_state", "atomic_savez"]
+__all__ = ["flat_state", "load_flat_state", "atomic_savez", "weight_files", "load_npz_into"]
 
 
 def flat_state(model: nnx.Module) -> dict[str, np.ndarray]:
@@ -49,3 +49,23 @@ def atomic_savez(path, arrays: dict) -> None:
             np.savez(f, **arrays)
 
     atomic_write(path, w)
+
+
+def weight_files(path) -> tuple:
+    """``(npz, json)`` paths of a network's weights and metadata from either name (or the stem);
+    a missing one is a clear error."""
+    from pathlib import Path
+
+    npz = Path(path)
+    npz = npz.with_suffix(".npz") if npz.suffix in (".json", "") else npz
+    js = npz.with_suffix(".json")
+    for f in (npz, js):
+        if not f.exists():
+            raise FileNotFoundError(f"weights file {f} does not exist (need both .npz weights and .json metadata)")
+    return npz, js
+
+
+def load_npz_into(model, npz) -> None:
+    """Overwrite ``model``'s variables from the ``.npz`` written by :func:`atomic_savez`."""
+    with np.load(npz, allow_pickle=False) as z:
+        load_flat_state(model, {k: z[k] for k in z.files})
