@@ -96,7 +96,7 @@ def fit_units(sf: SubjectFit, rec, spikes: list, *, settings: UnitFitSettings | 
     t0 = time.perf_counter()
     U0, _ = initial_units(held, th_s, obs, w, jax.random.PRNGKey(seed + 1), s.n_bank, sf.base)
     (_, U), _ = optimise((th_s, U0), held, obs, w, s.n_steps, "lbfgs", 0.02)
-    U = U[:n]
+    U_all, U = U, U[:n]
     m_fit = np.asarray(held.muaps(th_s, U))
     o = np.asarray(obs[:n])
     e = explained_variance(o[:, cmask], m_fit[:, cmask])
@@ -104,7 +104,9 @@ def fit_units(sf: SubjectFit, rec, spikes: list, *, settings: UnitFitSettings | 
     ph = np.asarray(jax.vmap(lambda u: held.unit_phys(u, subj))(U), np.float64)
     timing["fit"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
-    sd = np.asarray(unit_laplace(held, th_s, U, obs[:n], w[:n]), np.float64) if s.laplace else np.full((n, 8), np.nan)
+    # on the padded set: one compiled shape per pad_to bucket
+    sd = (np.asarray(unit_laplace(held, th_s, U_all, obs, w), np.float64)[:n] if s.laplace
+          else np.full((n, 8), np.nan))
     timing["laplace"] = round(time.perf_counter() - t0, 2)
     for j, k in enumerate(keep):
         i = ok[k]
