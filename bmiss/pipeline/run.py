@@ -124,6 +124,7 @@ def run_bmiss(rec, *, blind, blind_rules: Rules, model, rules: Rules, base_anato
     from (the recording's grid); ``settings`` : :class:`~bmiss.pipeline.settings.ModelSettings`
     (its ``subject_fit`` and ``unit_fit`` configure those stages).
     """
+    from ..templates import forget
     from .properties import unit_properties
     from .subject import fit_subject
 
@@ -151,6 +152,7 @@ def run_bmiss(rec, *, blind, blind_rules: Rules, model, rules: Rules, base_anato
     extra, pmeta = unit_properties(rec, units, subject, settings.unit_fit, seed=settings.seed, progress=progress,
                                    anatomy=subject.anatomy)
     clock.stage("unit_properties", t)
+    forget()  # the averages of this recording are done
     smeta = proposer.extras(mstate, units)[1] if proposer is not None else {}
     phases = [_phase_meta(blind, blind_rules, nb, prep)]
     if proposer is not None:
