@@ -31,7 +31,7 @@ import numpy as np
 from ..anatomy import Anatomy
 from ..conductor import Conductor
 from ..errors import FitError
-from ..templates import Templates, explained_variance, spike_triggered_muaps
+from ..templates import Templates, explained_variance, search_bounds, spike_triggered_muaps
 from .bounds import SUBJECT_NAMES, SUBJECT_UNITS, subject_bounds, to_phys, to_unc, unit_bounds
 from .model import FitModel, band_response, decimate, decimation, observations, optimise, phys_all
 from .result import SubjectFit, fitted_anatomy
@@ -103,7 +103,9 @@ def _pad_units(obs, w, n_to: int):
 
 def _observe(rec, dec, idx, base: Anatomy, s: SubjectFitSettings, seed: int) -> _Observed:
     """Step 2: the kept units' spike-triggered MUAPs on their common window, decimated."""
-    tpl = spike_triggered_muaps(rec.emg, [dec.spikes[i] for i in idx], rec.fs, band=s.band, seed=seed)
+    pre, post = search_bounds(rec.fs)  # averages over the whole search window: the fit's window is cut below
+    tpl = spike_triggered_muaps(rec.emg, [dec.spikes[i] for i in idx], rec.fs, band=s.band, seed=seed,
+                                window=(-pre, post))
     chans = np.asarray(dec.meta.get("channels_used", range(rec.n_channels)), np.int64)
     cmask = np.zeros(rec.n_channels, bool)
     cmask[chans] = True
