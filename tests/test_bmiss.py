@@ -67,6 +67,12 @@ def test_bmiss_finds_every_unit_cbss_finds(case):
     assert sum(m["params_from"] == "unit fit under the subject model" for m in dec.meta["units"]) \
         == dec.meta["unit_fit"]["n_fitted"]
     assert dec.params.shape == (dec.n_units, 6) and dec.param_names == PARAM_NAMES
+    # a fitted unit's std adds the posterior's spread (model mismatch) to the fit's Laplace width
+    for i, m in enumerate(dec.meta["units"]):
+        if m["std_from"] == "laplace + posterior":
+            post_sd = np.array([m["posterior"]["std"][n] for n in PARAM_NAMES])
+            assert np.all(dec.param_std[i] >= post_sd * (1 - 1e-5)), (dec.param_std[i], post_sd)
+    assert any(m["std_from"] == "laplace + posterior" for m in dec.meta["units"]), dec.meta["units"]
     # units the subject fit described carry finite properties near the truth (depth within 4 mm)
     by_est = {r["est"]: r["true"] for r in rep["per_true"] if r["est"] >= 0}
     fitted = [u for u, m in enumerate(dec.meta["units"]) if m["params_from"] != "none" and u in by_est]

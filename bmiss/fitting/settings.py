@@ -79,6 +79,12 @@ class UnitFitSettings(Settings):
     min_discharges, min_template_snr : units with fewer usable discharges, or whose average has
         less energy than this multiple of its noise energy, are not fitted (NaN, with the reason).
     laplace : per-unit Laplace std; pad_to : units padded to a multiple of this (shared compiles).
+    std : what ``param_std`` of a fitted unit means: ``combined`` (default) sqrt(Laplace² +
+        posterior std²) where the unit's amortized posterior is in its domain (the posterior's
+        spread stands for what the model cannot know: mismatch of tissue, MUAP shape and start),
+        the Laplace std alone otherwise; ``laplace``: the unit fit's local curvature width alone
+        (it held 4-37 % of true values in +-1.96 std on mismatched recordings). Coverage of both:
+        ``results/bench_unit_props.json``.
     posterior : also attach every unit's amortized posterior (:mod:`bmiss.posterior`: mean, std and
         68 %/95 % intervals calibrated on held-out simulations; ``meta["units"][i]["posterior"]``);
         ~0.1 s for 20 units plus their averages.
@@ -98,3 +104,4 @@ class UnitFitSettings(Settings):
     pad_to: int = setting(8, lo=1, hi=256)
     posterior: bool = True
     method: str = setting("fit", choices=("fit", "posterior"))
+    std: str = setting("combined", choices=("combined", "laplace"))

@@ -109,8 +109,12 @@ def _observe(rec, dec, idx, base: Anatomy, s: SubjectFitSettings, seed: int) -> 
     chans = np.asarray(dec.meta.get("channels_used", range(rec.n_channels)), np.int64)
     cmask = np.zeros(rec.n_channels, bool)
     cmask[chans] = True
-    snr = ((tpl.muaps[:, cmask] ** 2).sum((1, 2)) /
-           np.maximum((tpl.noise_std[:, cmask] ** 2).sum((1, 2)), 1e-30))
+    # template SNR over the union of all units' supports (what the selection rule was set on), not
+    # over the whole search window, whose noise-only tails would lower it
+    u0 = min(int(max(tpl.support[:, 0].min(), -pre)), 0) - tpl.window[0]
+    u1 = max(int(min(tpl.support[:, 1].max(), post)), 1) - tpl.window[0]
+    snr = ((tpl.muaps[:, cmask, u0:u1] ** 2).sum((1, 2)) /
+           np.maximum((tpl.noise_std[:, cmask, u0:u1] ** 2).sum((1, 2)), 1e-30))
     order = np.argsort(-snr)
     order = order[snr[order] >= s.min_template_snr][:s.max_units]
     if len(order) < 2:

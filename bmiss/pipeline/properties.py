@@ -35,10 +35,13 @@ from ..errors import FitError
 
 __all__ = ["unit_properties"]
 
-STD_MEANING = ("Laplace std of the unit fit under the subject model (a local width, not calibrated) where "
-               "params_from says so; the amortized posterior's std where it says 'amortized posterior'; else std of "
-               "the parameters over the starts that converged to the unit (NaN: one start). Calibrated intervals: "
-               "meta['units'][i]['posterior']")
+STD_MEANING = {
+    "combined": "unit fit: sqrt(Laplace std^2 + amortized posterior std^2) where meta['units'][i]['std_from'] says "
+                "so (the posterior's spread stands for model mismatch), the Laplace std alone where it says 'laplace'",
+    "laplace": "unit fit: the Laplace std (a local curvature width, not calibrated)",
+    "other": "the amortized posterior's std where params_from says 'amortized posterior'; else std of the parameters "
+             "over the starts that converged to the unit (NaN: one start)",
+}
 
 
 def _finite(v):
@@ -132,10 +135,16 @@ def unit_properties(rec, units: list, subject, settings, *, seed: int = 0, progr
     need_fit = [u for i, u in enumerate(units) if not (use_post and i in by_post and post.in_domain[by_post[i]])]
     uf, uf_meta = _unit_fit(rec, need_fit, subject, settings, seed, progress)
     fit_of = {id(u): k for k, u in enumerate(need_fit)}
+    std_from = [None] * len(units)
     for i, u in enumerate(units):
         k = fit_of.get(id(u))
         if uf is not None and k is not None and uf.status[k] == "fitted":
             params[i], pstd[i], src[i] = uf.params[k], uf.std[k], "unit fit under the subject model"
+            std_from[i] = "laplace"
+            j = by_post.get(i)
+            if settings.std == "combined" and j is not None and post.in_domain[j]:
+                pstd[i] = np.sqrt(np.asarray(uf.std[k], np.float64) ** 2 + np.asarray(post.std[j], np.float64) ** 2)
+                std_from[i] = "laplace + posterior"
         elif use_post and i in by_post and post.in_domain[by_post[i]]:
             j = by_post[i]
             params[i], pstd[i], src[i] = post.mean[j], post.std[j], "amortized posterior"
@@ -148,12 +157,13 @@ def unit_properties(rec, units: list, subject, settings, *, seed: int = 0, progr
                 "gain": _finite(uf.gain[k])}
 
     meta = {"units": [{"shift_samples": u.info.get("shift_samples"), "round": u.info.get("round"),
-                       "phase": u.info.get("phase"), "params_from": src[i], **fit_fields(u),
+                       "phase": u.info.get("phase"), "params_from": src[i], "std_from": std_from[i],
+                       **fit_fields(u),
                        **({"posterior": _posterior_entry(post, by_post[i])} if i in by_post else {}),
                        "n_starts_converged": 1 + sum("theta" in i_ for i_ in u.absorbed)}
                       for i, u in enumerate(units)],
             "param_units": dict(zip(PARAM_NAMES, PARAM_UNITS)),
-            "param_std_meaning": STD_MEANING}
+            "param_std_meaning": {"fit": STD_MEANING[settings.std], "other": STD_MEANING["other"]}}
     if uf_meta:
         meta["unit_fit"] = uf_meta
     if p_meta:
