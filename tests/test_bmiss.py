@@ -44,7 +44,9 @@ def test_bmiss_finds_every_unit_cbss_finds(case):
     f_cbss, rep_cbss = _found(cbss, rec)
     assert len(f_cbss) >= 2  # a non-trivial case
     # min_ev = 1 forces the refit with fat and skin free (no fit explains all), so both fits of the subject run
-    dec = bmiss.decompose(rec, "bmiss", progress=False, seed=0, **{"subject_fit.min_ev": 1.0}, **FAST)
+    # model_search_min_ev = 0: the model search runs whatever the fit explains, so every stage runs
+    dec = bmiss.decompose(rec, "bmiss", progress=False, seed=0, **{"subject_fit.min_ev": 1.0},
+                          model_search_min_ev=0.0, **FAST)
     f_bmiss, rep = _found(dec, rec)
     assert f_cbss <= f_bmiss, (f_cbss, f_bmiss)
     assert rep["summary"]["n_false"] <= rep_cbss["summary"]["n_false"]
@@ -56,6 +58,7 @@ def test_bmiss_finds_every_unit_cbss_finds(case):
     assert dec.meta["settings"]["stages"] == stages
     assert [k for k in dec.meta["timing_s"] if k in stages] == stages
     assert dec.meta["settings"]["phases"][1]["settings"]["subject_fit"]["min_ev"] == 1.0
+    assert dec.meta["settings"]["model_search"]["ran"] is True
     sm = dec.meta["subject_model"]
     assert "subject" in sm, sm.get("error")  # this case has enough blind units: the fit must run
     r = sm["refit_free"]
@@ -94,3 +97,23 @@ def test_bmiss_without_geometry_is_a_clear_error(case):
     bare = bmiss.io.Recording(emg=rec.emg, fs=rec.fs)  # no grid, no layout, no simulation meta
     with pytest.raises(Exception, match="--electrode"):
         bmiss.decompose(bare, "bmiss", progress=False)
+
+
+def test_model_search_gate():
+    """The model search runs when asked and the subject model explains enough of the blind MUAPs."""
+    from types import SimpleNamespace
+
+    from bmiss.pipeline.run import _model_search_gate
+    from bmiss.pipeline.settings import ModelSettings
+
+    def subject(ev):
+        return SimpleNamespace(fit=None if ev is None else object(), meta={"overall_explained_variance": ev})
+
+    s = ModelSettings()
+    assert _model_search_gate(s, subject(0.97))["ran"] is True
+    off = _model_search_gate(s, subject(0.47))
+    assert off["ran"] is False and "0.47" in off["reason"] and off["subject_explained_variance"] == 0.47
+    assert _model_search_gate(s, subject(None))["ran"] is True  # no fitted model: nothing to judge it by
+    assert _model_search_gate(s.replace(model_search_min_ev=0.0), subject(0.1))["ran"] is True
+    assert _model_search_gate(s.replace(model_search=False), subject(0.97)) == {"ran": False,
+                                                                               "reason": "model_search=false"}

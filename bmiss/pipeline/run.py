@@ -17,6 +17,7 @@ search's inner steps under ``search_steps``); ``meta["settings"]`` every setting
 """
 from __future__ import annotations
 
+import sys
 import time
 
 
@@ -111,11 +112,26 @@ def run(emg, fs: float, proposer: AbstractProposer, rules: Rules, *, method: str
     return _finalize(units, ws, method, meta, extra, clock, log)
 
 
+def _model_search_gate(settings, subject) -> dict:
+    """Whether the model search runs (``ran``) and why (``reason``): asked for, and the subject
+    model explains enough of the blind units' MUAPs (``settings.model_search_min_ev``)."""
+    if not settings.model_search:
+        return {"ran": False, "reason": "model_search=false"}
+    ev = subject.meta.get("overall_explained_variance") if subject.fit is not None else None
+    if ev is not None and ev < settings.model_search_min_ev:
+        return {"ran": False, "subject_explained_variance": float(ev),
+                "reason": f"the subject model explains {ev:.2f} of the blind units' MUAP variance "
+                          f"(< model_search_min_ev {settings.model_search_min_ev:g}): its MUAPs are not this "
+                          "recording's, and a search within it found no unit where that was so"}
+    return {"ran": True, "subject_explained_variance": None if ev is None else float(ev)}
+
+
 def run_bmiss(rec, *, blind, blind_rules: Rules, model, rules: Rules, base_anatomy, settings,
               progress: bool = True) -> Decomposition:
     """The default ``bmiss``: blind search -> subject fit -> [model search] -> deconvolution ->
     unit properties, on one prepared, peeled workspace (the model search only with
-    ``settings.model_search``).
+    ``settings.model_search`` and a subject model that explains ``settings.model_search_min_ev``
+    of the blind MUAPs; ``meta["settings"]["model_search"]`` says whether it ran and why).
 
     ``blind`` : the blind proposer (FastICA) run under ``blind_rules``; ``model`` : a callable
     ``anatomy -> ModelProposer`` (the search inverts the subject model the subject-fit stage
@@ -141,7 +157,10 @@ def run_bmiss(rec, *, blind, blind_rules: Rules, model, rules: Rules, base_anato
     subject = fit_subject(rec, ws, units, base_anatomy, settings.subject_fit, seed=settings.seed, progress=progress)
     clock.stage("subject_fit", t)
     proposer, mstate = None, None
-    if settings.model_search:
+    ms_meta = _model_search_gate(settings, subject)
+    if progress and not ms_meta["ran"]:
+        print(f"[bmiss] model search skipped: {ms_meta['reason']}", file=sys.stderr, flush=True)
+    if ms_meta["ran"]:
         t = time.perf_counter()
         proposer = model(subject.anatomy)
         units, mstate = search(ws, proposer, rules, units, batch=settings.n_starts, log=log, desc="bmiss 2/2 model",
@@ -161,7 +180,7 @@ def run_bmiss(rec, *, blind, blind_rules: Rules, model, rules: Rules, base_anato
         "deconvolution", "unit_properties", "finalize"]
     meta = {"settings": {"method": "bmiss", "rules": phases[0]["rules"], "proposer": phases[0]["settings"],
                          "batch": phases[0]["batch"], "R": prep.R, "phases": phases, "stages": stages,
-                         "model_search": bool(settings.model_search)},
+                         "model_search": ms_meta},
             **dmeta, **smeta, **pmeta, "subject_model": subject.meta}
     return _finalize(units, ws, "bmiss", meta, extra, clock, log)
 

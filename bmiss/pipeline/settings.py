@@ -135,6 +135,12 @@ class ModelSettings(Settings):
         mismatch benchmark it added 2 and 3 units at RoA >= 0.9 (another IAP, a rotated grid; 20 dB)
         and no false one (``results/bench_mismatch_model_search.json``); off saves its time where
         it adds nothing. The settings below (``forward`` to ``max_units``) configure it.
+    model_search_min_ev : the model search runs only when the fitted subject model explains at
+        least this share of the blind units' MUAP variance (0: always; no fitted model: it runs).
+        Measured on the same benchmark: it added units only where the fit explained 0.85-0.97;
+        at 0.09-0.48 (short fibres, non-physical MUAPs) it found nothing in four runs and took
+        30-55 s each. 0.8 is the subject fit's own refit threshold (``subject_fit.min_ev``), not a
+        value tuned on those runs.
     forward : ``"conductor"`` (analytic) or ``"surrogate"`` (trained network).
     n_rounds, patience : at most ``n_rounds`` propose/accept/peel rounds; stop after ``patience``
         rounds in a row without a new unit. A round never starts from a probe an earlier round
@@ -161,6 +167,7 @@ class ModelSettings(Settings):
 
     anatomy: object = None
     model_search: bool = True
+    model_search_min_ev: float = setting(0.8, lo=0.0, hi=1.0)
     grid: tuple[int, int] | None = setting(None, lo=1, hi=1024)
     ied_mm: float | None = setting(None, lo=0.5, hi=100.0)
     forward: str = setting("conductor", choices=("conductor", "surrogate"))
