@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import devices
 from ..errors import FitError
 from ..templates import explained_variance, search_bounds, spike_triggered_muaps, usable_discharges
 from .model import decimate, observations, optimise
@@ -95,7 +96,9 @@ def fit_units(sf: SubjectFit, rec, spikes: list, *, settings: UnitFitSettings | 
                        (jnp.ones_like(model.sub_fixed), jnp.where(model.sub_fixed, model.sub_fixed_val, th_s)))
     t0 = time.perf_counter()
     U0, _ = initial_units(held, th_s, obs, w, jax.random.PRNGKey(seed + 1), s.n_bank, sf.base)
-    (_, U), _ = optimise((th_s, U0), held, obs, w, s.n_steps, "lbfgs", 0.02)
+    U0, obs_d, w_d = devices.shard_leading((U0, obs, w))  # units split across devices (one device: as is)
+    timing["devices"] = devices.n_shards(U0)
+    (_, U), _ = optimise((devices.replicate(th_s), U0), held, obs_d, w_d, s.n_steps, "lbfgs", 0.02)
     U = U[:n]
     m_fit = np.asarray(held.muaps(th_s, U))
     o = np.asarray(obs[:n])
