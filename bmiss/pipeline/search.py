@@ -87,7 +87,7 @@ class SearchLog:
         "device_calls": 0, "passes": 0, "retimed": 0})
     times: dict = field(default_factory=lambda: {"init": 0.0, "propose": 0.0, "pool": 0.0, "accept": 0.0,
                                                  "peel": 0.0, "update": 0.0})
-    sharded: dict = field(default_factory=dict)  # stage -> devices its rows were split over (bmiss.devices)
+    sharded: dict = field(default_factory=dict)  # stage -> devices its rows were split over, least of the run
 
     def meta(self) -> dict:
         c = self.counts
@@ -200,7 +200,7 @@ def search(ws: Workspace, proposer: AbstractProposer, rules: Rules, units: list[
         if zt_src is not ws.zt:
             zt_src, zt_dev = ws.zt, devices.replicate(ws.zt)
         std = devices.shard_leading(st)  # the pool's slots split across devices (one device: st itself)
-        log.sharded["search"] = devices.n_shards(std["W"])
+        log.sharded["search"] = min(log.sharded.get("search", 1 << 30), devices.n_shards(std["W"]))  # least split
         stj, npass = refine_mod.run_pool(std, zt_dev, devices.replicate(no_Q if Q is None else Q), jnp.float32(tol),
                                          iteration=iteration, max_fp_iter=max_fp_iter, max_refine_iter=rmax,
                                          min_done=1, d=ws.d, n_det=n_det, flip=rules.flip)
