@@ -10,10 +10,16 @@ independent rows spread those rows over a 1-D :class:`jax.sharding.Mesh` of ever
   weights and starting parameters is split across devices.
 
 Inside the jitted code nothing changes: XLA's SPMD partitioner (GSPMD) follows the input
-shardings. With one device (the default CPU install) every helper returns its input
-unchanged, so the default path costs one cached check per call (measured in
-``tests/test_devices.py``). ``BMISS_SHARD=0`` in the environment turns sharding off (the
-arrays stay on the default device).
+shardings. The pool is split over its slots, not over the samples of ``zt``: both compile and
+give the units of one device inside ``run_pool``'s ``lax.while_loop``, but the slot split was
+faster (1.4-1.6 s against 2.1 s of pool time for a 4-s recording on 2 forced CPU host devices;
+the sample split gathers ``zt`` for its block reads) and its rows never mix, so the search's
+results are bit for bit those of one device (measured).
+
+With one device (the default CPU install) every helper returns its input unchanged, so the
+default path costs one cached check per call (0.7 µs per search device call, against seconds of
+pool work: ``experiments/bench_devices.py``). ``BMISS_SHARD=0`` in the environment turns
+sharding off (the arrays stay on the default device).
 
 Examples
 --------
