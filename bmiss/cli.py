@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import interrupts
+from . import interrupts, jaxcache
 
 
 def _console_process() -> bool:
@@ -15,6 +15,7 @@ def _console_process() -> bool:
 
 if _console_process():  # Ctrl-C from here on gives one line and exit 130 (JAX is imported much later)
     interrupts.install(console=True)
+    jaxcache.enable_for_command()  # compiled kernels kept between runs (BMISS_JAX_CACHE=off: not)
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -25,7 +25,9 @@ Units: EMG and MUAPs µV, fs Hz, windows in samples relative to the discharge sa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.fft
@@ -205,13 +207,11 @@ def spike_triggered_muaps(emg: np.ndarray, spikes: list, fs: float, *, window: t
     Templates
         The common window is the union of the units' supports (or ``window``).
     """
-    x = np.asarray(emg, np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"emg must be [n_channels, n_samples], got shape {x.shape}")
-    n_ch, N = x.shape
-    x = _bandpass(x, fs, band) if band is not None else x - x.mean(axis=1, keepdims=True)
+    if np.ndim(emg) != 2:
+        raise ValueError(f"emg must be [n_channels, n_samples], got shape {np.shape(emg)}")
+    n_ch, N = np.shape(emg)
     pre, post = search_bounds(fs, search_ms, window)
-    ctx = _Averager.of(x, fs, pre, post, threshold, margin_ms, deconvolve_self, n_null, seed)
+    ctx = _averager(emg, fs, band, pre, post, threshold, margin_ms, deconvolve_self, n_null, seed)
     stas, noises, supports, counts, trunc = [], [], [], [], []
     for u, sp_u in enumerate(spikes):
         sp_u = np.unique(np.asarray(sp_u, np.int64))
@@ -245,6 +245,38 @@ def spike_triggered_muaps(emg: np.ndarray, spikes: list, fs: float, *, window: t
                      truncated=np.array(trunc, bool))
 
 
+#: the prepared EMG of the last recording averaged, keyed by the array's id (checked through a weak
+#: reference, dropped when the array is freed): the subject fit, the unit fit and the posterior
+#: average the same units of the same recording, and each unit's average is computed once
+_LAST: dict = {}
+_KEEP_MAX_BYTES = 400 * 2**20  # float64 EMG (64 ch x 10 kHz x 80 s)
+
+
+def forget() -> None:
+    """Drop the prepared EMG kept for reuse (the pipeline calls it when a run ends)."""
+    _LAST.clear()
+
+
+def _averager(emg, fs, band, pre, post, threshold, margin_ms, deconvolve_self, n_null, seed) -> "_Averager":
+    key = (float(fs), None if band is None else (float(band[0]), float(band[1])), int(pre), int(post),
+           float(threshold), float(margin_ms), bool(deconvolve_self), int(n_null), int(seed), np.shape(emg))
+    hit = _LAST.get(id(emg))
+    if hit is not None and hit[0]() is emg and key in hit[1]:
+        return hit[1][key]
+    x = np.asarray(emg, np.float64)
+    x = _bandpass(x, fs, band) if band is not None else x - x.mean(axis=1, keepdims=True)
+    ctx = _Averager.of(x, fs, pre, post, threshold, margin_ms, deconvolve_self, n_null, seed)
+    if x.nbytes > _KEEP_MAX_BYTES:  # the prepared copies are ~5x the EMG in float32: don't hold huge ones
+        return ctx
+    try:
+        ref = weakref.ref(emg, lambda _r, k=id(emg): _LAST.pop(k, None))
+    except TypeError:  # not weak-referenceable (e.g. a list): no reuse
+        return ctx
+    _LAST.clear()  # one recording at a time: a study's loop must not accumulate prepared copies
+    _LAST[id(emg)] = (ref, {key: ctx})
+    return ctx
+
+
 @dataclass
 class _Averager:
     """The band-passed EMG prepared for averaging at any train: its spectrum (sums of segments at a
@@ -261,7 +293,8 @@ class _Averager:
     margin: int  # samples added on both sides of a measured support
     deconvolve_self: bool
     n_null: int
-    rng: np.random.Generator
+    seed: int
+    done: dict = field(default_factory=dict)  # train fingerprint -> this unit's average
 
     @classmethod
     def of(cls, x, fs, pre, post, threshold, margin_ms, deconvolve_self, n_null, seed) -> "_Averager":
@@ -271,11 +304,18 @@ class _Averager:
         nfft = scipy.fft.next_fast_len(x.shape[1] + 4 * L + post + pre)
         return cls(x=x, xt=np.ascontiguousarray(x.T, dtype=np.float32), Xf=np.fft.rfft(x, n=nfft, axis=1), nfft=nfft,
                    lags=lags, L=L, kernel=np.ones(2 * sm + 1) / (2 * sm + 1), margin=int(round(margin_ms * 1e-3 * fs)),
-                   deconvolve_self=deconvolve_self, n_null=n_null, rng=np.random.default_rng(seed))
+                   deconvolve_self=deconvolve_self, n_null=n_null, seed=int(seed))
 
     def average(self, ok: np.ndarray, s: np.ndarray):
         """One unit: ``(sta [L, C], noise std [L, C], smoothed energy E [L], null energies)`` from its
         usable discharges ``ok`` and whole train ``s``."""
+        fp = (zlib.crc32(np.ascontiguousarray(ok, np.int64).tobytes()),
+              zlib.crc32(np.ascontiguousarray(s, np.int64).tobytes()), len(ok), len(s))
+        if fp not in self.done:
+            self.done[fp] = self._average(ok, s, np.random.default_rng([self.seed, fp[0], fp[1]]))
+        return self.done[fp]
+
+    def _average(self, ok: np.ndarray, s: np.ndarray, rng: np.random.Generator):
         L, lags, nfft = self.L, self.lags, self.nfft
         train = np.zeros(nfft)
         train[ok] = 1.0
@@ -302,7 +342,7 @@ class _Averager:
         # too low; shifting locally keeps the activity level of when the unit fires, e.g. a plateau).
         null = []
         for _ in range(self.n_null):
-            off = int(self.rng.integers(L, 3 * L)) * int(self.rng.choice([-1, 1]))
+            off = int(rng.integers(L, 3 * L)) * int(rng.choice([-1, 1]))
             # (segments pushed past the recording's ends read zeros: a slightly conservative level)
             est = Ainv @ (seg_sum(off) - _own_sum(sta, _pair_counts(ok + off, s, L)))
             null.append(np.convolve((est**2).sum(1), self.kernel, mode="same"))

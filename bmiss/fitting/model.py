@@ -146,11 +146,15 @@ def band_response(nfft: int, fs: float, band) -> np.ndarray:
     return filters.band_power_response(np.fft.rfftfreq(nfft, 1 / fs), fs, band, order=filters.TEMPLATE_ORDER)
 
 
+def decimation(fs: float, band) -> int:
+    """The factor :func:`decimate` keeps every q-th sample with (1: none)."""
+    return int(fs // 2048) if band is not None and band[1] * 3 <= fs / max(int(fs // 2048), 1) else 1
+
+
 def decimate(tpl: Templates) -> tuple[Templates, int]:
     """Band-limited averages (<= band[1] Hz) lose nothing at ~2 kHz, and the model's cost grows with
     the samples: keep every q-th sample (q = fs // 2048 where the band allows). Returns (tpl, q)."""
-    fs = tpl.fs
-    q = int(fs // 2048) if tpl.band is not None and tpl.band[1] * 3 <= fs / max(int(fs // 2048), 1) else 1
+    q = decimation(tpl.fs, tpl.band)
     if q <= 1:
         return tpl, 1
     r0 = tpl.onset % q

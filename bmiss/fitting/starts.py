@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +32,12 @@ def select_units(dec, *, min_sil: float = 0.85, max_cov: float = 0.4, min_discha
     return np.array(keep, np.int64)
 
 
+@eqx.filter_jit
+def _bank(model: FitModel, s0, Ub):
+    """MUAPs of the bank's units [B, C, T] (jitted once per shape: the model is an argument)."""
+    return jax.lax.map(lambda u: model.muaps(s0, u[None])[0], Ub, batch_size=32)
+
+
 def initial_units(model: FitModel, s0, obs, w, key, n_bank: int, base: Anatomy):
     """Per-unit starting points: the best of a bank of random MUAPs by normalised correlation over lags."""
     ub = unit_bounds(base)
@@ -49,7 +56,7 @@ def initial_units(model: FitModel, s0, obs, w, key, n_bank: int, base: Anatomy):
     V[:, 6] = 0.0
     V[:, 7] = 0.0
     Ub = jnp.asarray(to_unc(V, lo, hi))
-    bank = np.asarray(jax.lax.map(lambda u: model.muaps(s0, u[None])[0], Ub, batch_size=32))  # [B, C, T]
+    bank = np.asarray(_bank(model, s0, Ub))  # [B, C, T]
     o = np.asarray(obs * (w > 0))
     bank = bank * (np.asarray(w)[:1] > 0)
     nfft = int(2 ** np.ceil(np.log2(2 * o.shape[-1])))

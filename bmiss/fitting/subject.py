@@ -31,9 +31,9 @@ import numpy as np
 from ..anatomy import Anatomy
 from ..conductor import Conductor
 from ..errors import FitError
-from ..templates import Templates, explained_variance, spike_triggered_muaps
+from ..templates import Templates, explained_variance, search_bounds, spike_triggered_muaps
 from .bounds import SUBJECT_NAMES, SUBJECT_UNITS, subject_bounds, to_phys, to_unc, unit_bounds
-from .model import FitModel, band_response, decimate, observations, optimise, phys_all
+from .model import FitModel, band_response, decimate, decimation, observations, optimise, phys_all
 from .result import SubjectFit, fitted_anatomy
 from .settings import SubjectFitSettings
 from .starts import initial_units, select_units
@@ -75,9 +75,37 @@ def _check_fixed_values(base: Anatomy, fixed_values: dict) -> None:
                            f"({SUBJECT_UNITS[SUBJECT_NAMES.index(k)]})")
 
 
+#: the fit's shapes are rounded up (window to a multiple of T_STEP samples after decimation, units to a
+#: multiple of UNIT_STEP) so that recordings of one kind share compiled kernels instead of compiling
+#: the fit anew for every unit count and window (~40 s per compile on the 2-core CPU, measured)
+T_STEP, UNIT_STEP = 16, 8
+
+
+def _bucket_window(w0: int, w1: int, limits: tuple[int, int], q: int) -> tuple[int, int]:
+    """``[w0, w1)`` widened (after, then before the discharge, within ``limits``) to a multiple of
+    ``T_STEP * q`` samples: more samples of the same averages, never fewer."""
+    step = T_STEP * q
+    need = -(-(w1 - w0) // step) * step - (w1 - w0)
+    add1 = min(need, limits[1] - w1)
+    add0 = min(need - add1, w0 - limits[0])
+    return w0 - add0, w1 + add1
+
+
+def _pad_units(obs, w, n_to: int):
+    """Observations and weights padded with zero-weight units to ``n_to`` (they fit nothing and,
+    having no data, change no real parameter: each padded unit sits at its prior's optimum)."""
+    n_pad = n_to - obs.shape[0]
+    if n_pad <= 0:
+        return obs, w
+    return (jnp.concatenate([obs, jnp.zeros((n_pad,) + obs.shape[1:], obs.dtype)]),
+            jnp.concatenate([w, jnp.zeros((n_pad,) + w.shape[1:], w.dtype)]))
+
+
 def _observe(rec, dec, idx, base: Anatomy, s: SubjectFitSettings, seed: int) -> _Observed:
     """Step 2: the kept units' spike-triggered MUAPs on their common window, decimated."""
-    tpl = spike_triggered_muaps(rec.emg, [dec.spikes[i] for i in idx], rec.fs, band=s.band, seed=seed)
+    pre, post = search_bounds(rec.fs)  # averages over the whole search window: the fit's window is cut below
+    tpl = spike_triggered_muaps(rec.emg, [dec.spikes[i] for i in idx], rec.fs, band=s.band, seed=seed,
+                                window=(-pre, post))
     chans = np.asarray(dec.meta.get("channels_used", range(rec.n_channels)), np.int64)
     cmask = np.zeros(rec.n_channels, bool)
     cmask[chans] = True
@@ -92,6 +120,7 @@ def _observe(rec, dec, idx, base: Anatomy, s: SubjectFitSettings, seed: int) -> 
     # the common window of the kept units only (weak units' supports are noise and would widen it)
     w0 = int(max(min(tpl.support[order, 0].min(), 0), tpl.window[0]))
     w1 = int(min(max(tpl.support[order, 1].max(), 1), tpl.window[1]))
+    w0, w1 = _bucket_window(w0, w1, tpl.window, decimation(tpl.fs, tpl.band))
     sl = slice(w0 - tpl.window[0], w1 - tpl.window[0])
     tpl = Templates(muaps=tpl.muaps[order][..., sl], noise_std=tpl.noise_std[order][..., sl], onset=-w0,
                     window=(w0, w1), support=tpl.support[order], n_discharges=tpl.n_discharges[order], fs=tpl.fs,
@@ -154,6 +183,9 @@ def _fat_profile(model: FitModel, base: Anatomy, obs, w, ob: _Observed, s: Subje
     key = jax.random.PRNGKey(seed)
     n = ob.tpl.muaps.shape[0]
     strong = np.sort(np.argsort(-ob.snr)[:min(s.start_units, n)])  # starts compared on the strongest units
+    n_all = obs.shape[0]  # padded: fill the starts' unit set with padded units to a fixed size too
+    want = min(s.start_units, n_all)
+    strong = np.concatenate([strong, np.arange(n, n + max(want - len(strong), 0))]).astype(np.int64)
     results = []
     it = starts
     if progress:
@@ -306,6 +338,8 @@ def fit_subject(rec, decomposition, *, anatomy: Anatomy, settings: SubjectFitSet
     # 3. model and data
     model, fixed_phys = _build_model(base, ob, s, fixed_values or {})
     obs, w = observations(ob.tpl, ob.cmask)
+    n = obs.shape[0]
+    obs, w = _pad_units(obs, w, -(-n // UNIT_STEP) * UNIT_STEP)
     # 4. starts: the fat profile
     t_fit = time.perf_counter()
     theta, hist, record, t_first = _fat_profile(model, base, obs, w, ob, s, seed, progress)
@@ -315,27 +349,29 @@ def fit_subject(rec, decomposition, *, anatomy: Anatomy, settings: SubjectFitSet
     timing["final_stage"] = round(time.perf_counter() - tc, 2)
     timing["fit"] = round(time.perf_counter() - t_fit, 2)
     timing["first_start_incl_compile"] = round(t_first, 2)
-    s_fit = _population_means(model, s_fit, U, s.fix)
+    s_fit = _population_means(model, s_fit, U[:n], s.fix)
     # 6. outputs
     t0 = time.perf_counter()
     tpl, cmask = ob.tpl, ob.cmask
-    n, _, T = tpl.muaps.shape
-    model_m = np.asarray(model.muaps(s_fit, U))
+    T = tpl.muaps.shape[-1]
+    n_all = U.shape[0]
+    model_m = np.asarray(model.muaps(s_fit, U))[:n]
     o = np.asarray(tpl.muaps)
     ev = explained_variance(o[:, cmask], model_m[:, cmask])
     r = o[:, cmask] - model_m[:, cmask]
     overall = float(1 - (r.astype(np.float64) ** 2).sum() / (o[:, cmask].astype(np.float64) ** 2).sum())
-    chi2 = float(np.sum((np.asarray(w) * (o - model_m)) ** 2))
+    chi2 = float(np.sum((np.asarray(w)[:n] * (o - model_m)) ** 2))
     ns = len(SUBJECT_NAMES)
     chi2_red = chi2 / max(int(cmask.sum()) * T * n - (ns + 8 * n), 1)
     flat = jnp.concatenate([s_fit, U.ravel()])
-    phys = np.asarray(phys_all(model, flat, ns, n), np.float64)
+    keep = np.arange(ns + 8 * n)  # the subject and the real units (padded units last)
+    phys = np.asarray(phys_all(model, flat, ns, n_all), np.float64)[keep]
     cov = None
     std = np.full(phys.shape, np.nan)
     if s.laplace:
         cov_u = laplace(model, s_fit, U, obs, w) * max(chi2_red, 1.0)
-        Jg = np.asarray(jax.jacfwd(lambda f: phys_all(model, f, ns, n))(flat), np.float64)
-        cov = Jg @ cov_u @ Jg.T
+        Jg = np.asarray(jax.jacfwd(lambda f: phys_all(model, f, ns, n_all))(flat), np.float64)
+        cov = (Jg @ cov_u @ Jg.T)[np.ix_(keep, keep)]
         std = np.sqrt(np.clip(np.diag(cov), 0, None))
     timing["laplace"] = round(time.perf_counter() - t0, 2)
     subject = {k: (float(phys[i]), float(std[i])) for i, k in enumerate(SUBJECT_NAMES)}

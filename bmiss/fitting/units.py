@@ -13,6 +13,7 @@ import numpy as np
 from .. import devices
 from ..errors import FitError
 from ..templates import explained_variance, search_bounds, spike_triggered_muaps, usable_discharges
+from .bounds import to_phys, to_unc
 from .model import decimate, observations, optimise
 from .result import SubjectFit, UnitFit
 from .settings import UnitFitSettings
@@ -22,8 +23,26 @@ from .uncertainty import unit_laplace
 __all__ = ["fit_units"]
 
 
+def _with_start(held, th_s, U0, start):
+    """``U0`` [n, 8] (unconstrained) with depth, x, log fibres, IZ, CV and length set from ``start``
+    [n, 6] (physical, ``PARAM_NAMES``; IZ in the grid-centred frame) where its row is finite; the
+    gain and the time shift stay the bank's (amplitude and lag of the matched MUAP)."""
+    subj = np.asarray(held.subject(th_s), np.float64)
+    lo, hi = np.asarray(held.unit_lo, np.float64), np.asarray(held.unit_hi, np.float64)
+    v = np.asarray(to_phys(U0, lo, hi), np.float64)
+    st = np.asarray(start, np.float64)
+    ok = np.isfinite(st).all(1)
+    length = st[:, 5]
+    v_new = v.copy()
+    v_new[:, 0] = st[:, 0] - subj[0] - subj[1]  # depth below the muscle surface
+    v_new[:, 1], v_new[:, 2], v_new[:, 4], v_new[:, 5] = st[:, 1], st[:, 2], st[:, 4], length
+    v_new[:, 3] = (st[:, 3] + subj[4]) / np.where(ok, length, 1.0) + 0.5  # IZ in the fit's (grid-offset) frame
+    v = np.where(ok[:, None], v_new, v)
+    return jnp.asarray(to_unc(np.clip(v, lo + 1e-3 * (hi - lo), hi - 1e-3 * (hi - lo)), lo, hi))
+
+
 def fit_units(sf: SubjectFit, rec, spikes: list, *, settings: UnitFitSettings | None = None,
-              seed: int = 0) -> UnitFit:
+              seed: int = 0, start: np.ndarray | None = None) -> UnitFit:
     """Fit every unit's properties to its own observed MUAP with the subject held at ``sf``.
 
     The MUAP of each unit (spike-triggered average over the subject fit's window) is fitted by
@@ -42,6 +61,9 @@ def fit_units(sf: SubjectFit, rec, spikes: list, *, settings: UnitFitSettings | 
     settings : UnitFitSettings
         Units with fewer than ``min_discharges`` usable discharges, or whose average has less energy
         than ``min_template_snr`` times its noise energy, are not fitted (NaN, reason in ``status``).
+    start : [n_units, 6] array, optional
+        Starting properties (``PARAM_NAMES``, physical units; e.g. the amortized posterior's mean);
+        rows with a NaN start from the best-matching MUAP of a random bank (the default for all).
 
     Returns
     -------
@@ -96,10 +118,14 @@ def fit_units(sf: SubjectFit, rec, spikes: list, *, settings: UnitFitSettings | 
                        (jnp.ones_like(model.sub_fixed), jnp.where(model.sub_fixed, model.sub_fixed_val, th_s)))
     t0 = time.perf_counter()
     U0, _ = initial_units(held, th_s, obs, w, jax.random.PRNGKey(seed + 1), s.n_bank, sf.base)
+    if start is not None:
+        st = np.full((U0.shape[0], 6), np.nan)
+        st[:n] = np.asarray(start, np.float64)[[ok[k] for k in keep]]
+        U0 = _with_start(held, th_s, U0, st)
     U0, obs_d, w_d = devices.shard_leading((U0, obs, w))  # units split across devices (one device: as is)
     timing["devices"] = devices.n_shards(U0)
     (_, U), _ = optimise((devices.replicate(th_s), U0), held, obs_d, w_d, s.n_steps, "lbfgs", 0.02)
-    U = U[:n]
+    U_all, U = U, U[:n]
     m_fit = np.asarray(held.muaps(th_s, U))
     o = np.asarray(obs[:n])
     e = explained_variance(o[:, cmask], m_fit[:, cmask])
@@ -107,7 +133,9 @@ def fit_units(sf: SubjectFit, rec, spikes: list, *, settings: UnitFitSettings | 
     ph = np.asarray(jax.vmap(lambda u: held.unit_phys(u, subj))(U), np.float64)
     timing["fit"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
-    sd = np.asarray(unit_laplace(held, th_s, U, obs[:n], w[:n]), np.float64) if s.laplace else np.full((n, 8), np.nan)
+    # on the padded set: one compiled shape per pad_to bucket
+    sd = (np.asarray(unit_laplace(held, th_s, U_all, obs_d, w_d), np.float64)[:n] if s.laplace
+          else np.full((n, 8), np.nan))
     timing["laplace"] = round(time.perf_counter() - t0, 2)
     for j, k in enumerate(keep):
         i = ok[k]

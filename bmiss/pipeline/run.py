@@ -113,8 +113,9 @@ def run(emg, fs: float, proposer: AbstractProposer, rules: Rules, *, method: str
 
 def run_bmiss(rec, *, blind, blind_rules: Rules, model, rules: Rules, base_anatomy, settings,
               progress: bool = True) -> Decomposition:
-    """The default ``bmiss``: blind search -> subject fit -> model search -> deconvolution ->
-    unit properties, on one prepared, peeled workspace.
+    """The default ``bmiss``: blind search -> subject fit -> [model search] -> deconvolution ->
+    unit properties, on one prepared, peeled workspace (the model search only with
+    ``settings.model_search``).
 
     ``blind`` : the blind proposer (FastICA) run under ``blind_rules``; ``model`` : a callable
     ``anatomy -> ModelProposer`` (the search inverts the subject model the subject-fit stage
@@ -123,6 +124,7 @@ def run_bmiss(rec, *, blind, blind_rules: Rules, model, rules: Rules, base_anato
     from (the recording's grid); ``settings`` : :class:`~bmiss.pipeline.settings.ModelSettings`
     (its ``subject_fit`` and ``unit_fit`` configure those stages).
     """
+    from ..templates import forget
     from .properties import unit_properties
     from .subject import fit_subject
 
@@ -138,22 +140,28 @@ def run_bmiss(rec, *, blind, blind_rules: Rules, model, rules: Rules, base_anato
     t = time.perf_counter()
     subject = fit_subject(rec, ws, units, base_anatomy, settings.subject_fit, seed=settings.seed, progress=progress)
     clock.stage("subject_fit", t)
-    t = time.perf_counter()
-    proposer = model(subject.anatomy)
-    units, mstate = search(ws, proposer, rules, units, batch=settings.n_starts, log=log, desc="bmiss 2/2 model",
-                           progress=progress, phase=1)
-    clock.stage("model_search", t)
+    proposer, mstate = None, None
+    if settings.model_search:
+        t = time.perf_counter()
+        proposer = model(subject.anatomy)
+        units, mstate = search(ws, proposer, rules, units, batch=settings.n_starts, log=log, desc="bmiss 2/2 model",
+                               progress=progress, phase=1)
+        clock.stage("model_search", t)
     dmeta = _deconvolve_if(ws, units, rules, clock)
     t = time.perf_counter()
     extra, pmeta = unit_properties(rec, units, subject, settings.unit_fit, seed=settings.seed, progress=progress,
                                    anatomy=subject.anatomy)
     clock.stage("unit_properties", t)
-    _, smeta = proposer.extras(mstate, units)
-    phases = [_phase_meta(blind, blind_rules, nb, prep), _phase_meta(proposer, rules, settings.n_starts, prep)]
+    forget()  # the averages of this recording are done
+    smeta = proposer.extras(mstate, units)[1] if proposer is not None else {}
+    phases = [_phase_meta(blind, blind_rules, nb, prep)]
+    if proposer is not None:
+        phases.append(_phase_meta(proposer, rules, settings.n_starts, prep))
+    stages = ["prepare", "blind_search", "subject_fit"] + (["model_search"] if proposer is not None else []) + [
+        "deconvolution", "unit_properties", "finalize"]
     meta = {"settings": {"method": "bmiss", "rules": phases[0]["rules"], "proposer": phases[0]["settings"],
-                         "batch": phases[0]["batch"], "R": prep.R, "phases": phases,
-                         "stages": ["prepare", "blind_search", "subject_fit", "model_search", "deconvolution",
-                                    "unit_properties", "finalize"]},
+                         "batch": phases[0]["batch"], "R": prep.R, "phases": phases, "stages": stages,
+                         "model_search": bool(settings.model_search)},
             **dmeta, **smeta, **pmeta, "subject_model": subject.meta}
     return _finalize(units, ws, "bmiss", meta, extra, clock, log)
 

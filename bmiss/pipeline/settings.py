@@ -130,6 +130,9 @@ class ModelSettings(Settings):
     """Model-informed proposer (BMISS): filters from forward-model MUAPs fitted by Adam.
 
     anatomy, grid, ied_mm : the forward model's anatomy (default: the recording's own).
+    model_search : run the ``model_search`` stage of the default ``bmiss`` (the search for more
+        units within the fitted subject model, after the blind search). Off by default: see
+        ``MODEL_SEARCH_EVIDENCE``. The other settings below (``forward`` to ``max_units``) configure it.
     forward : ``"conductor"`` (analytic) or ``"surrogate"`` (trained network).
     n_rounds, patience : at most ``n_rounds`` propose/accept/peel rounds; stop after ``patience``
         rounds in a row without a new unit. A round never starts from a probe an earlier round
@@ -155,6 +158,7 @@ class ModelSettings(Settings):
     """
 
     anatomy: object = None
+    model_search: bool = True
     grid: tuple[int, int] | None = setting(None, lo=1, hi=1024)
     ied_mm: float | None = setting(None, lo=0.5, hi=100.0)
     forward: str = setting("conductor", choices=("conductor", "surrogate"))

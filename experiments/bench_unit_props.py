@@ -1,0 +1,154 @@
+"""How the ``unit_properties`` stage should estimate each unit's properties: accuracy, interval
+coverage and time of the unit fit's variants and of the amortized posterior, on recordings the
+model did not make.
+
+    python experiments/bench_unit_props.py --json results/bench_unit_props.json
+
+Recordings (experiments/bench_posterior.py's, all made by other paths than the fit's model:
+per-fibre MUAPs with another IAP, a grid rotated 10 deg, 35-mm fibres, perturbed tissue, a
+22-mm-thick vastus lateralis with a 10-mm grid). Units: every unit with >= 30 true discharges,
+averaged at its TRUE discharges (the benchmark measures the property estimate, not the
+decomposition). The subject model is fitted as the pipeline fits it (fat and skin held) to the
+oracle decomposition. Then, per unit:
+
+* ``posterior``: the amortized posterior as the pipeline calls it (mean, 68 % / 95 % quantiles);
+* ``fit:<start>:<steps>``: :func:`bmiss.fitting.fit_units` from the random-bank start (``bank``,
+  the default until this benchmark) or from the posterior's mean (``post``), ``steps`` L-BFGS
+  iterations. Its intervals three ways: ``laplace`` (fit +- z Laplace std), ``posterior`` (fit +-
+  z posterior std) and ``combined`` (fit +- z sqrt(Laplace² + posterior²)).
+
+Metrics per property: RMSE (length relative), share of true values inside the 68 % / 95 %
+intervals; time per 20 units (after a warm-up call on the same shapes).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import bmiss  # noqa: E402
+from bmiss import files, fitting  # noqa: E402
+from bmiss.conductor import PARAM_NAMES  # noqa: E402
+from bmiss.fitting import SubjectFitSettings, UnitFitSettings  # noqa: E402
+from bmiss.geometry import anatomy_for_recording  # noqa: E402
+from bmiss.pipeline.properties import _posterior  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("bench_posterior", ROOT / "experiments" / "bench_posterior.py")
+BP = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(BP)
+
+Z68, Z95 = 1.0, 1.96
+
+
+def _metrics(est, sd, truth):
+    return BP.metrics(est, est - Z68 * sd, est + Z68 * sd, est - Z95 * sd, est + Z95 * sd, truth)
+
+
+def one_recording(name, a) -> dict:
+    rec, _ = BP._simulated(name, a.duration, a.n_units, a.seed, a.snr, a.cache)
+    lo, hi = int(np.ceil(20e-3 * rec.fs)), int(np.ceil(80e-3 * rec.fs))
+    cnt = np.array([np.sum((np.asarray(s) >= lo) & (np.asarray(s) + hi <= rec.n_samples)) for s in rec.true_spikes])
+    idx = np.flatnonzero(cnt >= a.min_discharges)
+    truth = np.asarray(rec.true_params, np.float64)[idx]
+    spikes = [np.asarray(rec.true_spikes[i]) for i in idx]
+    row = {"recording": name, "n_units": int(len(idx))}
+    t = time.perf_counter()
+    orc = bmiss.decompose(rec, "oracle", progress=False)
+    base = anatomy_for_recording(rec)
+    sf = fitting.fit_subject(rec, orc, anatomy=base, settings=SubjectFitSettings(fix=("fat_mm", "skin_mm")),
+                             seed=a.seed, progress=False)
+    row["subject_fit_s"] = round(time.perf_counter() - t, 1)
+    dz = float(sf.subject["dz_mm"][0])
+    units = [SimpleNamespace(spikes=s) for s in spikes]
+    t = time.perf_counter()
+    post, p_idx, p_meta = _posterior(rec, units, sf.anatomy, UnitFitSettings(min_discharges=10), a.seed)
+    row["posterior_s"] = round(time.perf_counter() - t, 2)
+    pm = np.full((len(idx), 6), np.nan)
+    ps = np.full((len(idx), 6), np.nan)
+    q = {k: np.full((len(idx), 6), np.nan) for k in ("0.025", "0.16", "0.84", "0.975")}
+    for j, i in enumerate(p_idx):
+        pm[i], ps[i] = post.mean[j], post.std[j]
+        for k in q:
+            q[k][i] = post.q[k][j]
+    row["posterior"] = BP.metrics(pm, q["0.16"], q["0.84"], q["0.025"], q["0.975"], truth)
+    row["variants"] = {}
+    for start, steps in a.variants:
+        s = UnitFitSettings(n_steps=steps, posterior=False)
+        st = pm if start == "post" else None
+        fitting.fit_units(sf, rec, spikes, settings=s, seed=a.seed, start=st)  # warm-up: compile
+        t = time.perf_counter()
+        uf = fitting.fit_units(sf, rec, spikes, settings=s, seed=a.seed, start=st)
+        dt = time.perf_counter() - t
+        est = np.array(uf.params, np.float64)
+        est[:, 3] -= dz  # IZ in the grid-centred frame of the truth (as bench_posterior)
+        lap = np.array(uf.std, np.float64)
+        comb = np.sqrt(lap**2 + np.nan_to_num(ps, nan=np.inf) ** 2)
+        row["variants"][f"fit:{start}:{steps}"] = {
+            "time_s_per_20_units": round(dt * 20 / max(len(idx), 1), 2), "timing": uf.timing,
+            "n_fitted": int(np.isfinite(est[:, 0]).sum()),
+            "laplace": _metrics(est, lap, truth), "posterior": _metrics(est, ps, truth),
+            "combined": _metrics(est, comb, truth)}
+        print(name, start, steps, round(dt, 1), {k: round(v["rmse"], 3) for k, v in
+                                                   row["variants"][f"fit:{start}:{steps}"]["laplace"].items()
+                                                   if "rmse" in v}, flush=True)
+    return row
+
+
+def pooled(rows, key_fn) -> dict:
+    """RMSE and coverage over every unit of every recording (weighted by units)."""
+    out = {}
+    for n in PARAM_NAMES:
+        ms = [key_fn(r)[n] for r in rows if key_fn(r) is not None and key_fn(r).get(n, {}).get("n")]
+        if not ms:
+            continue
+        w = np.array([m["n"] for m in ms], float)
+        out[n] = {"n": int(w.sum()), "rmse": float(np.sqrt(np.sum(w * np.array([m["rmse"] ** 2 for m in ms])) / w.sum())),
+                  "cover68": float(np.sum(w * np.array([m["cover68"] for m in ms])) / w.sum()),
+                  "cover95": float(np.sum(w * np.array([m["cover95"] for m in ms])) / w.sum())}
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recordings", nargs="+", default=["iap", "rotated", "short", "tissue", "large"])
+    ap.add_argument("--variants", nargs="+", default=["bank:100", "bank:30", "post:30", "post:50"])
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--n-units", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--snr", type=float, default=20.0)
+    ap.add_argument("--min-discharges", type=int, default=30)
+    ap.add_argument("--cache", default="", help="folder of cached simulated recordings (bench_posterior's)")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    a.variants = [(v.split(":")[0], int(v.split(":")[1])) for v in a.variants]
+    prov = files.provenance(**{k: v for k, v in vars(a).items()})
+    rows = [one_recording(n, a) for n in a.recordings]
+    summary = {"posterior": pooled(rows, lambda r: r["posterior"])}
+    for start, steps in a.variants:
+        k = f"fit:{start}:{steps}"
+        for iv in ("laplace", "posterior", "combined"):
+            summary[f"{k} / {iv}"] = pooled(rows, lambda r: r["variants"][k][iv])
+        summary[f"{k} / time_s_per_20_units"] = float(np.median([r["variants"][k]["time_s_per_20_units"] for r in rows]))
+    out = {"provenance": prov, "rows": rows, "pooled": summary,
+           "note": "IZ in the grid-centred frame (fit IZ minus the fitted dz); length errors relative; "
+                   "intervals mean +- 1 / 1.96 std for the fit variants, quantiles for the posterior"}
+    if a.json:
+        files.write_json(a.json, out)
+        print("wrote", a.json)
+    for k, v in summary.items():
+        if isinstance(v, dict):
+            print(k, {n: (round(m["rmse"], 2), round(m["cover68"], 2), round(m["cover95"], 2)) for n, m in v.items()})
+        else:
+            print(k, v)
+
+
+if __name__ == "__main__":
+    main()
