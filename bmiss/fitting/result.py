@@ -133,7 +133,7 @@ class UnitFit:
     status : list of str
         ``"fitted"``, ``"few discharges"`` or ``"weak average"`` per unit.
     timing : dict
-        Seconds: templates, fit, laplace, total.
+        Seconds: templates, fit, laplace, total; ``devices``: devices the units were split over.
     """
 
     params: np.ndarray

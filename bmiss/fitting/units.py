@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import devices
 from ..errors import FitError
 from ..templates import explained_variance, search_bounds, spike_triggered_muaps, usable_discharges
 from .bounds import to_phys, to_unc
@@ -121,7 +122,9 @@ def fit_units(sf: SubjectFit, rec, spikes: list, *, settings: UnitFitSettings | 
         st = np.full((U0.shape[0], 6), np.nan)
         st[:n] = np.asarray(start, np.float64)[[ok[k] for k in keep]]
         U0 = _with_start(held, th_s, U0, st)
-    (_, U), _ = optimise((th_s, U0), held, obs, w, s.n_steps, "lbfgs", 0.02)
+    U0, obs_d, w_d = devices.shard_leading((U0, obs, w))  # units split across devices (one device: as is)
+    timing["devices"] = devices.n_shards(U0)
+    (_, U), _ = optimise((devices.replicate(th_s), U0), held, obs_d, w_d, s.n_steps, "lbfgs", 0.02)
     U_all, U = U, U[:n]
     m_fit = np.asarray(held.muaps(th_s, U))
     o = np.asarray(obs[:n])
@@ -131,7 +134,7 @@ def fit_units(sf: SubjectFit, rec, spikes: list, *, settings: UnitFitSettings | 
     timing["fit"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     # on the padded set: one compiled shape per pad_to bucket
-    sd = (np.asarray(unit_laplace(held, th_s, U_all, obs, w), np.float64)[:n] if s.laplace
+    sd = (np.asarray(unit_laplace(held, th_s, U_all, obs_d, w_d), np.float64)[:n] if s.laplace
           else np.full((n, 8), np.nan))
     timing["laplace"] = round(time.perf_counter() - t0, 2)
     for j, k in enumerate(keep):

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import devices
 from . import refine as refine_mod
 from .accept import Unit, verdict
 from .dedupe import duplicates_of, merge
@@ -86,13 +87,15 @@ class SearchLog:
         "device_calls": 0, "passes": 0, "retimed": 0})
     times: dict = field(default_factory=lambda: {"init": 0.0, "propose": 0.0, "pool": 0.0, "accept": 0.0,
                                                  "peel": 0.0, "update": 0.0})
+    sharded: dict = field(default_factory=dict)  # stage -> devices its rows were split over, least of the run
 
     def meta(self) -> dict:
         c = self.counts
         return {"n_candidates": len(self.candidates), "n_rejected_sil": c["rejected_sil"],
                 "n_rejected_spikes": c["rejected_spikes"], "n_rejected_cov": c["rejected_cov"],
                 "n_duplicates": c["duplicates"], "n_best_lag": c["retimed"], "device_calls": c["device_calls"],
-                "passes": c["passes"], "candidates": sorted(self.candidates, key=lambda e: e["cand"])}
+                "passes": c["passes"], "devices": devices.meta(self.sharded),
+                "candidates": sorted(self.candidates, key=lambda e: e["cand"])}
 
 
 def _peel_and_retime(ws: Workspace, unit: Unit, log: SearchLog) -> None:
@@ -170,6 +173,7 @@ def search(ws: Workspace, proposer: AbstractProposer, rules: Rules, units: list[
     rmax = int(rules.max_refine_iter) if rules.refine else 0
     n_det = max(1, min(B, 4))
     no_Q = jnp.zeros((1, ws.n), jnp.float32)
+    zt_src = zt_dev = None  # ws.zt placed for the pool (bmiss.devices), redone only after a peel
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -193,9 +197,13 @@ def search(ws: Workspace, proposer: AbstractProposer, rules: Rules, units: list[
             break  # idle and nothing proposed: the proposer is exhausted
         tk = time.perf_counter()
         Q = proposer.deflation(state)
-        stj, npass = refine_mod.run_pool(st, ws.zt, no_Q if Q is None else Q, jnp.float32(tol), iteration=iteration,
-                                         max_fp_iter=max_fp_iter, max_refine_iter=rmax, min_done=1, d=ws.d,
-                                         n_det=n_det, flip=rules.flip)
+        if zt_src is not ws.zt:
+            zt_src, zt_dev = ws.zt, devices.replicate(ws.zt)
+        std = devices.shard_leading(st)  # the pool's slots split across devices (one device: st itself)
+        log.sharded["search"] = min(log.sharded.get("search", 1 << 30), devices.n_shards(std["W"]))  # least split
+        stj, npass = refine_mod.run_pool(std, zt_dev, devices.replicate(no_Q if Q is None else Q), jnp.float32(tol),
+                                         iteration=iteration, max_fp_iter=max_fp_iter, max_refine_iter=rmax,
+                                         min_done=1, d=ws.d, n_det=n_det, flip=rules.flip)
         st = {k: np.array(v) for k, v in stj.items()}
         log.counts["device_calls"] += 1
         log.counts["passes"] += int(npass)
