@@ -171,6 +171,7 @@ def run_bmiss(rec, *, blind, blind_rules: Rules, model, rules: Rules, base_anato
     extra, pmeta = unit_properties(rec, units, subject, settings.unit_fit, seed=settings.seed, progress=progress,
                                    anatomy=subject.anatomy)
     clock.stage("unit_properties", t)
+    log.sharded["unit_fit"] = int(((pmeta.get("unit_fit") or {}).get("timing_s") or {}).get("devices", 1))
     forget()  # the averages of this recording are done
     smeta = proposer.extras(mstate, units)[1] if proposer is not None else {}
     phases = [_phase_meta(blind, blind_rules, nb, prep)]
