@@ -119,3 +119,20 @@ def test_fit_units_gives_every_strong_unit_properties_from_its_own_muap(fitted):
     assert np.median(err[:, names.index("log_fibres")]) < 0.5, err  # amplitude informs size
     assert np.median(err[:, names.index("cv_m_s")]) < 0.3, err
     assert np.all(uf.std[ok] >= 0)
+
+
+def test_fit_units_starts_from_given_properties(fitted):
+    """``start`` rows seed the fit (here the true properties, a few steps); a NaN row falls back to
+    the random-bank start and is fitted all the same."""
+    rec, f = fitted
+    start = np.asarray(rec.true_params, np.float64).copy()
+    start[0] = np.nan
+    uf = fit_units(f, rec, list(rec.true_spikes), settings=UnitFitSettings(n_steps=5), start=start)
+    ok = np.array(uf.status) == "fitted"
+    assert ok.sum() > len(f.unit_index) and np.isfinite(uf.params[ok]).all(), uf.status
+    err = np.abs(uf.params[ok] - rec.true_params[ok])
+    names = list(rec.param_names)
+    # five steps from the truth stay near it (measured medians 0.004 mm): the start's frames (depth
+    # below the skin, IZ on the grid) are converted right; a depth without fat and skin would be mm off
+    assert np.median(err[:, names.index("x_mm")]) < 0.5, err
+    assert np.median(err[:, names.index("depth_mm")]) < 0.5, err
