@@ -12,9 +12,9 @@ decomposition). The subject model is fitted as the pipeline fits it (fat and ski
 oracle decomposition. Then, per unit:
 
 * ``posterior``: the amortized posterior as the pipeline calls it (mean, 68 % / 95 % quantiles);
-* ``fit:<start>:<steps>``: :func:`bmiss.fitting.fit_units` from the random-bank start (``bank``,
-  the default until this benchmark) or from the posterior's mean (``post``), ``steps`` L-BFGS
-  iterations. Its intervals three ways: ``laplace`` (fit +- z Laplace std), ``posterior`` (fit +-
+* ``fit:<start>:<steps>[:<solver>[:<gain prior sd>]]``: :func:`bmiss.fitting.fit_units` from the random-bank start
+  (``bank``, the default) or from the posterior's mean (``post``), ``steps`` iterations of
+  ``solver`` (``lm``: per-unit Levenberg-Marquardt, the default; ``lbfgs``: one joint L-BFGS). Its intervals three ways: ``laplace`` (fit +- z Laplace std), ``posterior`` (fit +-
   z posterior std) and ``combined`` (fit +- z sqrt(Laplace² + posterior²)).
 
 Metrics per property: RMSE (length relative), share of true values inside the 68 % / 95 %
@@ -80,8 +80,8 @@ def one_recording(name, a) -> dict:
             q[k][i] = post.q[k][j]
     row["posterior"] = BP.metrics(pm, q["0.16"], q["0.84"], q["0.025"], q["0.975"], truth)
     row["variants"] = {}
-    for start, steps in a.variants:
-        s = UnitFitSettings(n_steps=steps, posterior=False)
+    for start, steps, solver, gain in a.variants:
+        s = UnitFitSettings(n_steps=steps, posterior=False, solver=solver, gain_prior_sd=gain)
         st = pm if start == "post" else None
         fitting.fit_units(sf, rec, spikes, settings=s, seed=a.seed, start=st)  # warm-up: compile
         t = time.perf_counter()
@@ -91,13 +91,13 @@ def one_recording(name, a) -> dict:
         est[:, 3] -= dz  # IZ in the grid-centred frame of the truth (as bench_posterior)
         lap = np.array(uf.std, np.float64)
         comb = np.sqrt(lap**2 + np.nan_to_num(ps, nan=np.inf) ** 2)
-        row["variants"][f"fit:{start}:{steps}"] = {
+        key = f"fit:{start}:{steps}:{solver}" + (f":{gain:g}" if gain else "")
+        row["variants"][key] = {
             "time_s_per_20_units": round(dt * 20 / max(len(idx), 1), 2), "timing": uf.timing,
             "n_fitted": int(np.isfinite(est[:, 0]).sum()),
             "laplace": _metrics(est, lap, truth), "posterior": _metrics(est, ps, truth),
             "combined": _metrics(est, comb, truth)}
-        print(name, start, steps, round(dt, 1), {k: round(v["rmse"], 3) for k, v in
-                                                   row["variants"][f"fit:{start}:{steps}"]["laplace"].items()
+        print(name, key, round(dt, 1), {k: round(v["rmse"], 3) for k, v in row["variants"][key]["laplace"].items()
                                                    if "rmse" in v}, flush=True)
     return row
 
@@ -116,10 +116,17 @@ def pooled(rows, key_fn) -> dict:
     return out
 
 
+def _variant(v: str):
+    f = v.split(":") + [None, None]
+    return f[0], int(f[1]), f[2] or "lm", float(f[3]) if f[3] else None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recordings", nargs="+", default=["iap", "rotated", "short", "tissue", "large"])
-    ap.add_argument("--variants", nargs="+", default=["bank:100", "bank:30", "post:30", "post:50"])
+    ap.add_argument("--variants", nargs="+", default=["bank:100:lbfgs", "bank:20:lm"],
+                    help="start:steps[:solver[:gain_prior_sd]] (start bank|post, solver lm|lbfgs (default lm), "
+                         "gain_prior_sd default: the settings' default)")
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--n-units", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
@@ -128,12 +135,12 @@ def main(argv=None):
     ap.add_argument("--cache", default="", help="folder of cached simulated recordings (bench_posterior's)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
-    a.variants = [(v.split(":")[0], int(v.split(":")[1])) for v in a.variants]
+    a.variants = [_variant(v) for v in a.variants]
     prov = files.provenance(**{k: v for k, v in vars(a).items()})
     rows = [one_recording(n, a) for n in a.recordings]
     summary = {"posterior": pooled(rows, lambda r: r["posterior"])}
-    for start, steps in a.variants:
-        k = f"fit:{start}:{steps}"
+    for start, steps, solver, gain in a.variants:
+        k = f"fit:{start}:{steps}:{solver}" + (f":{gain:g}" if gain else "")
         for iv in ("laplace", "posterior", "combined"):
             summary[f"{k} / {iv}"] = pooled(rows, lambda r: r["variants"][k][iv])
         summary[f"{k} / time_s_per_20_units"] = float(np.median([r["variants"][k]["time_s_per_20_units"] for r in rows]))

@@ -76,9 +76,16 @@ class UnitFitSettings(Settings):
 
     enabled : fit them (off: blind units keep the subject fit's values, found units the search's).
     n_steps : L-BFGS iterations; n_bank : random MUAPs the starting points are chosen from.
+    solver : ``lm`` (each unit its own Levenberg-Marquardt fit, ``n_steps`` iterations) or
+        ``lbfgs`` (one L-BFGS over the summed loss of a chunk of units; the earlier default) or
+        ``lm_tempered`` (``lm`` whose second half weighs the data by 1 / the unit's reduced chi²).
+    gain_prior_sd : std of each unit's log amplitude gain in its own fit (none: the subject fit's). The
+        gain trades against log fibres except through the territory's size; the tighter it is, the
+        more of a unit's amplitude its fibre count carries.
     min_discharges, min_template_snr : units with fewer usable discharges, or whose average has
         less energy than this multiple of its noise energy, are not fitted (NaN, with the reason).
-    laplace : per-unit Laplace std; pad_to : units padded to a multiple of this (shared compiles).
+    laplace : per-unit Laplace std; pad_to : units are fitted in chunks of this many (the last one
+        padded with zero-weight units): one compilation for any number of units.
     std : what ``param_std`` of a fitted unit means: ``combined`` (default) sqrt(Laplace² +
         posterior std²) where the unit's amortized posterior is in its domain (the posterior's
         spread stands for what the model cannot know: mismatch of tissue, MUAP shape and start),
@@ -96,8 +103,10 @@ class UnitFitSettings(Settings):
     """
 
     enabled: bool = True
-    n_steps: int = setting(100, lo=1, hi=10000)
+    n_steps: int = setting(10, lo=1, hi=10000)
     n_bank: int = setting(256, lo=1, hi=100000)
+    solver: str = setting("lm", choices=("lm", "lbfgs", "lm_tempered"))
+    gain_prior_sd: float | None = setting(0.05, lo=0.0, lo_open=True)
     min_discharges: int = setting(10, lo=2)
     min_template_snr: float = setting(3.0, lo=0.0)
     laplace: bool = True

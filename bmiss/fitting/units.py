@@ -1,6 +1,7 @@
 """Every unit's MU properties fitted to its own spike-triggered MUAP under a fitted subject model."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import replace
@@ -14,7 +15,7 @@ from .. import devices
 from ..errors import FitError
 from ..templates import explained_variance, search_bounds, spike_triggered_muaps, usable_discharges
 from .bounds import to_phys, to_unc
-from .model import decimate, observations, optimise
+from .model import decimate, observations, optimise, optimise_units
 from .result import SubjectFit, UnitFit
 from .settings import UnitFitSettings
 from .starts import initial_units
@@ -41,15 +42,23 @@ def _with_start(held, th_s, U0, start):
     return jnp.asarray(to_unc(np.clip(v, lo + 1e-3 * (hi - lo), hi - 1e-3 * (hi - lo)), lo, hi))
 
 
+@eqx.filter_jit
+def _outputs(model, s, U):
+    """Model MUAPs [n, C, T] and physical parameters [n, 8] of a chunk of units (jitted: an eager
+    call compiles every operation anew for each unit count, seconds per call)."""
+    subj = model.subject(s)
+    return model.muaps(s, U), jax.vmap(lambda u: model.unit_phys(u, subj))(U)
+
+
 def fit_units(sf: SubjectFit, rec, spikes: list, *, settings: UnitFitSettings | None = None,
               seed: int = 0, start: np.ndarray | None = None) -> UnitFit:
     """Fit every unit's properties to its own observed MUAP with the subject held at ``sf``.
 
     The MUAP of each unit (spike-triggered average over the subject fit's window) is fitted by
-    L-BFGS through the fitted subject's conductor: depth, x, fibre count (amplitude informs size,
-    the gain is tied by its prior), IZ, CV, length, gain and shift; the population prior of the
-    subject fit ties length, CV and IZ weakly to the subject's means. Units are padded to a
-    multiple of ``settings.pad_to`` so that recordings with similar unit counts share one compilation.
+    its own L-BFGS through the fitted subject's conductor: depth, x, fibre count (amplitude informs
+    size, the gain is tied by its prior), IZ, CV, length, gain and shift; the population prior of the
+    subject fit ties length, CV and IZ weakly to the subject's means. Units are fitted in chunks of
+    ``settings.pad_to`` (the last one padded), so any number of units shares one compilation.
 
     Parameters
     ----------
@@ -109,11 +118,14 @@ def fit_units(sf: SubjectFit, rec, spikes: list, *, settings: UnitFitSettings | 
         return UnitFit(params, std, gain, shift, ev, status, timing)
     obs, w = observations(replace(tpl, muaps=tpl.muaps[keep], noise_std=tpl.noise_std[keep]), cmask)
     n = len(keep)
-    n_pad = int(np.ceil(n / s.pad_to) * s.pad_to) - n
+    c = s.pad_to
+    n_pad = -(-n // c) * c - n
     if n_pad:  # padded units carry zero weight: they neither pull nor change the compiled shapes
         obs = jnp.concatenate([obs, jnp.zeros((n_pad,) + obs.shape[1:], obs.dtype)])
         w = jnp.concatenate([w, jnp.zeros((n_pad,) + w.shape[1:], w.dtype)])
     th_s = jnp.asarray(sf.theta_subject)
+    if s.gain_prior_sd is not None:
+        model = dataclasses.replace(model, prior_sd=tuple(model.prior_sd[:3]) + (float(s.gain_prior_sd),))
     held = eqx.tree_at(lambda m: (m.sub_fixed, m.sub_fixed_val), model,
                        (jnp.ones_like(model.sub_fixed), jnp.where(model.sub_fixed, model.sub_fixed_val, th_s)))
     t0 = time.perf_counter()
@@ -122,19 +134,26 @@ def fit_units(sf: SubjectFit, rec, spikes: list, *, settings: UnitFitSettings | 
         st = np.full((U0.shape[0], 6), np.nan)
         st[:n] = np.asarray(start, np.float64)[[ok[k] for k in keep]]
         U0 = _with_start(held, th_s, U0, st)
-    U0, obs_d, w_d = devices.shard_leading((U0, obs, w))  # units split across devices (one device: as is)
-    timing["devices"] = devices.n_shards(U0)
-    (_, U), _ = optimise((devices.replicate(th_s), U0), held, obs_d, w_d, s.n_steps, "lbfgs", 0.02)
-    U_all, U = U, U[:n]
-    m_fit = np.asarray(held.muaps(th_s, U))
+    # chunks of pad_to units: one compiled shape whatever the number of units (each chunk split over
+    # the devices; one device: as is)
+    chunks = [devices.shard_leading((U0[i:i + c], obs[i:i + c], w[i:i + c])) for i in range(0, len(U0), c)]
+    timing["devices"] = devices.n_shards(chunks[0][0])
+    th_r = devices.replicate(th_s)
+    if s.solver in ("lm", "lm_tempered"):
+        U_all = jnp.concatenate([optimise_units(u0, held, th_r, o, ww, s.n_steps, s.solver == "lm_tempered")[0]
+                                 for u0, o, ww in chunks])
+    else:
+        U_all = jnp.concatenate([optimise((th_r, u0), held, o, ww, s.n_steps, "lbfgs", 0.02)[0][1]
+                                 for u0, o, ww in chunks])
+    outs = [_outputs(held, th_r, U_all[i:i + c]) for i in range(0, len(U_all), c)]
+    m_fit = np.concatenate([np.asarray(m_) for m_, _ in outs])[:n]
+    ph = np.concatenate([np.asarray(p_, np.float64) for _, p_ in outs])[:n]
     o = np.asarray(obs[:n])
     e = explained_variance(o[:, cmask], m_fit[:, cmask])
-    subj = held.subject(th_s)
-    ph = np.asarray(jax.vmap(lambda u: held.unit_phys(u, subj))(U), np.float64)
     timing["fit"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
-    # on the padded set: one compiled shape per pad_to bucket
-    sd = (np.asarray(unit_laplace(held, th_s, U_all, obs_d, w_d), np.float64)[:n] if s.laplace
+    sd = (np.concatenate([np.asarray(unit_laplace(held, th_r, U_all[i:i + c], o_, w_), np.float64)
+                          for i, (_, o_, w_) in zip(range(0, len(U0), c), chunks)])[:n] if s.laplace
           else np.full((n, 8), np.nan))
     timing["laplace"] = round(time.perf_counter() - t0, 2)
     for j, k in enumerate(keep):
