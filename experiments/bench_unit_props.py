@@ -81,7 +81,8 @@ def one_recording(name, a) -> dict:
     row["posterior"] = BP.metrics(pm, q["0.16"], q["0.84"], q["0.025"], q["0.975"], truth)
     row["variants"] = {}
     for start, steps, solver, gain in a.variants:
-        s = UnitFitSettings(n_steps=steps, posterior=False, solver=solver, gain_prior_sd=gain)
+        s = UnitFitSettings(n_steps=steps, posterior=False, solver=solver,
+                            **({} if gain is None else {"gain_prior_sd": gain}))
         st = pm if start == "post" else None
         fitting.fit_units(sf, rec, spikes, settings=s, seed=a.seed, start=st)  # warm-up: compile
         t = time.perf_counter()

@@ -169,3 +169,17 @@ def test_levenberg_marquardt_never_raises_a_units_loss(fitted):
     assert L.shape == (3, 6) and np.isfinite(L).all()
     assert np.all(np.diff(L, axis=1) <= 1e-6 * np.abs(L[:, :-1])), L  # rejected steps keep the loss
     assert np.all(L[:, -1] < 0.9 * start), (L, start)  # measured: 0.03-0.75 of the start
+
+
+def test_decimate_keeps_every_qth_sample_of_high_rate_averages():
+    from bmiss.fitting.model import decimate
+    from bmiss.templates import Templates
+
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(2, 4, 100)).astype(np.float32)
+    t = Templates(muaps=m, noise_std=np.ones_like(m), onset=50, window=(-50, 50), support=np.array([[40, 60]] * 2),
+                  n_discharges=np.array([30, 30]), fs=10240.0, band=(20.0, 500.0), truncated=np.zeros(2, bool))
+    d, q = decimate(t)
+    assert q == 5 and d.fs == 2048.0
+    assert d.onset == 10 and d.muaps.shape[-1] == 20
+    np.testing.assert_array_equal(d.muaps, m[..., 0::5])  # onset 50 falls on a kept sample

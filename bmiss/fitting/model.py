@@ -19,7 +19,8 @@ from ..errors import SettingsError
 from ..templates import Templates
 from .bounds import to_phys
 
-__all__ = ["FitModel", "loss", "optimise", "optimise_units", "phys_all", "band_response", "decimate", "observations"]
+__all__ = ["FitModel", "loss", "optimise", "optimise_units", "unit_outputs", "chunked", "phys_and_jacobian",
+           "band_response", "decimate", "observations"]
 
 
 class FitModel(eqx.Module):
@@ -205,11 +206,49 @@ def optimise(theta, model, obs, w, n_steps, optimiser, lr):
     raise SettingsError(f"unknown optimiser {optimiser!r}; use 'lbfgs' or 'adam'")
 
 
-def phys_all(model: FitModel, flat, ns, n):
-    s, U = flat[:ns], flat[ns:].reshape(n, 8)
+@eqx.filter_jit
+def unit_outputs(model: FitModel, s, U):
+    """Model MUAPs [n, C, T] and physical parameters [n, 8] of a chunk of units. Jitted with the model
+    as an argument: an eager call compiles every operation anew for each unit count (seconds)."""
     subj = model.subject(s)
-    ph = jax.vmap(lambda u: model.unit_phys(u, subj))(U)
-    return jnp.concatenate([subj, ph.ravel()])
+    return model.muaps(s, U), jax.vmap(lambda u: model.unit_phys(u, subj))(U)
+
+
+@eqx.filter_jit
+def _phys_jacobians(model: FitModel, s, U):
+    """d subject / d s [ns, ns] and each unit's d unit_phys / d (s, u) [n, 8, ns + 8]."""
+    ns = s.shape[0]
+    Js = jax.jacfwd(model.subject)(s)
+    Ju = jax.vmap(lambda u: jax.jacfwd(lambda f: model.unit_phys(f[ns:], model.subject(f[:ns])))(
+        jnp.concatenate([s, u])))(U)
+    return Js, Ju
+
+
+def chunked(fn, model: FitModel, s, U, chunk: int):
+    """``fn(model, s, U[i:i+chunk])`` over chunks, outputs concatenated along units (one compiled shape
+    when ``U.shape[0]`` is a multiple of ``chunk``)."""
+    outs = [fn(model, s, U[i:i + chunk]) for i in range(0, U.shape[0], chunk)]
+    return tuple(np.concatenate([np.asarray(o[k]) for o in outs]) for k in range(len(outs[0])))
+
+
+def phys_and_jacobian(model: FitModel, s, U, chunk: int = 8):
+    """Physical values of (subject, every unit) flattened [ns + 8n] and their Jacobian w.r.t. the
+    unconstrained (s, U) [(ns + 8n)²], assembled from per-chunk blocks (one compile for any n that is
+    a multiple of ``chunk``)."""
+    n, ns = U.shape[0], s.shape[0]
+    if n % chunk:
+        chunk = n
+    _, ph = chunked(unit_outputs, model, s, U, chunk)
+    Js = np.asarray(_phys_jacobians(model, s, U[:chunk])[0], np.float64)
+    Ju = np.concatenate([np.asarray(_phys_jacobians(model, s, U[i:i + chunk])[1], np.float64)
+                         for i in range(0, n, chunk)])
+    G = np.zeros((ns + 8 * n, ns + 8 * n))
+    G[:ns, :ns] = Js
+    for i in range(n):
+        r = slice(ns + 8 * i, ns + 8 * (i + 1))
+        G[r, :ns] = Ju[i, :, :ns]
+        G[r, r] = Ju[i, :, ns:]
+    return np.concatenate([np.asarray(model.subject(s), np.float64), ph.astype(np.float64).ravel()]), G
 
 
 def band_response(nfft: int, fs: float, band) -> np.ndarray:
@@ -232,7 +271,7 @@ def decimate(tpl: Templates) -> tuple[Templates, int]:
     n = len(range(r0, tpl.muaps.shape[-1], q))
     return Templates(muaps=tpl.muaps[..., r0::q].copy(), noise_std=tpl.noise_std[..., r0::q].copy(),
                      onset=tpl.onset // q, window=(-(tpl.onset // q), -(tpl.onset // q) + n),
-                     support=tpl.support // q, n_discharges=tpl.n_discharges, fs=fs / q, band=tpl.band,
+                     support=tpl.support // q, n_discharges=tpl.n_discharges, fs=tpl.fs / q, band=tpl.band,
                      truncated=tpl.truncated), q
 
 

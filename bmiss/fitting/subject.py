@@ -33,7 +33,8 @@ from ..conductor import Conductor
 from ..errors import FitError
 from ..templates import Templates, explained_variance, search_bounds, spike_triggered_muaps
 from .bounds import SUBJECT_NAMES, SUBJECT_UNITS, subject_bounds, to_phys, to_unc, unit_bounds
-from .model import FitModel, band_response, decimate, decimation, observations, optimise, phys_all
+from .model import (FitModel, band_response, chunked, decimate, decimation, observations, optimise,
+                    phys_and_jacobian, unit_outputs)
 from .result import SubjectFit, fitted_anatomy
 from .settings import SubjectFitSettings
 from .starts import initial_units, select_units
@@ -255,12 +256,12 @@ def _parabola_minimum(profile, x_best: float) -> float:
     return float(np.clip(-B_ / (2 * A_), x0, x2)) if A_ > 0 else x_best
 
 
-def _population_means(model: FitModel, s, U, fix) -> jax.Array:
+def _population_means(model: FitModel, s, U, n_real: int, fix) -> jax.Array:
     """The population means enter only the weak prior, so the optimiser barely moves them; set them
     to their conditional optimum given the units (the means, for a flat hyperprior)."""
     lo_s, hi_s = np.asarray(model.sub_lo), np.asarray(model.sub_hi)
     subj_now = np.asarray(model.subject(s))
-    ph_now = np.asarray(jax.vmap(lambda u: model.unit_phys(u, jnp.asarray(subj_now)))(U))
+    ph_now = chunked(unit_outputs, model, s, U, UNIT_STEP)[1][:n_real]
     pop = subj_now.copy()
     pop[5] = ph_now[:, 5].mean()
     pop[6] = ph_now[:, 4].mean()
@@ -353,13 +354,12 @@ def fit_subject(rec, decomposition, *, anatomy: Anatomy, settings: SubjectFitSet
     timing["final_stage"] = round(time.perf_counter() - tc, 2)
     timing["fit"] = round(time.perf_counter() - t_fit, 2)
     timing["first_start_incl_compile"] = round(t_first, 2)
-    s_fit = _population_means(model, s_fit, U[:n], s.fix)
+    s_fit = _population_means(model, s_fit, U, n, s.fix)
     # 6. outputs
     t0 = time.perf_counter()
     tpl, cmask = ob.tpl, ob.cmask
     T = tpl.muaps.shape[-1]
-    n_all = U.shape[0]
-    model_m = np.asarray(model.muaps(s_fit, U))[:n]
+    model_m = chunked(unit_outputs, model, s_fit, U, UNIT_STEP)[0][:n]
     o = np.asarray(tpl.muaps)
     ev = explained_variance(o[:, cmask], model_m[:, cmask])
     r = o[:, cmask] - model_m[:, cmask]
@@ -367,14 +367,13 @@ def fit_subject(rec, decomposition, *, anatomy: Anatomy, settings: SubjectFitSet
     chi2 = float(np.sum((np.asarray(w)[:n] * (o - model_m)) ** 2))
     ns = len(SUBJECT_NAMES)
     chi2_red = chi2 / max(int(cmask.sum()) * T * n - (ns + 8 * n), 1)
-    flat = jnp.concatenate([s_fit, U.ravel()])
     keep = np.arange(ns + 8 * n)  # the subject and the real units (padded units last)
-    phys = np.asarray(phys_all(model, flat, ns, n_all), np.float64)[keep]
+    phys_full, Jg = phys_and_jacobian(model, s_fit, U, UNIT_STEP)
+    phys = phys_full[keep]
     cov = None
     std = np.full(phys.shape, np.nan)
     if s.laplace:
-        cov_u = laplace(model, s_fit, U, obs, w) * max(chi2_red, 1.0)
-        Jg = np.asarray(jax.jacfwd(lambda f: phys_all(model, f, ns, n_all))(flat), np.float64)
+        cov_u = laplace(model, s_fit, U, obs, w, UNIT_STEP) * max(chi2_red, 1.0)
         cov = (Jg @ cov_u @ Jg.T)[np.ix_(keep, keep)]
         std = np.sqrt(np.clip(np.diag(cov), 0, None))
     timing["laplace"] = round(time.perf_counter() - t0, 2)

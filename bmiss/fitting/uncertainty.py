@@ -36,26 +36,29 @@ def _jacobians(model: FitModel, s, U, obs, w):
 
 
 @eqx.filter_jit
-def _prior_hessian(model: FitModel, s, U):
-    ns, n = s.shape[0], U.shape[0]
-    flat = jnp.concatenate([s, U.ravel()])
-    return jax.hessian(lambda f: model.prior(f[:ns], f[ns:].reshape(n, 8)))(flat)
+def _prior_hessians(model: FitModel, s, U):
+    """Per-unit Hessians [n, ns + 8, ns + 8] of the prior w.r.t. (subject, unit): the prior is a sum
+    of per-unit terms, so the joint Hessian is the sum of these blocks."""
+    ns = s.shape[0]
+    return jax.vmap(lambda u: jax.hessian(lambda f: model.prior(f[:ns], f[ns:][None]))(jnp.concatenate([s, u])))(U)
 
 
-def laplace(model: FitModel, s, U, obs, w):
-    """Covariance of all unconstrained parameters [(8 + 8n)²] (Gauss-Newton data + exact prior Hessian)."""
+def laplace(model: FitModel, s, U, obs, w, chunk: int = 8):
+    """Covariance of all unconstrained parameters [(8 + 8n)²] (Gauss-Newton data + exact prior Hessian).
+
+    Jacobians and prior blocks are taken over chunks of ``chunk`` units (when ``U.shape[0]`` is a
+    multiple of it, as the subject fit pads), so any number of units shares one compilation."""
     n = U.shape[0]
     ns = s.shape[0]
-    J = np.asarray(_jacobians(model, s, U, obs, w), np.float64)
+    if n % chunk:
+        chunk = n
+    J = np.concatenate([np.asarray(_jacobians(model, s, U[i:i + chunk], obs[i:i + chunk], w[i:i + chunk]), np.float64)
+                        for i in range(0, n, chunk)])
+    P = np.concatenate([np.asarray(_prior_hessians(model, s, U[i:i + chunk]), np.float64) for i in range(0, n, chunk)])
     H = np.zeros((ns + 8 * n, ns + 8 * n))
     for i in range(n):
-        Js, Ju = J[i][:, :ns], J[i][:, ns:]
-        sl = slice(ns + 8 * i, ns + 8 * (i + 1))
-        H[:ns, :ns] += Js.T @ Js
-        H[:ns, sl] += Js.T @ Ju
-        H[sl, :ns] += Ju.T @ Js
-        H[sl, sl] += Ju.T @ Ju
-    H += np.asarray(_prior_hessian(model, s, U), np.float64)
+        sl = np.r_[0:ns, ns + 8 * i:ns + 8 * (i + 1)]
+        H[np.ix_(sl, sl)] += J[i].T @ J[i] + P[i]
     H += 1e-6 * np.eye(H.shape[0])  # parameters the data never touch stay finite (and huge)
     return np.linalg.pinv(H, hermitian=True)
 

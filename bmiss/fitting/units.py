@@ -15,7 +15,7 @@ from .. import devices
 from ..errors import FitError
 from ..templates import explained_variance, search_bounds, spike_triggered_muaps, usable_discharges
 from .bounds import to_phys, to_unc
-from .model import decimate, observations, optimise, optimise_units
+from .model import chunked, decimate, observations, optimise, optimise_units, unit_outputs
 from .result import SubjectFit, UnitFit
 from .settings import UnitFitSettings
 from .starts import initial_units
@@ -40,14 +40,6 @@ def _with_start(held, th_s, U0, start):
     v_new[:, 3] = (st[:, 3] + subj[4]) / np.where(ok, length, 1.0) + 0.5  # IZ in the fit's (grid-offset) frame
     v = np.where(ok[:, None], v_new, v)
     return jnp.asarray(to_unc(np.clip(v, lo + 1e-3 * (hi - lo), hi - 1e-3 * (hi - lo)), lo, hi))
-
-
-@eqx.filter_jit
-def _outputs(model, s, U):
-    """Model MUAPs [n, C, T] and physical parameters [n, 8] of a chunk of units (jitted: an eager
-    call compiles every operation anew for each unit count, seconds per call)."""
-    subj = model.subject(s)
-    return model.muaps(s, U), jax.vmap(lambda u: model.unit_phys(u, subj))(U)
 
 
 def fit_units(sf: SubjectFit, rec, spikes: list, *, settings: UnitFitSettings | None = None,
@@ -145,9 +137,8 @@ def fit_units(sf: SubjectFit, rec, spikes: list, *, settings: UnitFitSettings | 
     else:
         U_all = jnp.concatenate([optimise((th_r, u0), held, o, ww, s.n_steps, "lbfgs", 0.02)[0][1]
                                  for u0, o, ww in chunks])
-    outs = [_outputs(held, th_r, U_all[i:i + c]) for i in range(0, len(U_all), c)]
-    m_fit = np.concatenate([np.asarray(m_) for m_, _ in outs])[:n]
-    ph = np.concatenate([np.asarray(p_, np.float64) for _, p_ in outs])[:n]
+    m_fit, ph = chunked(unit_outputs, held, th_r, U_all, c)
+    m_fit, ph = m_fit[:n], ph[:n].astype(np.float64)
     o = np.asarray(obs[:n])
     e = explained_variance(o[:, cmask], m_fit[:, cmask])
     timing["fit"] = round(time.perf_counter() - t0, 2)
