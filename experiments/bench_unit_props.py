@@ -15,7 +15,9 @@ oracle decomposition. Then, per unit:
 * ``fit:<start>:<steps>[:<solver>[:<gain prior sd>]]``: :func:`bmiss.fitting.fit_units` from the random-bank start
   (``bank``, the default) or from the posterior's mean (``post``), ``steps`` iterations of
   ``solver`` (``lm``: per-unit Levenberg-Marquardt, the default; ``lbfgs``: one joint L-BFGS). Its intervals three ways: ``laplace`` (fit +- z Laplace std), ``posterior`` (fit +-
-  z posterior std) and ``combined`` (fit +- z sqrt(Laplace² + posterior²)).
+  z posterior std) and ``combined`` (fit +- z sqrt(Laplace² + posterior²)); ``checked``: the
+  pipeline's rule (combined, but a unit whose fit lies more than ``check_z`` posterior std from the
+  posterior mean in any property reports the posterior's mean and quantile-free +- z std).
 
 Metrics per property: RMSE (length relative), share of true values inside the 68 % / 95 %
 intervals; time per 20 units (after a warm-up call on the same shapes).
@@ -39,7 +41,7 @@ from bmiss import files, fitting  # noqa: E402
 from bmiss.conductor import PARAM_NAMES  # noqa: E402
 from bmiss.fitting import SubjectFitSettings, UnitFitSettings  # noqa: E402
 from bmiss.geometry import anatomy_for_recording  # noqa: E402
-from bmiss.pipeline.properties import _posterior  # noqa: E402
+from bmiss.pipeline.properties import _posterior, model_check  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("bench_posterior", ROOT / "experiments" / "bench_posterior.py")
 BP = importlib.util.module_from_spec(_spec)
@@ -92,12 +94,18 @@ def one_recording(name, a) -> dict:
         est[:, 3] -= dz  # IZ in the grid-centred frame of the truth (as bench_posterior)
         lap = np.array(uf.std, np.float64)
         comb = np.sqrt(lap**2 + np.nan_to_num(ps, nan=np.inf) ** 2)
+        # the pipeline's model check: units whose fit disagrees with their posterior report the posterior
+        off = np.array([bool(np.isfinite(pm[i]).all() and np.isfinite(est[i]).all() and
+                             model_check(est[i], pm[i], ps[i], s.check_z))
+                        for i in range(len(idx))])
+        chk, chk_sd = np.where(off[:, None], pm, est), np.where(off[:, None], ps, comb)
         key = f"fit:{start}:{steps}:{solver}" + (f":{gain:g}" if gain else "")
         row["variants"][key] = {
             "time_s_per_20_units": round(dt * 20 / max(len(idx), 1), 2), "timing": uf.timing,
             "n_fitted": int(np.isfinite(est[:, 0]).sum()),
             "laplace": _metrics(est, lap, truth), "posterior": _metrics(est, ps, truth),
-            "combined": _metrics(est, comb, truth)}
+            "combined": _metrics(est, comb, truth), "n_checked_to_posterior": int(off.sum()),
+            "checked": _metrics(chk, chk_sd, truth)}
         print(name, key, round(dt, 1), {k: round(v["rmse"], 3) for k, v in row["variants"][key]["laplace"].items()
                                                    if "rmse" in v}, flush=True)
     return row
@@ -142,7 +150,7 @@ def main(argv=None):
     summary = {"posterior": pooled(rows, lambda r: r["posterior"])}
     for start, steps, solver, gain in a.variants:
         k = f"fit:{start}:{steps}:{solver}" + (f":{gain:g}" if gain else "")
-        for iv in ("laplace", "posterior", "combined"):
+        for iv in ("laplace", "posterior", "combined", "checked"):
             summary[f"{k} / {iv}"] = pooled(rows, lambda r: r["variants"][k][iv])
         summary[f"{k} / time_s_per_20_units"] = float(np.median([r["variants"][k]["time_s_per_20_units"] for r in rows]))
     out = {"provenance": prov, "rows": rows, "pooled": summary,

@@ -95,6 +95,10 @@ class UnitFitSettings(Settings):
     posterior : also attach every unit's amortized posterior (:mod:`bmiss.posterior`: mean, std and
         68 %/95 % intervals calibrated on held-out simulations; ``meta["units"][i]["posterior"]``);
         ~0.1 s for 20 units plus their averages.
+    check_z : model check of a fitted unit against its amortized posterior (in domain): where any
+        property of the fit lies more than ``check_z`` posterior std from the posterior mean, the
+        fit's model is taken not to represent that MUAP and the unit reports the posterior's mean and
+        std instead (``params_from`` says so and names the properties); none: no check.
     method : the properties reported in ``params``/``param_std``: ``fit`` (the unit fit under the
         subject model, more accurate on every benchmarked recording; its Laplace std is a local
         curvature width, not calibrated) or ``posterior`` (the amortized posterior's mean and std,
@@ -114,3 +118,4 @@ class UnitFitSettings(Settings):
     posterior: bool = True
     method: str = setting("fit", choices=("fit", "posterior"))
     std: str = setting("combined", choices=("combined", "laplace"))
+    check_z: float | None = setting(3.0, lo=0.0, lo_open=True)

@@ -16,8 +16,13 @@ first: its mean and std for every unit inside its training domain, no unit fit f
 
 A fitted unit's ``param_std`` is sqrt(Laplace std² + posterior std²) where its posterior is in
 the network's domain (``UnitFitSettings.std = "combined"``): on five foreign recordings its 95 %
-intervals held 79-98 % of the true values per property, the Laplace width alone 7-29 %
+intervals held 79-96 % of the true values per property, the Laplace width alone 5-34 %
 (``results/bench_unit_props.json``).
+
+Model check (``UnitFitSettings.check_z``): where a fitted unit's value lies more than ``check_z``
+posterior std from its in-domain posterior's mean in any property, the fit's model is taken not to
+represent that MUAP (e.g. fibres much shorter than the subject's) and the unit reports the
+posterior's mean and std, with ``params_from`` naming the properties that disagreed.
 
 Every unit with a usable average also gets the amortized posterior (``UnitFitSettings.posterior``):
 ``meta["units"][i]["posterior"]`` = mean, std, 2.5/16/84/97.5 % quantiles per property, whether
@@ -38,7 +43,7 @@ import numpy as np
 from ..conductor import PARAM_NAMES, PARAM_UNITS
 from ..errors import FitError
 
-__all__ = ["unit_properties"]
+__all__ = ["unit_properties", "model_check"]
 
 STD_MEANING = {
     "combined": "unit fit: sqrt(Laplace std^2 + amortized posterior std^2) where meta['units'][i]['std_from'] says "
@@ -47,6 +52,15 @@ STD_MEANING = {
     "other": "the amortized posterior's std where params_from says 'amortized posterior'; else std of the parameters "
              "over the starts that converged to the unit (NaN: one start)",
 }
+
+
+def model_check(fit, post_mean, post_std, check_z):
+    """Names of the properties (``PARAM_NAMES``) in which a unit's fit [6] lies more than ``check_z``
+    posterior std from its amortized posterior's mean [6] (empty: the two agree, or no check)."""
+    if check_z is None:
+        return []
+    z = np.abs(np.asarray(fit, np.float64) - post_mean) / np.maximum(np.asarray(post_std, np.float64), 1e-12)
+    return [n for n, v in zip(PARAM_NAMES, z) if np.isfinite(v) and v > check_z]
 
 
 def _finite(v):
@@ -139,6 +153,7 @@ def unit_properties(rec, units: list, subject, settings, *, seed: int = 0, progr
     use_post = settings.method == "posterior" and post is not None
     need_fit = [u for i, u in enumerate(units) if not (use_post and i in by_post and post.in_domain[by_post[i]])]
     uf, uf_meta = _unit_fit(rec, need_fit, subject, settings, seed, progress)
+    dz = float(subject.fit.subject["dz_mm"][0]) if uf is not None else 0.0
     fit_of = {id(u): k for k, u in enumerate(need_fit)}
     std_from = [None] * len(units)
     for i, u in enumerate(units):
@@ -147,7 +162,14 @@ def unit_properties(rec, units: list, subject, settings, *, seed: int = 0, progr
             params[i], pstd[i], src[i] = uf.params[k], uf.std[k], "unit fit under the subject model"
             std_from[i] = "laplace"
             j = by_post.get(i)
-            if settings.std == "combined" and j is not None and post.in_domain[j]:
+            # compared in the posterior's frame: IZ on the grid, not shifted by the subject's fitted dz
+            off = (model_check(uf.params[k] - np.r_[0, 0, 0, dz, 0, 0], post.mean[j], post.std[j], settings.check_z)
+                   if j is not None and post.in_domain[j] else [])
+            if off:  # the fit's model does not represent this MUAP: the posterior integrates over more
+                params[i], pstd[i] = post.mean[j], post.std[j]
+                src[i] = f"amortized posterior (the unit fit disagreed in {', '.join(off)})"
+                std_from[i] = "posterior"
+            elif settings.std == "combined" and j is not None and post.in_domain[j]:
                 pstd[i] = np.sqrt(np.asarray(uf.std[k], np.float64) ** 2 + np.asarray(post.std[j], np.float64) ** 2)
                 std_from[i] = "laplace + posterior"
         elif use_post and i in by_post and post.in_domain[by_post[i]]:
