@@ -67,8 +67,13 @@ def test_bmiss_finds_every_unit_cbss_finds(case):
                                                       r["held_explained_variance"])) < 1e-9
     # every unit with a usable average gets properties from its own MUAP
     assert dec.meta["unit_fit"]["n_fitted"] >= 1, dec.meta["unit_fit"]
-    assert sum(m["params_from"] == "unit fit under the subject model" for m in dec.meta["units"]) \
+    checked = [i for i, m in enumerate(dec.meta["units"]) if "the unit fit disagreed" in m["params_from"]]
+    assert sum(m["params_from"] == "unit fit under the subject model" for m in dec.meta["units"]) + len(checked) \
         == dec.meta["unit_fit"]["n_fitted"]
+    for i in checked:  # the model check hands a unit whose fit its posterior rules out to the posterior
+        m = dec.meta["units"][i]
+        np.testing.assert_allclose(dec.params[i], [m["posterior"]["mean"][n] for n in PARAM_NAMES], rtol=1e-5)
+        assert m["std_from"] == "posterior" and m["unit_fit"] == "fitted"
     assert dec.params.shape == (dec.n_units, 6) and dec.param_names == PARAM_NAMES
     # a fitted unit's std adds the posterior's spread (model mismatch) to the fit's Laplace width
     for i, m in enumerate(dec.meta["units"]):

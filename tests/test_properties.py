@@ -51,3 +51,13 @@ def test_posterior_can_be_turned_off(case):
     a, rec, units = case
     _, meta = unit_properties(rec, units, None, UnitFitSettings(posterior=False), anatomy=a)
     assert "posterior" not in meta and all("posterior" not in m for m in meta["units"])
+
+
+def test_model_check_names_the_properties_the_posterior_rules_out():
+    from bmiss.pipeline.properties import model_check
+
+    mean, sd = np.array([10.0, 0.0, 5.0, 0.0, 4.0, 100.0]), np.array([2.0, 3.0, 0.5, 5.0, 0.3, 20.0])
+    assert model_check(mean + 2.9 * sd, mean, sd, 3.0) == []
+    assert model_check(mean + np.r_[0, 0, 0, 0, 1.0, -70.0], mean, sd, 3.0) == ["cv_m_s", "length_mm"]
+    assert model_check(mean + 10 * sd, mean, sd, None) == []
+    assert model_check(np.full(6, np.nan), mean, sd, 3.0) == []  # nothing fitted: nothing to check
