@@ -100,8 +100,8 @@ class UnitFitSettings(Settings):
         fit's model is taken not to represent that MUAP and the unit reports the posterior's mean and
         std instead (``params_from`` says so and names the properties); none: no check.
     method : the properties reported in ``params``/``param_std``: ``fit`` (the unit fit under the
-        subject model, more accurate on every benchmarked recording; its Laplace std is a local
-        curvature width, not calibrated) or ``posterior`` (the amortized posterior's mean and std,
+        subject model, more accurate wherever its model represents the MUAP; checked against the
+        posterior by ``check_z``) or ``posterior`` (the amortized posterior's mean and std,
         calibrated but 2-10x less accurate; no unit fit is run, units outside the posterior's
         training domain fall back to the unit fit and say so).
     """
