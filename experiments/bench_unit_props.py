@@ -76,8 +76,10 @@ def one_recording(name, a) -> dict:
     pm = np.full((len(idx), 6), np.nan)
     ps = np.full((len(idx), 6), np.nan)
     q = {k: np.full((len(idx), 6), np.nan) for k in ("0.025", "0.16", "0.84", "0.975")}
+    dom = np.zeros(len(idx), bool)
     for j, i in enumerate(p_idx):
         pm[i], ps[i] = post.mean[j], post.std[j]
+        dom[i] = bool(post.in_domain[j])
         for k in q:
             q[k][i] = post.q[k][j]
     row["posterior"] = BP.metrics(pm, q["0.16"], q["0.84"], q["0.025"], q["0.975"], truth)
@@ -93,10 +95,11 @@ def one_recording(name, a) -> dict:
         est = np.array(uf.params, np.float64)
         est[:, 3] -= dz  # IZ in the grid-centred frame of the truth (as bench_posterior)
         lap = np.array(uf.std, np.float64)
-        comb = np.sqrt(lap**2 + np.nan_to_num(ps, nan=np.inf) ** 2)
+        # as the pipeline: the posterior's (scaled) spread joins the width only where it is in its domain
+        k = np.asarray(s.posterior_scale, np.float64)
+        comb = np.where(dom[:, None], np.sqrt(lap**2 + (k * np.nan_to_num(ps, nan=np.inf)) ** 2), lap)
         # the pipeline's model check: units whose fit disagrees with their posterior report the posterior
-        off = np.array([bool(np.isfinite(pm[i]).all() and np.isfinite(est[i]).all() and
-                             model_check(est[i], pm[i], ps[i], s.check_z))
+        off = np.array([bool(dom[i] and np.isfinite(est[i]).all() and model_check(est[i], pm[i], ps[i], s.check_z))
                         for i in range(len(idx))])
         chk, chk_sd = np.where(off[:, None], pm, est), np.where(off[:, None], ps, comb)
         key = f"fit:{start}:{steps}:{solver}" + (f":{gain:g}" if gain else "")
@@ -105,7 +108,9 @@ def one_recording(name, a) -> dict:
             "n_fitted": int(np.isfinite(est[:, 0]).sum()),
             "laplace": _metrics(est, lap, truth), "posterior": _metrics(est, ps, truth),
             "combined": _metrics(est, comb, truth), "n_checked_to_posterior": int(off.sum()),
-            "checked": _metrics(chk, chk_sd, truth)}
+            "checked": _metrics(chk, chk_sd, truth), "posterior_scale": list(s.posterior_scale),
+            "units": {"fit": est, "laplace_std": lap, "posterior_mean": pm, "posterior_std": ps,
+                      "in_domain": dom.tolist(), "to_posterior": off.tolist(), "truth": truth}}
         print(name, key, round(dt, 1), {k: round(v["rmse"], 3) for k, v in row["variants"][key]["laplace"].items()
                                                    if "rmse" in v}, flush=True)
     return row

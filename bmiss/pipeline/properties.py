@@ -14,10 +14,10 @@ Rule, per unit, first that applies:
 With ``UnitFitSettings.method = "posterior"`` the amortized posterior (:mod:`bmiss.posterior`) comes
 first: its mean and std for every unit inside its training domain, no unit fit for those.
 
-A fitted unit's ``param_std`` is sqrt(Laplace std² + posterior std²) where its posterior is in
-the network's domain (``UnitFitSettings.std = "combined"``): on five foreign recordings its 95 %
-intervals held 79-96 % of the true values per property, the Laplace width alone 5-34 %
-(``results/bench_unit_props.json``).
+A fitted unit's ``param_std`` is sqrt(Laplace std² + (k posterior std)²) where its posterior is in
+the network's domain (``UnitFitSettings.std = "combined"``; k per property, ``posterior_scale``,
+calibrated for 95 % coverage on simulated foreign recordings of another seed than the benchmark's;
+``results/calibrate_unit_std.json``, held-out coverage in ``results/bench_unit_props_calibrated.json``).
 
 Model check (``UnitFitSettings.check_z``): where a fitted unit's value lies more than ``check_z``
 posterior std from its in-domain posterior's mean in any property, the fit's model is taken not to
@@ -46,8 +46,10 @@ from ..errors import FitError
 __all__ = ["unit_properties", "model_check"]
 
 STD_MEANING = {
-    "combined": "unit fit: sqrt(Laplace std^2 + amortized posterior std^2) where meta['units'][i]['std_from'] says "
-                "so (the posterior's spread stands for model mismatch), the Laplace std alone where it says 'laplace'",
+    "combined": "unit fit: sqrt(Laplace std^2 + (k amortized posterior std)^2), k per property "
+                "(unit_fit.posterior_scale, calibrated on held-out simulations), where meta['units'][i]['std_from'] says "
+                "so (the posterior's spread stands for model mismatch), the Laplace std alone where it says 'laplace', "
+                "the posterior's std where it says 'posterior' (the model check replaced the fit)",
     "laplace": "unit fit: the Laplace std (a local curvature width, not calibrated)",
     "other": "the amortized posterior's std where params_from says 'amortized posterior'; else std of the parameters "
              "over the starts that converged to the unit (NaN: one start)",
@@ -170,7 +172,8 @@ def unit_properties(rec, units: list, subject, settings, *, seed: int = 0, progr
                 src[i] = f"amortized posterior (the unit fit disagreed in {', '.join(off)})"
                 std_from[i] = "posterior"
             elif settings.std == "combined" and j is not None and post.in_domain[j]:
-                pstd[i] = np.sqrt(np.asarray(uf.std[k], np.float64) ** 2 + np.asarray(post.std[j], np.float64) ** 2)
+                pstd[i] = np.sqrt(np.asarray(uf.std[k], np.float64) ** 2 +
+                                  (np.asarray(settings.posterior_scale) * np.asarray(post.std[j], np.float64)) ** 2)
                 std_from[i] = "laplace + posterior"
         elif use_post and i in by_post and post.in_domain[by_post[i]]:
             j = by_post[i]
