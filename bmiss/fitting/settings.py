@@ -77,8 +77,8 @@ class UnitFitSettings(Settings):
     enabled : fit them (off: blind units keep the subject fit's values, found units the search's).
     n_steps : L-BFGS iterations; n_bank : random MUAPs the starting points are chosen from.
     solver : ``lm`` (each unit its own Levenberg-Marquardt fit, ``n_steps`` iterations) or
-        ``lbfgs`` (one L-BFGS over the summed loss of a chunk of units; the earlier default) or
-        ``lm_tempered`` (``lm`` whose second half weighs the data by 1 / the unit's reduced chi²).
+        ``lbfgs`` (one L-BFGS over the summed loss of a chunk of units; the earlier default, with
+        ``n_steps=100``).
     gain_prior_sd : std of each unit's log amplitude gain in its own fit (none: the subject fit's). The
         gain trades against log fibres except through the territory's size; the tighter it is, the
         more of a unit's amplitude its fibre count carries.
@@ -114,7 +114,7 @@ class UnitFitSettings(Settings):
     enabled: bool = True
     n_steps: int = setting(10, lo=1, hi=10000)
     n_bank: int = setting(256, lo=1, hi=100000)
-    solver: str = setting("lm", choices=("lm", "lbfgs", "lm_tempered"))
+    solver: str = setting("lm", choices=("lm", "lbfgs"))
     gain_prior_sd: float | None = setting(0.05, lo=0.0, lo_open=True)
     min_discharges: int = setting(10, lo=2)
     min_template_snr: float = setting(3.0, lo=0.0)

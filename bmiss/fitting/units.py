@@ -131,9 +131,8 @@ def fit_units(sf: SubjectFit, rec, spikes: list, *, settings: UnitFitSettings | 
     chunks = [devices.shard_leading((U0[i:i + c], obs[i:i + c], w[i:i + c])) for i in range(0, len(U0), c)]
     timing["devices"] = devices.n_shards(chunks[0][0])
     th_r = devices.replicate(th_s)
-    if s.solver in ("lm", "lm_tempered"):
-        U_all = jnp.concatenate([optimise_units(u0, held, th_r, o, ww, s.n_steps, s.solver == "lm_tempered")[0]
-                                 for u0, o, ww in chunks])
+    if s.solver == "lm":
+        U_all = jnp.concatenate([optimise_units(u0, held, th_r, o, ww, s.n_steps)[0] for u0, o, ww in chunks])
     else:
         U_all = jnp.concatenate([optimise((th_r, u0), held, o, ww, s.n_steps, "lbfgs", 0.02)[0][1]
                                  for u0, o, ww in chunks])
