@@ -104,7 +104,7 @@ def test_too_few_units_is_a_clear_error(fitted):
 
 def test_fit_units_gives_every_strong_unit_properties_from_its_own_muap(fitted):
     rec, f = fitted
-    uf = fit_units(f, rec, list(rec.true_spikes), settings=UnitFitSettings(n_steps=60))
+    uf = fit_units(f, rec, list(rec.true_spikes))  # the default: 10 Levenberg-Marquardt iterations per unit
     ok = np.array(uf.status) == "fitted"
     # more units than the subject fit used (which kept the 4 strongest), every one with finite values
     assert ok.sum() > len(f.unit_index), uf.status
