@@ -230,9 +230,8 @@ def phys_and_jacobian(model: FitModel, s, U, chunk: int = 8):
     if n % chunk:
         chunk = n
     _, ph = chunked(unit_outputs, model, s, U, chunk)
-    Js = np.asarray(_phys_jacobians(model, s, U[:chunk])[0], np.float64)
-    Ju = np.concatenate([np.asarray(_phys_jacobians(model, s, U[i:i + chunk])[1], np.float64)
-                         for i in range(0, n, chunk)])
+    Js, Ju = chunked(_phys_jacobians, model, s, U, chunk)  # Js: the same [ns, ns] block per chunk
+    Js, Ju = Js[:ns].astype(np.float64), Ju.astype(np.float64)
     G = np.zeros((ns + 8 * n, ns + 8 * n))
     G[:ns, :ns] = Js
     for i in range(n):

@@ -1,7 +1,6 @@
 """Every unit's MU properties fitted to its own spike-triggered MUAP under a fitted subject model."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import replace
@@ -47,9 +46,10 @@ def fit_units(sf: SubjectFit, rec, spikes: list, *, settings: UnitFitSettings | 
     """Fit every unit's properties to its own observed MUAP with the subject held at ``sf``.
 
     The MUAP of each unit (spike-triggered average over the subject fit's window) is fitted by
-    its own L-BFGS through the fitted subject's conductor: depth, x, fibre count (amplitude informs
-    size, the gain is tied by its prior), IZ, CV, length, gain and shift; the population prior of the
-    subject fit ties length, CV and IZ weakly to the subject's means. Units are fitted in chunks of
+    its own Levenberg-Marquardt fit (``settings.solver``) through the fitted subject's conductor:
+    depth, x, fibre count (amplitude informs size, the gain is tied by its prior), IZ, CV, length,
+    gain and shift; the population prior of the subject fit ties length, CV and IZ weakly to the
+    subject's means. Units are fitted in chunks of
     ``settings.pad_to`` (the last one padded), so any number of units shares one compilation.
 
     Parameters
@@ -117,7 +117,7 @@ def fit_units(sf: SubjectFit, rec, spikes: list, *, settings: UnitFitSettings | 
         w = jnp.concatenate([w, jnp.zeros((n_pad,) + w.shape[1:], w.dtype)])
     th_s = jnp.asarray(sf.theta_subject)
     if s.gain_prior_sd is not None:
-        model = dataclasses.replace(model, prior_sd=tuple(model.prior_sd[:3]) + (float(s.gain_prior_sd),))
+        model = replace(model, prior_sd=tuple(model.prior_sd[:3]) + (float(s.gain_prior_sd),))
     held = eqx.tree_at(lambda m: (m.sub_fixed, m.sub_fixed_val), model,
                        (jnp.ones_like(model.sub_fixed), jnp.where(model.sub_fixed, model.sub_fixed_val, th_s)))
     t0 = time.perf_counter()
