@@ -37,7 +37,7 @@ from bmiss import muapnet as N
 from bmiss import surrogate as S
 
 _CONFIG_KEYS = ("n_train", "n_fibres", "n_val", "n_test", "n_pool", "seed", "budget_min", "epochs", "batch", "lr", "hidden", "depth",
-                "n_basis", "k_max", "period_mm", "fibre_weight", "train_electrodes")
+                "n_basis", "k_max", "period_mm", "fibre_weight", "train_electrodes", "init_from")
 SHARD = 2000
 
 
@@ -64,6 +64,9 @@ def parse(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="data seed (draws, split); model init uses seed+1")
     ap.add_argument("--cache", default="out/muapnet", help="folder of the cached data, checkpoint and weights")
     ap.add_argument("--budget-min", type=float, default=None, help="stop after the epoch that passes this")
+    ap.add_argument("--init-from", default=None,
+                    help="start from these weights (a muapnet.npz of the same architecture) with a fresh schedule: "
+                         "a second training stage; the history then continues the earlier run's")
     ap.add_argument("--ship", action="store_true", help="also write bmiss/data/surrogate_universal.npz/.json")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
@@ -144,6 +147,17 @@ def main(argv=None) -> dict:
     arch = {"hidden": args.hidden, "depth": args.depth, "n_basis": args.n_basis, "k_max": args.k_max,
             "period_mm": args.period_mm}
     model = N.build(arch, float(np.median(per_el)), float(per_el.std()), seed=args.seed + 1)
+    earlier = {}
+    if args.init_from:
+        src = Path(args.init_from)
+        with np.load(src, allow_pickle=False) as z:
+            S.load_flat_state(model, {k: z[k] for k in z.files})
+        js = src.with_suffix(".json")
+        if js.exists():
+            em = json.loads(js.read_text())
+            earlier = {"weights": str(src), "training": em.get("training"), "history": em.get("history"),
+                       "validation_error": em.get("validation_error")}
+        log(f"stage 2: starting from {src} ({len(earlier.get('history') or [])} earlier epochs)")
     graphdef, params, buffers = nnx.split(model, nnx.Param, N.Buffer)
     steps = len(tr) // args.batch
     total = max(args.epochs * steps, 2)
@@ -298,6 +312,8 @@ def main(argv=None) -> dict:
         "validation_table": table, "validation_error": summary(ev), "test_error": summary(et),
         "history": history, "provenance": provenance(**config),
     }
+    if earlier:
+        meta["earlier_stage"] = earlier
     npz, js = S.save_surrogate(cache / "muapnet", model, meta)
     log(f"saved {npz}: held-out median {table['held_out']['median']:.4f} p95 {table['held_out']['p95']:.4f}; "
         f"data {gen_s:.0f} s + training {train_s:.0f} s")
