@@ -139,7 +139,7 @@ def _batch_fn(bucket: int, fs: float):
         from ..conductor import Conductor
 
         cond = Conductor(tissue=None, kx=f32(kx), kz=f32(kz), kz_weight=None, elec_filter=None, ex=None, ez=None,
-                         montage=None, zs=f32(zs), t_ms=f32(t_ms), quad_x=None, quad_y=None, density=20.0,
+                         montage=None, zs=f32(zs), t_ms=f32(t_ms), quad_x=None, quad_y=None, quad_w=None, density=20.0,
                          iz_jitter_mm=0.0, end_jitter_mm=0.0, onset_ms=1.0, n_src=n_src)
         consts = (f32(kx), f32(kz), f32(t_ms), f32(zs))
 
