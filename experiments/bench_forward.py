@@ -1,6 +1,10 @@
-"""Forward-model benchmark: MUAPs per second and EMG synthesis time (after JIT; compile separate).
+"""Forward-model benchmark: MUAPs and their gradients per second, EMG synthesis time (after JIT;
+compile separate).
 
     python experiments/bench_forward.py [--anatomy biceps_brachii] [--json results/bench_forward.json]
+
+The gradient row is what every fit and the model search pay per MUAP: the reverse-mode gradient
+of a scalar of the MUAP with respect to the six MU parameters, vmapped over the units.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from bmiss import anatomy, emg, motoneurons
@@ -46,6 +51,10 @@ def main(argv=None):
     rows = []
     _, c1, t1 = timed(lambda: muaps(cond, params))
     rows.append(("MUAPs, expected-potential mode", f"{a.n_units} MUs x {cond.n_channels} ch x {cond.n_samples}", c1, t1))
+    grad = jax.jit(jax.vmap(jax.grad(lambda q: jnp.sum(jnp.sin(cond.muap(q) / 10.0)))))
+    pj = jnp.asarray(params, jnp.float32)
+    _, cg, tg = timed(lambda: grad(pj))
+    rows.append(("MUAP gradients (6 parameters, reverse mode)", f"{a.n_units} MUs", cg, tg))
     key = jax.random.PRNGKey(1)
     M, c2, t2 = timed(lambda: muaps(cond, params, mode="fibres", key=key, n_max=int(p.fibres_max)), repeats=1)
     rows.append((f"MUAPs, per-fibre mode ({int(nf.sum())} fibres, {int(nf.min())}-{int(nf.max())} per MU)",
@@ -61,9 +70,13 @@ def main(argv=None):
     print(f"{'step':60s} {'size':28s} {'first call s':>12s} {'after JIT s':>12s}")
     for r in rows:
         print(f"{r[0]:60s} {r[1]:28s} {r[2]:12.2f} {r[3]:12.3f}")
+    from bmiss.files import provenance
+
     out = {"config": vars(a), "device": jax.devices()[0].device_kind, "platform": platform.platform(),
+           "provenance": provenance(**vars(a)),
            "rows": [{"step": r[0], "size": r[1], "first_call_s": r[2], "after_jit_s": r[3]} for r in rows],
-           "muaps_per_s_expected": a.n_units / t1, "muaps_per_s_fibres": a.n_units / t2}
+           "muaps_per_s_expected": a.n_units / t1, "muap_gradients_per_s": a.n_units / tg,
+           "muaps_per_s_fibres": a.n_units / t2}
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(out, indent=1))
     print(f"wrote {a.json}")
