@@ -1,9 +1,9 @@
 """Per-anatomy MUAP network (the first surrogate): one anatomy, one grid; kept for biceps_brachii.
 
-:func:`bmiss.surrogate.load_surrogate` returns this network for an anatomy that has its own
-shipped weights and matches them exactly (today: ``biceps_brachii`` as shipped), because it is more
-accurate there than the universal network (README, "### Surrogate"); every other anatomy, fitted
-subject, grid or rate gets the universal network (:mod:`bmiss.muapnet`).
+:func:`bmiss.surrogate.load_surrogate` returns this network only with ``universal=False``, for an
+anatomy that has its own shipped weights and matches them exactly (today: ``biceps_brachii`` as
+shipped). It is faster there than the universal network (:mod:`bmiss.muapnet`) but, since that
+network's second training stage, less accurate (README, "### Surrogate").
 
 Original description:
 
