@@ -96,6 +96,15 @@ def _phases(dec) -> list[str]:
     return [name.get(u.get("phase"), dec.method) if isinstance(u, dict) else dec.method for u in units]
 
 
+def _model_meta(dec) -> dict:
+    """Which MUAP model the model search used (conductor, surrogate, or why the surrogate was refused)
+    and whether the search ran: {} for methods without one."""
+    m = dec.meta
+    out = {k: v for k, v in (("forward_model", m.get("forward_model")),
+                             ("model_search", (m.get("settings") or {}).get("model_search"))) if v is not None}
+    return out
+
+
 def unit_breakdown(dec, rec) -> dict:
     """Per estimated unit: phase, blind quality and its best RoA against the truth; found/false by phase."""
     m = metrics.match_units(dec.spikes, rec.true_spikes, rec.fs)
@@ -142,7 +151,7 @@ def run_sim(name, snr, methods, duration, n_units, seed, do_fit, progress):
         s = rep["summary"]
         row["methods"][spec] = {"found_90": s["found_90"], "false": s["n_false"], "n_est": s["n_est"],
                                 "duplicates": s["n_duplicates"], "time_s": round(dt, 1),
-                                "timing_s": dec.meta.get("timing_s"), **unit_breakdown(dec, rec)}
+                                "timing_s": dec.meta.get("timing_s"), **_model_meta(dec), **unit_breakdown(dec, rec)}
         if "property_errors" in rep:  # nRMSE by the nominal anatomy's range, over matched units with values
             row["methods"][spec]["properties"] = {k: {"nrmse": v["nrmse"], "n": v["n"]}
                                                   for k, v in rep["property_errors"].items()}
@@ -197,7 +206,7 @@ def run_real(methods, duration, seed, do_fit, progress, real_anatomy="vastus_lat
         row["methods"][spec] = {"n_units": dec.n_units, "time_s": round(dt, 1),
                                 "sil_median": float(np.median(dec.sil)) if dec.n_units else None,
                                 "cov_isi_median": float(np.nanmedian(dec.cov_isi)) if dec.n_units else None,
-                                "quality": q, "phase": _phases(dec)}
+                                "quality": q, "phase": _phases(dec), **_model_meta(dec)}
         print(f"real      {spec:18s} units {dec.n_units:3d}  time {dt:6.1f} s", flush=True)
     if "cbss" in decs:
         for spec, dec in decs.items():
