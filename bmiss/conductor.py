@@ -106,22 +106,10 @@ def _half_quadrature(qx: np.ndarray, qy: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.abs(qx[keep]), qy[keep], w
 
 
-@jax.custom_jvp
 def _rosenfalck_slope(zeta):
     """dV/dζ of the Rosenfalck IAP, mV/mm; zero ahead of the front (ζ < 0)."""
     zc = jnp.maximum(zeta, 0.0)
     return _ROSENFALCK_A * jnp.exp(-zc) * (3 * zc**2 - zc**3)
-
-
-@_rosenfalck_slope.defjvp
-def _rosenfalck_slope_jvp(primals, tangents):
-    # written out so that value and derivative share one exponential: this slope is evaluated on
-    # every (time, source) pair of every MUAP, and autodiff of the max/exp/polynomial made its
-    # gradient ~8x its value
-    (zeta,), (dz,) = primals, tangents
-    zc = jnp.maximum(zeta, 0.0)
-    e = _ROSENFALCK_A * jnp.exp(-zc)
-    return e * (3 * zc**2 - zc**3), e * (zc**3 - 6 * zc**2 + 6 * zc) * dz
 
 
 # A second IAP shape for model-mismatch simulations: V(ζ) = B ζ² exp(-ζ/λ) - 90 mV with λ = 0.7 mm
