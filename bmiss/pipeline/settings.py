@@ -147,9 +147,9 @@ class ModelSettings(Settings):
         started from (or one whose probe source correlates > 0.9 with one).
     n_probe, probe_shifts : Latin-hypercube probe of the parameter space, time shifts (samples).
     n_starts, n_steps, lr : diverse starts per round, Adam steps and learning rate. 20 steps
-        reach the 30-step contrast within 0.006-0.012 on average and found the same units on
-        every mismatch row in 20-26 % less search time (30 steps lost one at RoA 0.89 on another
-        IAP at 20 dB; ``results/bench_mismatch_s4.json``).
+        reach the 30-step contrast within 0.006-0.012 on average; on the mismatch benchmark they
+        found the same units as 30 in 20-26 % less search time, give or take the one borderline
+        model-phase unit (RoA near 0.9) that float order moves (``results/bench_mismatch_s4*.json``).
     contrast : ``"skew"``, ``"kurtosis"`` or ``"logcosh"`` of the source.
     fit_s, probe_s : seconds of randomly drawn data samples the loss / the probe scores use
         (in seconds, not samples, so that a 10,240-Hz recording gets the same evidence as a
