@@ -66,7 +66,8 @@ def parse(argv=None):
     ap.add_argument("--budget-min", type=float, default=None, help="stop after the epoch that passes this")
     ap.add_argument("--init-from", default=None,
                     help="start from these weights (a muapnet.npz of the same architecture) with a fresh schedule: "
-                         "a second training stage; the history then continues the earlier run's")
+                         "a second training stage; the earlier run's training settings and history go under "
+                         "earlier_stage in the metadata")
     ap.add_argument("--ship", action="store_true", help="also write bmiss/data/surrogate_universal.npz/.json")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
