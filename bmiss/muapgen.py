@@ -22,7 +22,7 @@ import numpy as np
 DOMAIN = {
     "skin_mm": (0.5, 2.0),
     "fat_mm": (1.0, 8.0),
-    "aniso": (2.0, 10.0),  # sigma_z / sigma_r
+    "aniso": (1.5, 12.0),  # sigma_z / sigma_r (= the subject fit's bounds, so every fitted subject is in)
     "skin_fat": (8.0, 40.0),  # sigma_skin / sigma_fat
     "fat_radial": (0.25, 1.0),  # sigma_fat / sigma_r
     "density": (12.0, 30.0),  # MU fibres per mm² (only the territory radius depends on it)
@@ -35,7 +35,7 @@ DOMAIN = {
     "iz_fraction": (0.1, 0.9),  # IZ position along the fibre (0 = left end)
     "ied_mm": (4.0, 10.0),
     "radius_mm": (0.25, 2.5),  # electrode diameter 0.5-5 mm
-    "rotation_deg": (-15.0, 15.0),
+    "rotation_deg": (-25.0, 25.0),  # = the subject fit's bounds
     "fs_hz": (2048.0, 10240.0),  # log-uniform
 }
 # discrete values of the scatter the conductor takes as static fields (one compile each)

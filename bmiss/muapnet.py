@@ -53,13 +53,22 @@ def _sabs(x, eps=ABS_EPS):
     return jnp.sqrt(x * x + eps * eps)
 
 
+# Affine input scalings: part of the architecture, fixed with the weights (they were the first
+# training domain's ranges). The domain can widen without changing them; a value outside maps
+# beyond [-1, 1], which the network is trained on wherever the domain covers it.
+FEATURE_RANGES = {
+    "depth_below_mm": (0.5, 26.0), "skin_mm": (0.5, 2.0), "fat_mm": (1.0, 8.0), "aniso": (2.0, 10.0),
+    "skin_fat": (8.0, 40.0), "fat_radial": (0.25, 1.0), "iz_jitter_mm": (1.5, 2.5), "end_jitter_mm": (2.0, 2.5),
+}
+
+
 def _unit(v, k):
-    lo, hi = DOMAIN[k]
+    lo, hi = FEATURE_RANGES[k]
     return (v - (lo + hi) / 2) / ((hi - lo) / 2)
 
 
 def _lunit(v, k):
-    lo, hi = (math.log(b) for b in DOMAIN[k])
+    lo, hi = (math.log(b) for b in FEATURE_RANGES[k])
     return (jnp.log(v) - (lo + hi) / 2) / ((hi - lo) / 2)
 
 
@@ -154,15 +163,22 @@ def build(arch: dict, amp_mean=0.0, amp_std=1.0, seed=0) -> MuapNet:
 
 
 # ------------------------------------------------------------------ domain
+def _domain(domain: dict | None) -> dict:
+    return DOMAIN if domain is None else {k: tuple(v) for k, v in domain.items()}
+
+
 MU_DOMAIN_NAMES = ("depth_below_mm", "log_fibres_at_density_20", "iz_fraction", "cv_m_s", "length_mm")
 
 
-def mu_domain_violations(p, tis) -> np.ndarray:
+def mu_domain_violations(p, tis, domain: dict | None = None) -> np.ndarray:
     """Bool [n, 5]: which MU parameters of ``p`` [n, 6] lie outside the training domain (host side).
 
     Columns ``MU_DOMAIN_NAMES``: depth below the muscle surface, territory (log fibres at the
     reference density), IZ fraction along the fibre, CV, fibre length. Tolerance 1e-4 relative.
+    ``domain``: the ranges the weights were trained on (their metadata's ``domain``; default
+    :data:`bmiss.muapgen.DOMAIN`).
     """
+    DOMAIN = _domain(domain)
     p = np.atleast_2d(np.asarray(p, np.float64))
     tis = np.broadcast_to(np.asarray(tis, np.float64), (len(p), len(TISSUE_KEYS)))
     below = p[:, 0] - tis[:, 0] - tis[:, 1]
@@ -179,8 +195,12 @@ def mu_domain_violations(p, tis) -> np.ndarray:
 
 
 def setting_violations(tissue: dict, *, ied_mm=None, radius_mm=None, rotation_deg=None, fs_hz=None,
-                       t_max_ms=None) -> list[str]:
-    """Human-readable list of tissue / grid / sampling values outside the training domain ([] if none)."""
+                       t_max_ms=None, domain: dict | None = None) -> list[str]:
+    """Human-readable list of tissue / grid / sampling values outside the training domain ([] if none).
+
+    ``domain``: the weights' training ranges (default :data:`bmiss.muapgen.DOMAIN`).
+    """
+    DOMAIN = _domain(domain)
     out = []
     chk = dict(tissue)
     if ied_mm is not None:

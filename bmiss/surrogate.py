@@ -7,8 +7,9 @@
 :class:`bmiss.conductor.Conductor`'s ``muap``: ``muap(p, shift_ms, tissue)`` honours the time shift
 and a (differentiable) :class:`~bmiss.conductor.Tissue`.
 
-Domain: an anatomy whose tissue, grid or sampling lie outside the training ranges
-(:data:`bmiss.muapgen.DOMAIN`) is refused with :class:`SurrogateMismatchError` naming the values;
+Domain: an anatomy whose tissue, grid or sampling lie outside the training ranges (the weights'
+metadata ``domain``: :data:`bmiss.muapgen.DOMAIN` when they were trained) is refused with
+:class:`SurrogateMismatchError` naming the values;
 MU parameters outside them are never clipped: :meth:`Surrogate.in_domain` returns the mask,
 :meth:`Surrogate.muaps` raises on concrete out-of-domain values (``check_bounds=True``), and a traced
 call warns through ``jax.debug.callback``.
@@ -103,8 +104,10 @@ class Surrogate:
         T = int(n_samples or g.muap_samples)
         t_ms = np.arange(T) / self.fs * 1e3
         tis = N.tissue_of_anatomy(a)
+        self.domain = meta.get("domain")  # the ranges these weights were trained on
         bad = N.setting_violations(tis, ied_mm=g.ied_mm, radius_mm=g.electrode_radius_mm,
-                                   rotation_deg=g.rotation_deg, fs_hz=self.fs, t_max_ms=float(t_ms[-1]))
+                                   rotation_deg=g.rotation_deg, fs_hz=self.fs, t_max_ms=float(t_ms[-1]),
+                                   domain=self.domain)
         if bad:
             raise SurrogateMismatchError(
                 f"anatomy {a.name!r} lies outside the surrogate's training domain: {'; '.join(bad)}. Use the "
@@ -151,10 +154,10 @@ class Surrogate:
     def in_domain(self, params, tissue=None) -> np.ndarray:
         """Bool [n]: the MU parameters ``params`` [n, 6] lie in the training domain (under ``tissue``)."""
         tv = self.tis if tissue is None else np.asarray(self._inputs(tissue)[0])
-        return ~N.mu_domain_violations(params, tv).any(1)
+        return ~N.mu_domain_violations(params, tv, self.domain).any(1)
 
     def _message(self, p, tv) -> str:
-        v = N.mu_domain_violations(p, tv)
+        v = N.mu_domain_violations(p, tv, self.domain)
         names = [N.MU_DOMAIN_NAMES[j] for j in np.flatnonzero(v.any(0))]
         return (f"surrogate ({self.anatomy_name}): {int(v.any(1).sum())} MU parameter set(s) outside the "
                 f"training domain ({', '.join(names)}); values there are extrapolated, not clipped")
@@ -167,14 +170,14 @@ class Surrogate:
 
             def host(p, tv):
                 p, tv = np.asarray(p), np.asarray(tv)
-                if N.mu_domain_violations(p.reshape(-1, 6), tv).any() and not self._warned:
+                if N.mu_domain_violations(p.reshape(-1, 6), tv, self.domain).any() and not self._warned:
                     self._warned = True
                     warnings.warn(self._message(p.reshape(-1, 6), tv), UserWarning, stacklevel=2)
 
             jax.debug.callback(host, params, tvj)
         else:
             p = np.asarray(params).reshape(-1, 6)
-            if N.mu_domain_violations(p, self.tis).any():
+            if N.mu_domain_violations(p, self.tis, self.domain).any():
                 raise SurrogateMismatchError(self._message(p, self.tis) + " (check_bounds=False to allow, or "
                                              "mask with Surrogate.in_domain)")
 
@@ -205,7 +208,7 @@ def load_surrogate(anatomy: Anatomy | str = "biceps_brachii", path: str | os.Pat
     ----------
     anatomy : Anatomy or str
         Any anatomy whose tissue, grid (IED, electrode radius, rotation) and sampling lie in the
-        training domain (``bmiss.muapgen.DOMAIN``); shipped names and fitted subjects alike.
+        training domain (the weights' ``domain``); shipped names and fitted subjects alike.
     path : str, optional
         ``.npz`` / ``.json`` of trained weights (default: ``bmiss/data/surrogate_universal.npz``).
     check_bounds : bool

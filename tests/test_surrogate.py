@@ -99,8 +99,13 @@ def test_out_of_domain_refused_or_flagged(biceps):
         S.load_surrogate(a.with_layers(fat_thickness_mm=15.0))
     with pytest.raises(S.SurrogateMismatchError, match="fs_hz"):
         S.load_surrogate(a, fs=20000.0)
+    rot_hi = s.meta["domain"]["rotation_deg"][1]  # the shipped weights' own range is what is checked
     with pytest.raises(S.SurrogateMismatchError, match="rotation_deg"):
-        S.load_surrogate(a.with_grid(rotation_deg=17.0))
+        S.load_surrogate(a.with_grid(rotation_deg=rot_hi + 2.0))
+    # weights carry their domain: the same anatomy is refused by weights trained on a narrower one
+    narrow = dict(s.meta, domain=dict(s.meta["domain"], aniso=[2.0, 3.0]))
+    with pytest.raises(S.SurrogateMismatchError, match="aniso"):
+        S.Surrogate(s.model, narrow, a)
     with pytest.raises(S.SurrogateMismatchError, match="window"):
         S.load_surrogate(a, n_samples=200)  # 98 ms at 2048 Hz: longer than trained
     bad = np.stack([P0, P0, P0])
