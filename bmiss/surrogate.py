@@ -28,11 +28,13 @@ Examples
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,28 +88,45 @@ def load_network(path: str | os.PathLike | None = None) -> tuple[N.MuapNet, dict
 
 
 # --------------------------------------------------------------------------- public API
-class Surrogate:
+class Surrogate(eqx.Module):
     """The universal network bound to one anatomy / grid / sampling; drop-in for ``Conductor.muap``.
 
     ``muap(p [6], shift_ms=0.0, tissue=None) -> [n_channels, T]`` µV, differentiable in ``p``,
     ``shift_ms`` and ``tissue`` (a :class:`bmiss.conductor.Tissue`; default the anatomy's).
     ``muaps(params [n, 6]) -> [n, n_channels, T]``, the batched form (jitted).
+
+    An Equinox module like the conductor: the weights, electrode positions, montage, sample times
+    and tissue are array leaves, so a jitted function that takes it compiles once per shape, not
+    once per recording or fitted subject.
     """
+
+    state: nnx.State  # the network's weights and buffers
+    ex: jax.Array  # [Ne] electrode positions across / along the fibres, mm (fibre frame)
+    ez: jax.Array
+    montage: jax.Array  # [n_channels, Ne]
+    t_ms: jax.Array  # [T] sample times after the discharge, ms
+    radius: jax.Array  # electrode radius, mm
+    tis: jax.Array  # [8] tissue inputs (muapnet.TISSUE_KEYS)
+    sigma_r: jax.Array  # radial muscle conductivity, S/m
+    fs: float = eqx.field(static=True)
+    graphdef: nnx.GraphDef = eqx.field(static=True)
+    meta_json: str = eqx.field(static=True)  # the weights' metadata (JSON text: hashable, compared by value)
+    label: "_Label" = eqx.field(static=True)  # the anatomy's name, for messages; never a reason to recompile
+    check_bounds: bool = eqx.field(static=True)
+    chunk: int = eqx.field(static=True)
 
     def __init__(self, model: N.MuapNet, meta: dict, a: Anatomy, *, fs: float | None = None,
                  n_samples: int | None = None, check_bounds: bool = True, chunk: int = 64):
         g = a.grid
-        self.model, self.meta, self.anatomy = model, meta, a
-        self.check_bounds = check_bounds
-        self._warned = False
+        self.meta_json = json.dumps(meta, sort_keys=True)
+        self.label, self.check_bounds, self.chunk = _Label(a.name), bool(check_bounds), int(chunk)
         self.fs = float(fs or g.fs_hz)
         T = int(n_samples or g.muap_samples)
         t_ms = np.arange(T) / self.fs * 1e3
         tis = N.tissue_of_anatomy(a)
-        self.domain = meta.get("domain")  # the ranges these weights were trained on
         bad = N.setting_violations(tis, ied_mm=g.ied_mm, radius_mm=g.electrode_radius_mm,
                                    rotation_deg=g.rotation_deg, fs_hz=self.fs, t_max_ms=float(t_ms[-1]),
-                                   domain=self.domain)
+                                   domain=meta.get("domain"))
         if bad:
             raise SurrogateMismatchError(
                 f"anatomy {a.name!r} lies outside the surrogate's training domain: {'; '.join(bad)}. Use the "
@@ -117,13 +136,28 @@ class Surrogate:
         self.ex, self.ez = jnp.asarray(xz[:, 0], jnp.float32), jnp.asarray(xz[:, 1], jnp.float32)
         self.montage = jnp.asarray(M, jnp.float32)
         self.t_ms = jnp.asarray(t_ms, jnp.float32)
-        self.radius = float(g.electrode_radius_mm)
-        self.tis = np.array([tis[k] for k in N.TISSUE_KEYS], np.float32)
-        self.sigma_r = float(a.layers.muscle_conductivity_radial)
-        self._tis_rest = jnp.asarray(self.tis[5:])  # density, IZ and end scatter (not in Tissue)
-        self._graphdef, self._state = nnx.split(model)
-        self._single = jax.jit(self._forward)
-        self._batched = jax.jit(lambda P: jax.lax.map(lambda p: self._forward(p, 0.0, None), P, batch_size=chunk))
+        self.radius = jnp.float32(g.electrode_radius_mm)
+        self.tis = jnp.asarray([tis[k] for k in N.TISSUE_KEYS], jnp.float32)
+        self.sigma_r = jnp.float32(a.layers.muscle_conductivity_radial)
+        self.graphdef, self.state = nnx.split(model)
+
+    @property
+    def meta(self) -> dict:
+        """The weights' metadata (architecture, domain, training, validation table)."""
+        return json.loads(self.meta_json)
+
+    @property
+    def model(self) -> N.MuapNet:
+        return nnx.merge(self.graphdef, self.state)
+
+    @property
+    def domain(self) -> dict | None:
+        """The ranges these weights were trained on (their metadata's ``domain``)."""
+        return _domain_of(self.meta_json)
+
+    @property
+    def anatomy_name(self) -> str:
+        return self.label.name
 
     @property
     def n_channels(self) -> int:
@@ -133,52 +167,42 @@ class Surrogate:
     def n_samples(self) -> int:
         return int(self.t_ms.shape[0])
 
-    @property
-    def anatomy_name(self) -> str:
-        return self.anatomy.name
-
     def _inputs(self, tissue):
         if tissue is None:
-            return jnp.asarray(self.tis), jnp.float32(self.sigma_r)
+            return self.tis, self.sigma_r
         tv = jnp.stack([tissue.skin_mm, tissue.fat_mm, tissue.sigma_z / tissue.sigma_r,
                         tissue.sigma_skin / tissue.sigma_fat, tissue.sigma_fat / tissue.sigma_r]).astype(jnp.float32)
-        return jnp.concatenate([tv, self._tis_rest]), tissue.sigma_r
+        return jnp.concatenate([tv, self.tis[5:]]), tissue.sigma_r  # density, IZ / end scatter: not in Tissue
 
     def _forward(self, p, shift_ms=0.0, tissue=None):
-        model = nnx.merge(self._graphdef, self._state)
+        model = nnx.merge(self.graphdef, self.state)
         tv, sr = self._inputs(tissue)
         e = model.electrodes(p[None], tv[None], jnp.reshape(sr, (1,)), self.ex[None], self.ez[None],
-                             jnp.reshape(jnp.float32(self.radius), (1,)), (self.t_ms - shift_ms)[None])[0]
+                             jnp.reshape(self.radius, (1,)), (self.t_ms - shift_ms)[None])[0]
         return self.montage @ e
 
     def in_domain(self, params, tissue=None) -> np.ndarray:
         """Bool [n]: the MU parameters ``params`` [n, 6] lie in the training domain (under ``tissue``)."""
-        tv = self.tis if tissue is None else np.asarray(self._inputs(tissue)[0])
+        tv = np.asarray(self._inputs(tissue)[0])
         return ~N.mu_domain_violations(params, tv, self.domain).any(1)
-
-    def _message(self, p, tv) -> str:
-        v = N.mu_domain_violations(p, tv, self.domain)
-        names = [N.MU_DOMAIN_NAMES[j] for j in np.flatnonzero(v.any(0))]
-        return (f"surrogate ({self.anatomy_name}): {int(v.any(1).sum())} MU parameter set(s) outside the "
-                f"training domain ({', '.join(names)}); values there are extrapolated, not clipped")
 
     def _check(self, params, tissue=None) -> None:
         if not self.check_bounds:
             return
-        if isinstance(params, jax.core.Tracer) or tissue is not None:
-            tvj = self._inputs(tissue)[0] if tissue is not None else jnp.asarray(self.tis)
-
+        name, domain = self.anatomy_name, self.domain
+        tv = self._inputs(tissue)[0]
+        if any(isinstance(v, jax.core.Tracer) for v in (params, tv)):
             def host(p, tv):
-                p, tv = np.asarray(p), np.asarray(tv)
-                if N.mu_domain_violations(p.reshape(-1, 6), tv, self.domain).any() and not self._warned:
-                    self._warned = True
-                    warnings.warn(self._message(p.reshape(-1, 6), tv), UserWarning, stacklevel=2)
+                p = np.asarray(p).reshape(-1, 6)
+                if N.mu_domain_violations(p, np.asarray(tv), domain).any():
+                    # same text for the same names: Python's warning filter shows it once per place
+                    warnings.warn(_message(name, p, np.asarray(tv), domain, count=False), UserWarning, stacklevel=2)
 
-            jax.debug.callback(host, params, tvj)
+            jax.debug.callback(host, params, tv)
         else:
-            p = np.asarray(params).reshape(-1, 6)
-            if N.mu_domain_violations(p, self.tis, self.domain).any():
-                raise SurrogateMismatchError(self._message(p, self.tis) + " (check_bounds=False to allow, or "
+            p, tv = np.asarray(params).reshape(-1, 6), np.asarray(tv)
+            if N.mu_domain_violations(p, tv, domain).any():
+                raise SurrogateMismatchError(_message(name, p, tv, domain) + " (check_bounds=False to allow, or "
                                              "mask with Surrogate.in_domain)")
 
     def muap(self, p, shift_ms=0.0, tissue=None) -> jax.Array:
@@ -186,17 +210,54 @@ class Surrogate:
 
         ``shift_ms``: discharge time (ms) relative to the first sample; ``tissue``: a
         :class:`bmiss.conductor.Tissue` (default: the anatomy's). Concrete out-of-domain
-        parameters raise :class:`SurrogateMismatchError`; traced ones warn once (host callback).
+        parameters raise :class:`SurrogateMismatchError`; traced ones warn (host callback).
         """
         p = jnp.asarray(p, jnp.float32)
         self._check(p, tissue)
-        return self._single(p, shift_ms, tissue)
+        return _muap_one(self, p, shift_ms, tissue)
 
     def muaps(self, params) -> jax.Array:
         """MUAPs [n, n_channels, T] µV for ``params`` [n, 6] (jitted; evaluated in chunks)."""
         params = jnp.asarray(params, jnp.float32)
         self._check(params)
-        return self._batched(params)
+        return _muaps_batched(self, params)
+
+
+class _Label:
+    """A name carried for messages: every label compares equal, so a jitted function that takes a
+    surrogate does not recompile for another anatomy (traced warnings name the first one traced)."""
+
+    def __init__(self, name: str):
+        self.name = str(name)
+
+    def __eq__(self, other):
+        return isinstance(other, _Label)
+
+    def __hash__(self):
+        return 0
+
+
+@eqx.filter_jit
+def _muap_one(sur: Surrogate, p, shift_ms, tissue):
+    return sur._forward(p, shift_ms, tissue)
+
+
+@eqx.filter_jit
+def _muaps_batched(sur: Surrogate, P):
+    return jax.lax.map(lambda p: sur._forward(p, 0.0, None), P, batch_size=sur.chunk)
+
+
+@functools.lru_cache(maxsize=8)
+def _domain_of(meta_json: str) -> dict | None:
+    return json.loads(meta_json).get("domain")
+
+
+def _message(name, p, tv, domain, count: bool = True) -> str:
+    v = N.mu_domain_violations(p, tv, domain)
+    names = [N.MU_DOMAIN_NAMES[j] for j in np.flatnonzero(v.any(0))]
+    n = f"{int(v.any(1).sum())} " if count else ""
+    return (f"surrogate ({name}): {n}MU parameter set(s) outside the training domain ({', '.join(names)}); "
+            "values there are extrapolated, not clipped")
 
 
 def load_surrogate(anatomy: Anatomy | str = "biceps_brachii", path: str | os.PathLike | None = None,

@@ -24,6 +24,7 @@ from bmiss.files import write_json
 import bmiss
 from bmiss import api
 from bmiss import files as bfiles
+from bench_mismatch import _model_meta, parse_method  # "bmiss:forward=surrogate,n_steps=20" -> decompose options
 
 TISSUE = {"fat_thickness_mm": 4.5, "skin_thickness_mm": 1.4}
 
@@ -40,7 +41,8 @@ def main(argv=None):
     ap.add_argument("--n-units", type=int, default=100)
     ap.add_argument("--snr", type=float, default=20.0)
     ap.add_argument("--seeds", type=int, nargs=2, default=[0, 1], help="first (compile) and second (after JIT)")
-    ap.add_argument("--methods", nargs="+", default=["cbss", "bmiss"])
+    ap.add_argument("--methods", nargs="+", default=["cbss", "bmiss"],
+                    help="methods, with options as in bench_mismatch (e.g. bmiss:forward=surrogate)")
     ap.add_argument("--repeats", type=int, default=1, help="decompositions of the second recording")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -55,13 +57,13 @@ def main(argv=None):
             rec_seed = seed
         call = "first (compile included)" if k == 0 else "after JIT" + (f" (repeat {k})" if a.repeats > 1 else "")
         row = {"seed": seed, "call": call, "methods": {}}
-        for m in a.methods:
+        for m, mname, kw in map(parse_method, a.methods):
             t = time.perf_counter()
-            dec = api.decompose(rec, m, progress=False, seed=seed)
+            dec = api.decompose(rec, mname, progress=False, seed=seed, **kw)
             dt = time.perf_counter() - t
             s = api.evaluate(dec, rec)["summary"]
             row["methods"][m] = {"time_s": round(dt, 2), "n_units": dec.n_units, "found_90": s["found_90"],
-                                 "false": s["n_false"], "stages": stages(dec)}
+                                 "false": s["n_false"], "stages": stages(dec), **_model_meta(dec)}
             print(f"seed {seed} ({row['call']}): {m:6s} {dt:7.1f} s  units {dec.n_units:3d}  found {s['found_90']:3d} "
                   f" false {s['n_false']:2d}", flush=True)
         if "cbss" in row["methods"]:

@@ -3,7 +3,9 @@ grids / IED / rates, subject-like anatomies, gradients, and the training domain 
 import warnings
 from dataclasses import replace
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -170,3 +172,21 @@ def test_per_anatomy_network_only_on_request():
     assert isinstance(s, surrogate_anatomy.Surrogate) and s.muap(P0).shape == (64, 96)
     assert isinstance(S.load_surrogate(a.with_layers(fat_thickness_mm=3.5), universal=False), S.Surrogate)
     assert isinstance(S.load_surrogate(a, fs=4096.0, universal=False), S.Surrogate)
+
+
+def test_a_jitted_function_compiles_once_for_every_subject():
+    """The surrogate is an Equinox module (weights, electrodes, tissue are leaves): a jitted function
+    that takes it traces once for the nominal anatomy and a fitted-subject-like one of the same
+    shapes, and gives each its own MUAPs."""
+    traces = []
+
+    @eqx.filter_jit
+    def f(s, p):
+        traces.append(1)
+        return s.muap(p)
+
+    a = anatomy.load("biceps_brachii")
+    m1 = np.asarray(f(S.load_surrogate(a), jnp.asarray(P0)))
+    m2 = np.asarray(f(S.load_surrogate(_subject()), jnp.asarray(P0)))
+    assert len(traces) == 1
+    assert np.abs(m1 - m2).max() > 0.05 * np.abs(m1).max()  # other tissue and rotation: other MUAP
