@@ -233,8 +233,10 @@ def cmd_decompose(a) -> int:
     if a.deconvolve is not None:
         kw["deconvolve"] = a.deconvolve
     if a.method == "bmiss":
-        kw.update(anatomy=a.anatomy, forward=a.forward, init=a.init)
-    elif a.anatomy is not None or a.forward != "conductor":
+        kw.update(anatomy=a.anatomy, init=a.init)
+        if a.forward is not None:
+            kw["forward"] = a.forward
+    elif a.anatomy is not None or a.forward is not None:
         print("note: --anatomy/--forward apply to --method bmiss only; ignored", file=sys.stderr)
     t = time.perf_counter()
     dec = api.decompose(rec, a.method, progress=not a.quiet, **kw)
@@ -554,7 +556,9 @@ def _add_decompose(sub) -> None:
     d.add_argument("--fs", type=_float_in(0, 1e6, lo_open=True, unit="Hz"), default=None,
                    help="sampling rate, Hz, for files that do not store one (e.g. a bare .mat matrix)")
     _units_arg(d)
-    d.add_argument("--forward", choices=("conductor", "surrogate"), default="conductor", help="bmiss forward model")
+    d.add_argument("--forward", choices=("conductor", "surrogate"), default=None,
+                   help="bmiss: the model search's MUAP model (default surrogate: the trained network; conductor: "
+                        "the analytic model it was trained on)")
     d.add_argument("--n-iter", type=_int_in(1, 10000), default=None, help="cbss: outer iterations; bmiss: rounds (1..10000)")
     d.add_argument("--extension-factor", type=_int_in(1, 256), default=None, metavar="R",
                    help="delayed copies per channel before whitening (1..256; default: about 1000 / n_channels)")

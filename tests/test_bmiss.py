@@ -60,6 +60,9 @@ def test_bmiss_finds_every_unit_cbss_finds(case):
     assert [k for k in dec.meta["timing_s"] if k in stages] == stages
     assert dec.meta["settings"]["phases"][1]["settings"]["subject_fit"]["min_ev"] == 1.0
     assert dec.meta["settings"]["model_search"]["ran"] is True
+    # the network makes the search's MUAPs by default; a subject outside its domain gets the conductor, and why
+    fm = dec.meta["forward_model"]
+    assert fm == "surrogate" or fm.startswith("conductor (the surrogate refused this anatomy: "), fm
     sm = dec.meta["subject_model"]
     assert "subject" in sm, sm.get("error")  # this case has enough blind units: the fit must run
     r = sm["refit_free"]

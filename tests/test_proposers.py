@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -56,6 +57,9 @@ def _snapshot(obj):
     hooks never change their input."""
     if dataclasses.is_dataclass(obj):
         return {f.name: _snapshot(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    leaves = jax.tree_util.tree_leaves(obj)
+    if not isinstance(obj, (dict, list, tuple)) and (len(leaves) != 1 or leaves[0] is not obj):
+        return ("pytree leaves", [_snapshot(v) for v in leaves])  # e.g. a network's weights (nnx.State)
     if hasattr(obj, "shape") and not isinstance(obj, np.generic):
         return np.array(obj)
     return copy.deepcopy(obj) if not callable(obj) and not hasattr(obj, "muap") else obj

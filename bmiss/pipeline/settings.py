@@ -141,7 +141,12 @@ class ModelSettings(Settings):
         at 0.09-0.48 (short fibres, non-physical MUAPs) it found nothing in four runs and took
         30-55 s each. 0.8 is the subject fit's own refit threshold (``subject_fit.min_ev``), not a
         value tuned on those runs.
-    forward : ``"conductor"`` (analytic) or ``"surrogate"`` (trained network).
+    forward : the MUAP model of the model search: ``"surrogate"`` (default; the universal network,
+        :mod:`bmiss.surrogate`) or ``"conductor"`` (the analytic volume conductor the network was
+        trained on). A subject the network's training domain does not cover is searched with the
+        conductor, and ``meta["forward_model"]`` says why. The network's gradients are cheaper than
+        the conductor's: the search took SEARCH_RATIO less time with it on the time benchmark, and
+        found the same units on the mismatch benchmark (``results/bench_*_s5*.json``).
     n_rounds, patience : at most ``n_rounds`` propose/accept/peel rounds; stop after ``patience``
         rounds in a row without a new unit. A round never starts from a probe an earlier round
         started from (or one whose probe source correlates > 0.9 with one).
@@ -173,7 +178,7 @@ class ModelSettings(Settings):
     model_search_min_ev: float = setting(0.8, lo=0.0, hi=1.0)
     grid: tuple[int, int] | None = setting(None, lo=1, hi=1024)
     ied_mm: float | None = setting(None, lo=0.5, hi=100.0)
-    forward: str = setting("conductor", choices=("conductor", "surrogate"))
+    forward: str = setting("surrogate", choices=("conductor", "surrogate"))
     n_rounds: int = setting(6, lo=1, hi=1000)
     patience: int = setting(1, lo=1, hi=1000)
     n_probe: int = setting(1024, lo=1, hi=1_000_000)
