@@ -144,9 +144,11 @@ class ModelSettings(Settings):
     forward : the MUAP model of the model search: ``"surrogate"`` (default; the universal network,
         :mod:`bmiss.surrogate`) or ``"conductor"`` (the analytic volume conductor the network was
         trained on). A subject the network's training domain does not cover is searched with the
-        conductor, and ``meta["forward_model"]`` says why. The network's gradients are cheaper than
-        the conductor's: the search took SEARCH_RATIO less time with it on the time benchmark, and
-        found the same units on the mismatch benchmark (``results/bench_*_s5*.json``).
+        conductor, and ``meta["forward_model"]`` says why. On the mismatch benchmark the network
+        found the conductor's units on every row, and one more on one
+        (``results/bench_mismatch_s5.json``). Its search time depends on the machine: 7.5 s against
+        the conductor's 17.5 s on one busy core, 9.3 s against 7.7 s on two quiet ones, where it
+        found one more unit (``results/bench_time_s5*.json``).
     n_rounds, patience : at most ``n_rounds`` propose/accept/peel rounds; stop after ``patience``
         rounds in a row without a new unit. A round never starts from a probe an earlier round
         started from (or one whose probe source correlates > 0.9 with one).
