@@ -63,6 +63,8 @@ def test_bmiss_finds_every_unit_cbss_finds(case):
     # the network makes the search's MUAPs by default; a subject outside its domain gets the conductor, and why
     fm = dec.meta["forward_model"]
     assert fm == "surrogate" or fm.startswith("conductor (the surrogate refused this anatomy: "), fm
+    if fm == "surrogate":  # each model-phase unit says whether the network extrapolated where it was found
+        assert all(isinstance(m["in_network_domain"], bool) for m in dec.meta["units"] if m["phase"] == 1)
     sm = dec.meta["subject_model"]
     assert "subject" in sm, sm.get("error")  # this case has enough blind units: the fit must run
     r = sm["refit_free"]

@@ -188,6 +188,9 @@ def unit_properties(rec, units: list, subject, settings, *, seed: int = 0, progr
 
     meta = {"units": [{"shift_samples": u.info.get("shift_samples"), "round": u.info.get("round"),
                        "phase": u.info.get("phase"), "params_from": src[i], "std_from": std_from[i],
+                       # a model-search unit found with the network: its search parameters in its domain?
+                       **({"in_network_domain": u.info["in_network_domain"]} if "in_network_domain" in u.info
+                          else {}),
                        **fit_fields(u),
                        **({"posterior": _posterior_entry(post, by_post[i])} if i in by_post else {}),
                        "n_starts_converged": 1 + sum("theta" in i_ for i_ in u.absorbed)}

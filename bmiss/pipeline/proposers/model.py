@@ -150,13 +150,17 @@ def resolve_anatomy(rec, anatomy=None, grid=None, ied_mm=None):
 def _forward_model(kind: str, a, fs: float):
     """``(forward model, note)``: the analytic conductor, or the trained surrogate at the recording's
     rate; a subject outside the surrogate's training domain (the subject fit may give fat up to
-    12 mm, rotations up to 25 degrees) falls back to the conductor, and ``note`` says why."""
+    12 mm, skin up to 3 mm) falls back to the conductor, and ``note`` says why.
+
+    The search's parameter bounds (the anatomy's) may reach past the network's MU domain (e.g. a
+    fitted subject's fibres longer than 160 mm): there the network extrapolates, without a warning
+    per Adam step; each proposal's ``in_network_domain`` and each round's count record it."""
     if kind == "surrogate":
         from ...errors import SurrogateMismatchError
         from ...surrogate import load_surrogate
 
         try:
-            return load_surrogate(a, fs=fs), "surrogate"
+            return load_surrogate(a, fs=fs, check_bounds=False), "surrogate"
         except SurrogateMismatchError as e:
             return Conductor.from_anatomy(a, fs=fs), f"conductor (the surrogate refused this anatomy: {e})"
     return Conductor.from_anatomy(a, fs=fs), "conductor"
@@ -256,11 +260,18 @@ class ModelProposer(AbstractProposer):
         ubest, lbest = np.asarray(ubest), np.asarray(lbest)
         V = np.asarray(jax.vmap(st.model.filter)(jnp.asarray(ubest)))
         queue = list(st.queue)
+        in_domain = getattr(st.model.forward, "in_domain", None)  # the network's; the conductor has none
+        n_out = 0
         for k in np.argsort(lbest):
             th, sh = (np.asarray(x) for x in st.model.theta(jnp.asarray(ubest[k])))
-            queue.append(Proposal(V[k].astype(np.float32), {"round": st.round, "loss": float(lbest[k]),
-                                                            "theta": th, "shift_samples": float(sh)}))
+            info = {"round": st.round, "loss": float(lbest[k]), "theta": th, "shift_samples": float(sh)}
+            if in_domain is not None:
+                info["in_network_domain"] = bool(in_domain(th[None])[0])
+                n_out += not info["in_network_domain"]
+            queue.append(Proposal(V[k].astype(np.float32), info))
         summary = {"round": st.round, "starts": len(picked), "best_loss": float(np.min(lbest))}
+        if in_domain is not None:
+            summary["outside_network_domain"] = n_out
         return replace(st, queue=tuple(queue), rounds=st.rounds + (summary,))
 
     def propose(self, st: ModelState, ws, k, idle):
