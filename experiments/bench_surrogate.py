@@ -11,7 +11,7 @@
 * per-fibre targets: the network and the conductor's expected MUAP against per-fibre MUAPs (the
   scatter is what no deterministic model can follow);
 * gradients: cosine between d(MUAP)/d(p_j) of network and conductor per parameter;
-* speed: MUAPs and MUAP gradients per second on one batch, both after JIT (best of ``--repeats``, interleaved),
+* speed: MUAPs and MUAP gradients per second on one batch (and the network's MLP alone), both after JIT (best of ``--repeats``, interleaved),
   compile time apart, same machine, same run.
 """
 from __future__ import annotations
@@ -236,6 +236,27 @@ def main(argv=None) -> dict:
             "call": "jit(lax.map(grad(p -> sum(muap(p)**2)), P, batch_size=16))"}
         say(f"gradients: conductor {res['speed']['gradient']['conductor_per_s']:.0f}/s, network "
             f"{res['speed']['gradient']['surrogate_per_s']:.0f}/s, x{res['speed']['gradient']['speedup_best']:.1f}")
+
+        # where the network's time goes: its per-electrode MLP alone (features -> layers -> output)
+        # against the whole call (the MLP plus the Fourier read-out at the physical delays)
+        net = s.model
+
+        def mlp_only(p):
+            h = net.features(p[None], s.tis[None], s.ex[None], s.ez[None], jnp.reshape(s.radius, (1,)))
+            for lin in net.layers:
+                h = jax.nn.silu(lin(h))
+            return net.out(h)
+
+        whole = lambda p: s._forward(p)  # noqa: E731  (same batching as the MLP row)
+        rs = race({"mlp": jax.jit(lambda P: jax.lax.map(mlp_only, P, batch_size=16)),
+                   "whole": jax.jit(lambda P: jax.lax.map(whole, P, batch_size=16)),
+                   "mlp_grad": grads(mlp_only), "whole_grad": grads(whole)}, jnp.asarray(Pb), args.repeats)
+        ms = {k: 1e3 * v["best_s"] / args.batch for k, v in rs.items()}
+        res["speed"]["network_split_ms_per_muap"] = {
+            **ms, "mlp_share_forward": ms["mlp"] / ms["whole"], "mlp_share_gradient": ms["mlp_grad"] / ms["whole_grad"],
+            "timings": rs}
+        say(f"network split: MLP {ms['mlp']:.3f} of {ms['whole']:.3f} ms per MUAP, gradients "
+            f"{ms['mlp_grad']:.3f} of {ms['whole_grad']:.3f} ms")
     res["load_avg_start"] = list(load0)
     res["provenance"] = provenance(**vars(args))
     res["targets"] = {"domain_median_le": 0.03, "domain_p95_le": 0.06, "speedup_ge": 20.0}
