@@ -124,11 +124,15 @@ class MuapNet(nnx.Module):
                 b(_unit(endj, "end_jitter_mm")), b(top / 10.0)]
         return jnp.stack(cols, -1)
 
-    def electrodes(self, p, tis, sigma_r, ex, ez, radius, t_ms):
+    def mlp(self, p, tis, ex, ez, radius):
+        """The per-electrode MLP: features -> hidden layers -> output [B, Ne, N_COMP * (1 + n_basis)]."""
         h = self.features(p, tis, ex, ez, radius)
         for lin in self.layers:
             h = jax.nn.silu(lin(h))
-        o = self.out(h)
+        return self.out(h)
+
+    def electrodes(self, p, tis, sigma_r, ex, ez, radius, t_ms):
+        o = self.mlp(p, tis, ex, ez, radius)
         o = o.reshape(o.shape[:-1] + (N_COMP, -1))  # [B, Ne, C, 1 + K]
         # exact scalings: fibre count and conductivity level
         a = self.amp[0] + self.amp[1] * o[..., 0] + (p[:, 2] + jnp.log(SIGMA_R / sigma_r))[:, None, None]

@@ -242,10 +242,7 @@ def main(argv=None) -> dict:
         net = s.model
 
         def mlp_only(p):
-            h = net.features(p[None], s.tis[None], s.ex[None], s.ez[None], jnp.reshape(s.radius, (1,)))
-            for lin in net.layers:
-                h = jax.nn.silu(lin(h))
-            return net.out(h)
+            return net.mlp(p[None], s.tis[None], s.ex[None], s.ez[None], jnp.reshape(s.radius, (1,)))
 
         whole = lambda p: s._forward(p)  # noqa: E731  (same batching as the MLP row)
         rs = race({"mlp": jax.jit(lambda P: jax.lax.map(mlp_only, P, batch_size=16)),
