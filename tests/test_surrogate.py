@@ -202,3 +202,17 @@ def test_shipped_domain_covers_every_fitted_anisotropy_and_rotation():
         b = subject_bounds(anatomy.load(name))
         for fit_key, key in (("anisotropy", "aniso"), ("rotation_deg", "rotation_deg")):
             assert dom[key][0] <= b[fit_key][0] and b[fit_key][1] <= dom[key][1], (name, key, dom[key], b[fit_key])
+
+
+def test_read_out_sincos_matches_numpy_and_its_derivative():
+    # the network's read-out uses its own cos/sin (XLA's CPU ones cost ~10x an exp)
+    from bmiss.muapnet import _sincos
+
+    x = np.concatenate([np.linspace(-1e4, 1e4, 200_001), np.linspace(-4, 4, 10_001)]).astype(np.float32)
+    c, s = jax.jit(_sincos)(x)
+    xd = x.astype(np.float64)
+    # measured: 9.2e-8 for both over this range (jnp.cos: 3.2e-8)
+    assert np.abs(np.asarray(c) - np.cos(xd)).max() < 3e-7
+    assert np.abs(np.asarray(s) - np.sin(xd)).max() < 3e-7
+    g = jax.grad(lambda v: jnp.sum(2 * _sincos(v)[0] + _sincos(v)[1]))(jnp.asarray(x[-10_001:]))
+    assert np.allclose(np.asarray(g), -2 * np.sin(xd[-10_001:]) + np.cos(xd[-10_001:]), atol=1e-6)
