@@ -110,7 +110,18 @@ def _optimise(model: FilterModel, u0, z, kind, n_steps, lr):
     """Adam on a batch of starts u0 [K, 7] (Adam is elementwise, so the batch is one pytree);
     returns (best u [K, 7], best loss [K]) over all iterates, the final one included."""
     opt = optax.adam(lr)
-    vg = jax.vmap(jax.value_and_grad(lambda u: -_contrast(z.T @ model.filter(u), kind)))
+
+    def total(u):
+        # the starts' sources as one product [K, n_ext] @ [n_ext, n_fit]: a vmap of z.T @ v was a
+        # matrix-vector product per start, 2.5x slower per Adam step on the CPU
+        loss = -jax.vmap(lambda s: _contrast(s, kind))(jax.vmap(model.filter)(u) @ z)
+        return jnp.sum(loss), loss  # the starts are independent: d(sum)/du_k = d(loss_k)/du_k
+
+    vg0 = jax.value_and_grad(total, has_aux=True)
+
+    def vg(u):
+        (_, loss), g = vg0(u)
+        return loss, g
 
     def step(carry, _):
         u, st, bu, bl = carry
