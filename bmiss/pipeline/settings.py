@@ -146,9 +146,8 @@ class ModelSettings(Settings):
         trained on). A subject the network's training domain does not cover is searched with the
         conductor, and ``meta["forward_model"]`` says why. On the mismatch benchmark the network
         found the conductor's units on every row, and one more on one
-        (``results/bench_mismatch_s5.json``). Its search time depends on the machine: 7.5 s against
-        the conductor's 17.5 s on one busy core, 9.3 s against 7.7 s on two quiet ones, where it
-        found one more unit (``results/bench_time_s5*.json``).
+        (``results/bench_mismatch_s5.json``). On a 20-s recording its search took 3.4 s against the
+        conductor's 5.3 s, with the same units (two quiet cores, ``results/bench_time_s6.json``).
     n_rounds, patience : at most ``n_rounds`` propose/accept/peel rounds; stop after ``patience``
         rounds in a row without a new unit. A round never starts from a probe an earlier round
         started from (or one whose probe source correlates > 0.9 with one).
