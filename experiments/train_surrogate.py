@@ -177,7 +177,9 @@ def main(argv=None) -> dict:
             em = json.loads(js.read_text())
             earlier = {"weights": str(src), "training": em.get("training"), "history": em.get("history"),
                        "validation_error": em.get("validation_error")}
-        log(f"stage 2: starting from {src} ({len(earlier.get('history') or [])} earlier epochs)")
+            if em.get("earlier_stage"):  # keep the whole chain of stages, not only the last one
+                earlier["earlier_stage"] = em["earlier_stage"]
+        log(f"continuing from {src} ({len(earlier.get('history') or [])} earlier epochs)")
     graphdef, params, buffers = nnx.split(model, nnx.Param, N.Buffer)
     steps = len(tr) // args.batch
     total = max(args.epochs * steps, 2)
