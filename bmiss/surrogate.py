@@ -108,6 +108,7 @@ class Surrogate(eqx.Module):
     radius: jax.Array  # electrode radius, mm
     tis: jax.Array  # [8] tissue inputs (muapnet.TISSUE_KEYS)
     sigma_r: jax.Array  # radial muscle conductivity, S/m
+    centre: jax.Array  # [2] the grid's centre (x across, z along the fibres), mm: what placed() turns about
     fs: float = eqx.field(static=True)
     graphdef: nnx.GraphDef = eqx.field(static=True)
     meta_json: str = eqx.field(static=True)  # the weights' metadata (JSON text: hashable, compared by value)
@@ -139,6 +140,7 @@ class Surrogate(eqx.Module):
         self.radius = jnp.float32(g.electrode_radius_mm)
         self.tis = jnp.asarray([tis[k] for k in N.TISSUE_KEYS], jnp.float32)
         self.sigma_r = jnp.float32(a.layers.muscle_conductivity_radial)
+        self.centre = jnp.asarray([g.centre_x_mm, g.centre_z_mm], jnp.float32)
         self.graphdef, self.state = nnx.split(model)
 
     @property
@@ -167,6 +169,21 @@ class Surrogate(eqx.Module):
     def n_samples(self) -> int:
         return int(self.t_ms.shape[0])
 
+    def placed(self, rotation_deg=0.0, dz_mm=0.0, dx_mm=0.0) -> "Surrogate":
+        """Copy with the grid turned by ``rotation_deg`` (degrees, about its centre) and moved by
+        ``dz_mm`` along / ``dx_mm`` across the fibres: the same placement as
+        :meth:`bmiss.conductor.Conductor.placed`, differentiable in all three. The network takes
+        electrode positions as inputs, so this is exact up to its domain (rotation ±25° in all)."""
+        th = jnp.deg2rad(jnp.asarray(rotation_deg, self.ex.dtype))
+        u, v = self.ex - self.centre[0], self.ez - self.centre[1]
+        ex = self.centre[0] + dx_mm + u * jnp.cos(th) - v * jnp.sin(th)
+        ez = self.centre[1] + dz_mm + u * jnp.sin(th) + v * jnp.cos(th)
+        return eqx.tree_at(lambda s: (s.ex, s.ez), self, (ex, ez))
+
+    def with_times(self, t_ms) -> "Surrogate":
+        """Copy that samples MUAPs at ``t_ms`` [T] (ms relative to the discharge; may start < 0)."""
+        return eqx.tree_at(lambda s: s.t_ms, self, jnp.asarray(t_ms, jnp.float32))
+
     def _inputs(self, tissue):
         if tissue is None:
             return self.tis, self.sigma_r
@@ -177,9 +194,12 @@ class Surrogate(eqx.Module):
     def _forward(self, p, shift_ms=0.0, tissue=None):
         model = nnx.merge(self.graphdef, self.state)
         tv, sr = self._inputs(tissue)
+        t = self.t_ms - shift_ms
         e = model.electrodes(p[None], tv[None], jnp.reshape(sr, (1,)), self.ex[None], self.ez[None],
-                             jnp.reshape(self.radius, (1,)), (self.t_ms - shift_ms)[None])[0]
-        return self.montage @ e
+                             jnp.reshape(self.radius, (1,)), t[None])[0]
+        # nothing before the discharge (the conductor is exactly 0 there): the network was trained on
+        # t >= 0 only, and its periodic profiles are not zero at earlier times
+        return self.montage @ jnp.where(t >= 0, e, 0.0)
 
     def in_domain(self, params, tissue=None) -> np.ndarray:
         """Bool [n]: the MU parameters ``params`` [n, 6] lie in the training domain (under ``tissue``)."""
