@@ -183,3 +183,17 @@ def test_decimate_keeps_every_qth_sample_of_high_rate_averages():
     assert q == 5 and d.fs == 2048.0
     assert d.onset == 10 and d.muaps.shape[-1] == 20
     np.testing.assert_array_equal(d.muaps, m[..., 0::5])  # onset 50 falls on a kept sample
+
+
+def test_the_network_serves_the_fit_where_fat_and_skin_are_held(fitted):
+    rec, _ = fitted
+    kw = dict(decomposition=_truth_dec(rec), progress=False, n_starts=1, n_steps_start=25, n_steps=60, max_units=4,
+              min_template_snr=8.0, laplace=False, seed=0, forward="surrogate")
+    f = fit(rec, fix=("fat_mm", "skin_mm"), **kw)
+    assert f.settings["forward_model"] == "surrogate"
+    # measured: EV 0.987 (the conductor 0.978), fibre length 89.7 mm (truth 90, the conductor 89.3)
+    assert f.overall_ev > 0.9
+    assert abs(f.subject["length_pop_mm"][0] - TRUE_LENGTH) < 10.0
+    # fat and skin fitted: their ranges reach past the network's, so the conductor serves, and says why
+    g = fit(rec, fix=("anisotropy",), **dict(kw, n_steps_start=3, n_steps=3))
+    assert g.settings["forward_model"].startswith("conductor (fat and skin are fitted")

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from .. import filters
-from ..conductor import Conductor, Tissue
+from ..conductor import Tissue
 from ..errors import SettingsError
 from ..templates import Templates
 from .bounds import to_phys
@@ -24,9 +24,9 @@ __all__ = ["FitModel", "loss", "optimise", "optimise_units", "unit_outputs", "ch
 
 
 class FitModel(eqx.Module):
-    """Everything static the loss needs (conductor, band filter, bounds, data)."""
+    """Everything static the loss needs (MUAP model, band filter, bounds, data)."""
 
-    cond: Conductor
+    cond: eqx.Module  # Conductor, or the Surrogate (same placed / with_times / muap(p, shift_ms, tissue))
     sub_lo: jax.Array
     sub_hi: jax.Array
     unit_lo: jax.Array

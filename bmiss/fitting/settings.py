@@ -37,6 +37,12 @@ class SubjectFitSettings(Settings):
         units (``results/diag_subject_fix.json``). ``bmiss fit`` fits them unless told otherwise.
     min_ev : when the fit with ``fix`` held explains less than this fraction of the MUAPs'
         variance, the pipeline repeats it with them free and keeps the better one.
+    forward : the fit's MUAP model: ``"conductor"`` (default; the analytic volume conductor) or
+        ``"surrogate"`` (the universal network, :mod:`bmiss.surrogate`: 2.6x cheaper per loss and
+        gradient for 8 units, within 1.8 % of the conductor). The network serves only where fat and
+        skin are held (the fit's fat range, 0.2-12 mm, is wider than the network's 1-8 mm) and the
+        anatomy lies in its domain; elsewhere the conductor does, and ``settings["forward_model"]``
+        says why. The unit fits under the subject model use the same model.
     """
 
     enabled: bool = True
@@ -58,6 +64,7 @@ class SubjectFitSettings(Settings):
     laplace: bool = True
     fix: tuple[str, ...] = ()
     min_ev: float = setting(0.8, lo=0.0, hi=1.0)
+    forward: str = setting("conductor", choices=("conductor", "surrogate"))
 
     def validate(self):
         bad = [k for k in self.fix if k not in SUBJECT_NAMES]

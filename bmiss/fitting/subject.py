@@ -143,8 +143,7 @@ def _build_model(base: Anatomy, ob: _Observed, s: SubjectFitSettings, fixed_valu
     T = tpl.muaps.shape[-1]
     pad = 16
     t_ms = (np.arange(-pad, T + pad) - tpl.onset) / fs * 1e3
-    # 128-mm period across the fibres: half the cost of the default, MUAPs change by ~1e-3 (measured)
-    cond = Conductor.from_anatomy(base, fs=fs, n_samples=T + 2 * pad, period_x_mm=128.0).with_times(t_ms)
+    cond, forward = _forward_model(base, s, fs, T + 2 * pad, t_ms)
     nfft = int(2 ** np.ceil(np.log2(T + 2 * pad)))
     sb, ub = subject_bounds(base), unit_bounds(base)
     L = base.layers
@@ -162,7 +161,27 @@ def _build_model(base: Anatomy, ob: _Observed, s: SubjectFitSettings, fixed_valu
                      pad=pad, nfft=nfft, T=T, sigma_r=float(L.muscle_conductivity_radial),
                      sigma_fat=float(L.fat_conductivity), sigma_skin=float(L.skin_conductivity),
                      prior_sd=(float(psd[0]), float(psd[1]), float(psd[2]), float(s.gain_prior_sd)))
-    return model, fixed_phys
+    return model, fixed_phys, forward
+
+
+def _forward_model(base: Anatomy, s: SubjectFitSettings, fs: float, n: int, t_ms):
+    """``(MUAP model, note)``: the conductor, or the network where ``s.forward`` asks for it and it
+    serves (fat and skin held, the anatomy in its domain); ``note`` says which and why."""
+    note = "conductor"
+    if s.forward == "surrogate":
+        if not {"fat_mm", "skin_mm"} <= set(s.fix):
+            note = ("conductor (fat and skin are fitted here: their ranges reach past the network's "
+                    "fat 1-8 mm / skin 0.5-2 mm)")
+        else:
+            from ..errors import SurrogateMismatchError
+            from ..surrogate import load_surrogate
+
+            try:
+                return load_surrogate(base, fs=fs, n_samples=n, check_bounds=False).with_times(t_ms), "surrogate"
+            except SurrogateMismatchError as e:
+                note = f"conductor (the surrogate refused this anatomy: {e})"
+    # 128-mm period across the fibres: half the cost of the default, MUAPs change by ~1e-3 (measured)
+    return Conductor.from_anatomy(base, fs=fs, n_samples=n, period_x_mm=128.0).with_times(t_ms), note
 
 
 def _fat_profile(model: FitModel, base: Anatomy, obs, w, ob: _Observed, s: SubjectFitSettings, seed: int,
@@ -341,7 +360,7 @@ def fit_subject(rec, decomposition, *, anatomy: Anatomy, settings: SubjectFitSet
     ob = _observe(rec, dec, idx, base, s, seed)
     timing["templates"] = round(time.perf_counter() - t0, 2)
     # 3. model and data
-    model, fixed_phys = _build_model(base, ob, s, fixed_values or {})
+    model, fixed_phys, forward = _build_model(base, ob, s, fixed_values or {})
     obs, w = observations(ob.tpl, ob.cmask)
     n = obs.shape[0]
     obs, w = _pad_units(obs, w, -(-n // UNIT_STEP) * UNIT_STEP)
@@ -385,7 +404,8 @@ def fit_subject(rec, decomposition, *, anatomy: Anatomy, settings: SubjectFitSet
                     "min_discharges": s.min_discharges, "max_units": s.max_units,
                     "min_template_snr": s.min_template_snr, "band": s.band, "n_steps": s.n_steps,
                     "n_steps_start": s.n_steps_start, "lr": s.lr, "n_bank": s.n_bank,
-                    "gain_prior_sd": s.gain_prior_sd, "prior_sd": list(s.prior_sd), "seed": seed, **record,
+                    "gain_prior_sd": s.gain_prior_sd, "prior_sd": list(s.prior_sd), "seed": seed,
+                    "forward_model": forward, **record,
                     "n_blind_units": dec.n_units, "window_full_samples": list(ob.window_full)}
     return SubjectFit(anatomy=fitted_anatomy(base, subject, up), base=base, subject=subject, unit_index=ob.idx,
                       unit_params=up[:, :6], unit_std=us[:, :6], unit_gain=np.exp(up[:, 6]), unit_shift_ms=up[:, 7],
