@@ -41,7 +41,9 @@ class SubjectFitSettings(Settings):
         ``"surrogate"`` (the universal network, :mod:`bmiss.surrogate`: 2.6x cheaper per loss and
         gradient for 8 units, within 1.8 % of the conductor). The network serves only where fat and
         skin are held (the fit's fat range, 0.2-12 mm, is wider than the network's 1-8 mm) and the
-        anatomy lies in its domain; elsewhere the conductor does, and ``settings["forward_model"]``
+        anatomy and the fit's window lie in its domain (the window: at most the 50.8 ms it was
+        trained on, which the averages of a long recording's units can exceed: a 20-s biceps
+        recording's 97 ms did); elsewhere the conductor does, and ``settings["forward_model"]``
         says why. The unit fits under the subject model use the same model.
     """
 
