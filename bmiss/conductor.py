@@ -129,6 +129,16 @@ def _iap_slope(kind: str, zeta):
     raise ValueError(f"unknown IAP shape {kind!r}; choose one of {IAP_SHAPES}")
 
 
+def placed_positions(ex, ez, centre_x_mm, centre_z_mm, rotation_deg=0.0, dz_mm=0.0, dx_mm=0.0):
+    """Electrode positions (x across, z along the fibres; mm) of a grid turned by ``rotation_deg``
+    (degrees, about its centre) and moved by ``dz_mm`` / ``dx_mm``: the placement that
+    :meth:`Conductor.placed` and :meth:`bmiss.surrogate.Surrogate.placed` apply (differentiable)."""
+    th = jnp.deg2rad(jnp.asarray(rotation_deg, ex.dtype))
+    u, v = ex - centre_x_mm, ez - centre_z_mm
+    return (centre_x_mm + dx_mm + u * jnp.cos(th) - v * jnp.sin(th),
+            centre_z_mm + dz_mm + u * jnp.sin(th) + v * jnp.cos(th))
+
+
 class Conductor(eqx.Module):
     """Volume conductor bound to one anatomy's grid. Build with ``Conductor.from_anatomy``.
 
@@ -210,10 +220,7 @@ class Conductor(eqx.Module):
         back to the anatomy as ``rotation_deg += rotation_deg``, ``centre_z_mm += dz_mm``,
         ``centre_x_mm += dx_mm``.
         """
-        th = jnp.deg2rad(jnp.asarray(rotation_deg, self.ex.dtype))
-        u, v = self.ex - self.centre_x_mm, self.ez - self.centre_z_mm
-        ex = self.centre_x_mm + dx_mm + u * jnp.cos(th) - v * jnp.sin(th)
-        ez = self.centre_z_mm + dz_mm + u * jnp.sin(th) + v * jnp.cos(th)
+        ex, ez = placed_positions(self.ex, self.ez, self.centre_x_mm, self.centre_z_mm, rotation_deg, dz_mm, dx_mm)
         return eqx.tree_at(lambda c: (c.ex, c.ez), self, (ex, ez))
 
     def with_times(self, t_ms) -> "Conductor":

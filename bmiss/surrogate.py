@@ -43,6 +43,7 @@ from flax import nnx
 from . import anatomy as _anatomy
 from . import muapnet as N
 from .anatomy import Anatomy
+from .conductor import placed_positions
 from .errors import SurrogateMismatchError  # noqa: F401  (re-exported)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -174,10 +175,7 @@ class Surrogate(eqx.Module):
         ``dz_mm`` along / ``dx_mm`` across the fibres: the same placement as
         :meth:`bmiss.conductor.Conductor.placed`, differentiable in all three. The network takes
         electrode positions as inputs, so this is exact up to its domain (rotation ±25° in all)."""
-        th = jnp.deg2rad(jnp.asarray(rotation_deg, self.ex.dtype))
-        u, v = self.ex - self.centre[0], self.ez - self.centre[1]
-        ex = self.centre[0] + dx_mm + u * jnp.cos(th) - v * jnp.sin(th)
-        ez = self.centre[1] + dz_mm + u * jnp.sin(th) + v * jnp.cos(th)
+        ex, ez = placed_positions(self.ex, self.ez, self.centre[0], self.centre[1], rotation_deg, dz_mm, dx_mm)
         return eqx.tree_at(lambda s: (s.ex, s.ez), self, (ex, ez))
 
     def with_times(self, t_ms) -> "Surrogate":
