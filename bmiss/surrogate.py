@@ -179,7 +179,14 @@ class Surrogate(eqx.Module):
         return eqx.tree_at(lambda s: (s.ex, s.ez), self, (ex, ez))
 
     def with_times(self, t_ms) -> "Surrogate":
-        """Copy that samples MUAPs at ``t_ms`` [T] (ms relative to the discharge; may start < 0)."""
+        """Copy that samples MUAPs at ``t_ms`` [T] (ms relative to the discharge; may start < 0, where
+        the MUAP is 0). Times past the trained window raise :class:`SurrogateMismatchError`."""
+        if not isinstance(t_ms, jax.core.Tracer):
+            t_max = float(np.max(np.asarray(t_ms)))
+            if t_max > N.T_MAX_MS + 1e-6:
+                raise SurrogateMismatchError(
+                    f"sample times up to {t_max:.4g} ms: the network was trained on MUAPs up to {N.T_MAX_MS:.4g} ms "
+                    "after the discharge; use the analytic conductor for longer windows")
         return eqx.tree_at(lambda s: s.t_ms, self, jnp.asarray(t_ms, jnp.float32))
 
     def _inputs(self, tissue):

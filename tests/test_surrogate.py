@@ -237,3 +237,10 @@ def test_placed_and_with_times_match_the_conductor_and_nothing_before_the_discha
     m0 = np.asarray(jax.vmap(lambda p: flat.muap(p, 0.2))(P))
     e0 = np.linalg.norm((m0 - mc).reshape(24, -1), axis=1) / np.linalg.norm(mc.reshape(24, -1), axis=1)
     assert np.median(e0) > 2 * np.median(e)
+
+
+def test_with_times_refuses_times_past_the_trained_window(biceps):
+    sur = biceps[1]
+    with pytest.raises(S.SurrogateMismatchError, match="trained on MUAPs up to"):
+        sur.with_times(np.arange(0.0, 60.0, 0.5))
+    assert sur.with_times(np.arange(-10.0, 40.0, 0.5)).n_samples == 100
