@@ -33,7 +33,7 @@ def quick_subject(rec, spikes):
     dec = Decomposition(spikes=list(spikes), sources=np.zeros((len(spikes), 1), np.float32), fs=rec.fs,
                         method="truth", sil=np.ones(len(spikes)), cov_isi=np.full(len(spikes), 0.1), meta={})
     ob = sfm._observe(rec, dec, np.flatnonzero([len(x) >= 20 for x in spikes]), base, s, 0)
-    model, _ = sfm._build_model(base, ob, s, {})
+    model, _, _ = sfm._build_model(base, ob, s, {})
     nominal = sfm._nominal(base, {})
     lo, hi = np.asarray(model.sub_lo), np.asarray(model.sub_hi)
     phys = np.clip(np.array([nominal[k] for k in SUBJECT_NAMES], np.float32), lo + 1e-3 * (hi - lo),
