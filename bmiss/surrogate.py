@@ -118,16 +118,17 @@ class Surrogate(eqx.Module):
     chunk: int = eqx.field(static=True)
 
     def __init__(self, model: N.MuapNet, meta: dict, a: Anatomy, *, fs: float | None = None,
-                 n_samples: int | None = None, check_bounds: bool = True, chunk: int = 64):
+                 n_samples: int | None = None, check_bounds: bool = True, chunk: int = 64, t_ms=None):
         g = a.grid
         self.meta_json = json.dumps(meta, sort_keys=True)
         self.label, self.check_bounds, self.chunk = _Label(a.name), bool(check_bounds), int(chunk)
         self.fs = float(fs or g.fs_hz)
-        T = int(n_samples or g.muap_samples)
-        t_ms = np.arange(T) / self.fs * 1e3
+        if t_ms is None:
+            t_ms = np.arange(int(n_samples or g.muap_samples)) / self.fs * 1e3
+        t_ms = np.asarray(t_ms, np.float64)
         tis = N.tissue_of_anatomy(a)
         bad = N.setting_violations(tis, ied_mm=g.ied_mm, radius_mm=g.electrode_radius_mm,
-                                   rotation_deg=g.rotation_deg, fs_hz=self.fs, t_max_ms=float(t_ms[-1]),
+                                   rotation_deg=g.rotation_deg, fs_hz=self.fs, t_max_ms=float(t_ms.max()),
                                    domain=meta.get("domain"))
         if bad:
             raise SurrogateMismatchError(
@@ -182,11 +183,10 @@ class Surrogate(eqx.Module):
         """Copy that samples MUAPs at ``t_ms`` [T] (ms relative to the discharge; may start < 0, where
         the MUAP is 0). Times past the trained window raise :class:`SurrogateMismatchError`."""
         if not isinstance(t_ms, jax.core.Tracer):
-            t_max = float(np.max(np.asarray(t_ms)))
-            if t_max > N.T_MAX_MS + 1e-6:
-                raise SurrogateMismatchError(
-                    f"sample times up to {t_max:.4g} ms: the network was trained on MUAPs up to {N.T_MAX_MS:.4g} ms "
-                    "after the discharge; use the analytic conductor for longer windows")
+            bad = N.setting_violations({}, t_max_ms=float(np.max(np.asarray(t_ms))), domain=self.domain)
+            if bad:
+                raise SurrogateMismatchError(f"{'; '.join(bad)} (sample times after the discharge): use the "
+                                             "analytic conductor for longer windows")
         return eqx.tree_at(lambda s: s.t_ms, self, jnp.asarray(t_ms, jnp.float32))
 
     def _inputs(self, tissue):
@@ -287,7 +287,7 @@ def _message(name, p, tv, domain, count: bool = True) -> str:
 
 def load_surrogate(anatomy: Anatomy | str = "biceps_brachii", path: str | os.PathLike | None = None,
                    check_bounds: bool = True, *, fs: float | None = None, n_samples: int | None = None,
-                   universal: bool = True):
+                   universal: bool = True, t_ms=None):
     """The universal surrogate bound to ``anatomy`` (an :class:`Anatomy`, e.g. a fitted subject, or a name).
 
     Parameters
@@ -301,6 +301,10 @@ def load_surrogate(anatomy: Anatomy | str = "biceps_brachii", path: str | os.Pat
         Refuse (concrete) or warn (traced) on MU parameters outside the domain.
     fs, n_samples : optional
         Sampling rate (Hz) and MUAP length (samples); default the anatomy grid's.
+    t_ms : array [T], optional
+        Sample times (ms after the discharge; may start < 0, where the MUAP is 0) instead of
+        ``n_samples`` from 0: the trained window is checked against their latest, as
+        :meth:`Surrogate.with_times`.
     universal : bool
         The universal network (default). ``False``: an anatomy that matches its own shipped
         per-anatomy weights exactly (``biceps_brachii`` as shipped, at its grid's rate) gets those
@@ -320,7 +324,8 @@ def load_surrogate(anatomy: Anatomy | str = "biceps_brachii", path: str | os.Pat
     160
     """
     a = _anatomy.load(anatomy) if isinstance(anatomy, str) else anatomy
-    if path is None and not universal and fs in (None, a.grid.fs_hz) and n_samples in (None, a.grid.muap_samples):
+    if (path is None and not universal and t_ms is None and fs in (None, a.grid.fs_hz)
+            and n_samples in (None, a.grid.muap_samples)):
         from . import surrogate_anatomy as _legacy
 
         if _legacy.shipped_path(a.name).with_suffix(".json").exists() and a.name != UNIVERSAL:
@@ -329,4 +334,4 @@ def load_surrogate(anatomy: Anatomy | str = "biceps_brachii", path: str | os.Pat
             except SurrogateMismatchError:
                 pass  # same name, other tissue / grid: the universal network serves it
     model, meta = load_network(path)
-    return Surrogate(model, meta, a, fs=fs, n_samples=n_samples, check_bounds=check_bounds)
+    return Surrogate(model, meta, a, fs=fs, n_samples=n_samples, check_bounds=check_bounds, t_ms=t_ms)

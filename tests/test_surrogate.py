@@ -241,6 +241,12 @@ def test_placed_and_with_times_match_the_conductor_and_nothing_before_the_discha
 
 def test_with_times_refuses_times_past_the_trained_window(biceps):
     sur = biceps[1]
-    with pytest.raises(S.SurrogateMismatchError, match="trained on MUAPs up to"):
+    with pytest.raises(S.SurrogateMismatchError, match="longer than the trained"):
         sur.with_times(np.arange(0.0, 60.0, 0.5))
     assert sur.with_times(np.arange(-10.0, 40.0, 0.5)).n_samples == 100
+    # at load: the latest time counts, not the window's length (60 ms from -20 ms is within)
+    t = np.arange(-20.0, 40.0, 0.5)
+    got = S.load_surrogate("biceps_brachii", fs=2048.0, t_ms=t, check_bounds=False)
+    assert got.n_samples == t.size and float(got.t_ms[0]) == -20.0
+    with pytest.raises(S.SurrogateMismatchError, match="longer than the trained"):
+        S.load_surrogate("biceps_brachii", fs=2048.0, t_ms=t + 20.0)

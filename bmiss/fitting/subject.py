@@ -177,7 +177,7 @@ def _forward_model(base: Anatomy, s: SubjectFitSettings, fs: float, n: int, t_ms
             from ..surrogate import load_surrogate
 
             try:
-                return load_surrogate(base, fs=fs, n_samples=n, check_bounds=False).with_times(t_ms), "surrogate"
+                return load_surrogate(base, fs=fs, t_ms=t_ms, check_bounds=False), "surrogate"
             except SurrogateMismatchError as e:
                 note = f"conductor (the surrogate refused this anatomy: {e})"
     # 128-mm period across the fibres: half the cost of the default, MUAPs change by ~1e-3 (measured)
