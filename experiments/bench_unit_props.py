@@ -65,9 +65,10 @@ def one_recording(name, a) -> dict:
     t = time.perf_counter()
     orc = bmiss.decompose(rec, "oracle", progress=False)
     base = anatomy_for_recording(rec)
-    sf = fitting.fit_subject(rec, orc, anatomy=base, settings=SubjectFitSettings(fix=("fat_mm", "skin_mm")),
+    sf = fitting.fit_subject(rec, orc, anatomy=base, settings=SubjectFitSettings(fix=("fat_mm", "skin_mm"), forward=a.subject_forward),
                              seed=a.seed, progress=False)
     row["subject_fit_s"] = round(time.perf_counter() - t, 1)
+    row["subject_forward"] = sf.settings.get("forward_model")
     dz = float(sf.subject["dz_mm"][0])
     units = [SimpleNamespace(spikes=s) for s in spikes]
     t = time.perf_counter()
@@ -141,6 +142,8 @@ def main(argv=None):
     ap.add_argument("--variants", nargs="+", default=["bank:100:lbfgs", "bank:20:lm"],
                     help="start:steps[:solver[:gain_prior_sd]] (start bank|post, solver lm|lbfgs (default lm), "
                          "gain_prior_sd default: the settings' default)")
+    ap.add_argument("--subject-forward", default=SubjectFitSettings().forward, choices=("conductor", "surrogate"),
+                    help="the subject fit's (and so the unit fits') MUAP model")
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--n-units", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
