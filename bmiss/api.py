@@ -461,6 +461,8 @@ def export(dec: Decomposition | str | Path, out: str | Path, fmt: str | None = N
                     u[n] = float(dec.params[i, j])
                     if dec.param_std is not None:
                         u[n + "_std"] = float(dec.param_std[i, j])
+                    if dec.param_interval is not None:
+                        u.update({f"{n}_{b}": float(v) for b, v in zip(formats.INTERVAL_BOUNDS, dec.param_interval[i, j])})
             units.append(u)
         from .quality import SIL_DEFINITION
 

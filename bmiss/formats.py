@@ -1266,11 +1266,16 @@ def _csv_val(v) -> str:
     return f"{f:.6g}" if math.isfinite(f) else "n/a"
 
 
+#: names of ``Decomposition.param_interval``'s last axis (the 2.5, 16, 84 and 97.5 % bounds)
+INTERVAL_BOUNDS = ("lo95", "lo68", "hi68", "hi95")
+
+
 def save_summary_csv(path, dec: Decomposition, quality: Sequence[dict] | None = None, *,
                      force: bool = True) -> Path:
     """One row per MU: ``unit, n_spikes, rate_hz, cov_isi, sil, pnr_db`` and, when ``dec.params``
     exists, each fitted parameter (physical units) followed by ``<name>_std`` when
-    ``dec.param_std`` exists.
+    ``dec.param_std`` exists and ``<name>_lo95, <name>_lo68, <name>_hi68, <name>_hi95`` (the
+    calibrated intervals' bounds) when ``dec.param_interval`` does.
 
     ``quality``: one dict per MU (keys as the columns, e.g. from ``bmiss.metrics.unit_quality``),
     computed by the caller: this writer computes no metric.  Values stored in the decomposition
@@ -1291,14 +1296,17 @@ def save_summary_csv(path, dec: Decomposition, quality: Sequence[dict] | None = 
         raise ValueError(f"quality has {len(quality)} rows for {n_mu} units")
     header = ["unit", "n_spikes", "rate_hz", "cov_isi", "sil", "pnr_db"]
     names: list[str] = []
-    P = S = None
+    P = S = Q = None
     if dec.params is not None:
         P = np.asarray(dec.params, np.float64).reshape(n_mu, -1)
         names = list(dec.param_names) if dec.param_names is not None else [f"p{k}" for k in range(P.shape[1])]
         if dec.param_std is not None:
             S = np.asarray(dec.param_std, np.float64).reshape(n_mu, -1)
+        if dec.param_interval is not None:
+            Q = np.asarray(dec.param_interval, np.float64).reshape(n_mu, P.shape[1], 4)
         for nm in names:
-            header += [nm] + ([f"{nm}_std"] if S is not None else [])
+            header += [nm] + ([f"{nm}_std"] if S is not None else []) + (
+                [f"{nm}_{b}" for b in INTERVAL_BOUNDS] if Q is not None else [])
 
     def w(tmp):
         with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -1311,6 +1319,8 @@ def save_summary_csv(path, dec: Decomposition, quality: Sequence[dict] | None = 
                     row.append(_csv_val(P[j, k]))
                     if S is not None:
                         row.append(_csv_val(S[j, k]))
+                    if Q is not None:
+                        row += [_csv_val(v) for v in Q[j, k]]
                 wr.writerow(row)
 
     return atomic_write(path, w, force=force)

@@ -29,6 +29,8 @@ sources                [n_units, n_samples] f32     source (pulse train estimate
 filters                [n_units, n_ext] f32         separation vectors (method-specific space)
 sil, pnr_db, cov_isi   [n_units] f32                blind quality per unit
 params, param_std      [n_units, n_params] f32      fitted MU properties (bmiss only)
+param_interval         [n_units, n_params, 4] f32   their 2.5 / 16 / 84 / 97.5 % bounds: calibrated
+                                                    95 % and 68 % intervals (bmiss only)
 param_names            [n_params] str
 fs                     scalar
 method                 str
@@ -586,10 +588,15 @@ class Decomposition:
     param_std: np.ndarray | None = None
     param_names: tuple[str, ...] | None = None
     meta: dict = field(default_factory=dict)
+    param_interval: np.ndarray | None = None  # [n_units, n_params, 4]: 2.5, 16, 84, 97.5 % bounds
 
     @property
     def n_units(self) -> int:
         return len(self.spikes)
+
+
+#: the optional per-unit arrays of a decomposition file (float32)
+_OPTIONAL = ("filters", "sil", "pnr_db", "cov_isi", "params", "param_std", "param_interval")
 
 
 def save_decomposition(path, dec: Decomposition, *, force: bool = True) -> Path:
@@ -598,7 +605,7 @@ def save_decomposition(path, dec: Decomposition, *, force: bool = True) -> Path:
     arrays["sources"] = np.asarray(dec.sources, np.float32)
     arrays["fs"] = np.float64(dec.fs)
     arrays["method"] = np.asarray(dec.method)
-    for k in ("filters", "sil", "pnr_db", "cov_isi", "params", "param_std"):
+    for k in _OPTIONAL:
         v = getattr(dec, k)
         if v is not None:
             arrays[k] = np.asarray(v, np.float32)
@@ -620,7 +627,7 @@ def load_decomposition(path) -> Decomposition:
                 raise BmissFileError(f"{path}: decomposition file lacks {k!r}; it was not written by bmiss "
                                      "or is damaged: decompose the recording again")
         g = lambda k: _npz_get(z, k, path) if k in files else None  # noqa: E731
-        opt = {k: g(k) for k in ("filters", "sil", "pnr_db", "cov_isi", "params", "param_std")}
+        opt = {k: g(k) for k in _OPTIONAL}
         try:
             meta = json.loads(str(g("meta_json"))) if "meta_json" in files else {}
         except json.JSONDecodeError as e:

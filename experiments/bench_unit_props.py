@@ -17,7 +17,10 @@ oracle decomposition. Then, per unit:
   ``solver`` (``lm``: per-unit Levenberg-Marquardt, the default; ``lbfgs``: one joint L-BFGS). Its intervals three ways: ``laplace`` (fit +- z Laplace std), ``posterior`` (fit +-
   z posterior std) and ``combined`` (fit +- z sqrt(Laplace² + posterior²)); ``checked``: the
   pipeline's rule (combined, but a unit whose fit lies more than ``check_z`` posterior std from the
-  posterior mean in any property reports the posterior's mean and quantile-free +- z std).
+  posterior mean in any property reports the posterior's mean and quantile-free +- z std);
+  ``reported``: the intervals the pipeline reports (``param_interval``): the checked rule, its 68 %
+  interval with its own factor (``UnitFitSettings.posterior_scale68``) and the posterior's
+  quantiles for the units sent to the posterior.
 
 Metrics per property: RMSE (length relative), share of true values inside the 68 % / 95 %
 intervals; time per 20 units (after a warm-up call on the same shapes).
@@ -41,7 +44,7 @@ from bmiss import files, fitting  # noqa: E402
 from bmiss.conductor import PARAM_NAMES  # noqa: E402
 from bmiss.fitting import SubjectFitSettings, UnitFitSettings  # noqa: E402
 from bmiss.geometry import anatomy_for_recording  # noqa: E402
-from bmiss.pipeline.properties import _posterior, model_check  # noqa: E402
+from bmiss.pipeline.properties import _posterior, _symmetric, model_check  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("bench_posterior", ROOT / "experiments" / "bench_posterior.py")
 BP = importlib.util.module_from_spec(_spec)
@@ -103,6 +106,13 @@ def one_recording(name, a) -> dict:
         off = np.array([bool(dom[i] and np.isfinite(est[i]).all() and model_check(est[i], pm[i], ps[i], s.check_z))
                         for i in range(len(idx))])
         chk, chk_sd = np.where(off[:, None], pm, est), np.where(off[:, None], ps, comb)
+        # the pipeline's intervals (param_interval): 68 % with its own factor k68, the posterior's
+        # quantiles where the model check sent the unit to the posterior
+        k68 = np.asarray(s.posterior_scale68, np.float64)
+        half68 = np.where(dom[:, None], np.hypot(lap, k68 * np.nan_to_num(ps, nan=np.inf)), lap)
+        iv = _symmetric(est, comb, half68)
+        qs = np.stack([q[k] for k in ("0.025", "0.16", "0.84", "0.975")], -1)
+        iv = np.where(off[:, None, None], qs, iv)
         key = f"fit:{start}:{steps}:{solver}" + (f":{gain:g}" if gain else "")
         row["variants"][key] = {
             "time_s_per_20_units": round(dt * 20 / max(len(idx), 1), 2), "timing": uf.timing,
@@ -110,6 +120,8 @@ def one_recording(name, a) -> dict:
             "laplace": _metrics(est, lap, truth), "posterior": _metrics(est, ps, truth),
             "combined": _metrics(est, comb, truth), "n_checked_to_posterior": int(off.sum()),
             "checked": _metrics(chk, chk_sd, truth), "posterior_scale": list(s.posterior_scale),
+            "reported": BP.metrics(chk, iv[..., 1], iv[..., 2], iv[..., 0], iv[..., 3], truth),
+            "posterior_scale68": list(k68),
             "units": {"fit": est, "laplace_std": lap, "posterior_mean": pm, "posterior_std": ps,
                       "in_domain": dom.tolist(), "to_posterior": off.tolist(), "truth": truth}}
         print(name, key, round(dt, 1), {k: round(v["rmse"], 3) for k, v in row["variants"][key]["laplace"].items()
@@ -158,7 +170,7 @@ def main(argv=None):
     summary = {"posterior": pooled(rows, lambda r: r["posterior"])}
     for start, steps, solver, gain in a.variants:
         k = f"fit:{start}:{steps}:{solver}" + (f":{gain:g}" if gain else "")
-        for iv in ("laplace", "posterior", "combined", "checked"):
+        for iv in ("laplace", "posterior", "combined", "checked", "reported"):
             summary[f"{k} / {iv}"] = pooled(rows, lambda r: r["variants"][k][iv])
         summary[f"{k} / time_s_per_20_units"] = float(np.median([r["variants"][k]["time_s_per_20_units"] for r in rows]))
     out = {"provenance": prov, "rows": rows, "pooled": summary,

@@ -97,4 +97,5 @@ def _tiny_decomposition(rec_seed: int, seed: int):
                                            "dup_tol_ms": 0.5, "dup_max_lag_ms": 25.0}},
             "recording": recording_fingerprint(rec), "candidate_index": [0, 1, 2, 3]}
     return Decomposition(spikes=spikes, sources=sources, fs=FS, method="test", filters=filters,
-                         params=params, param_std=params * 0.1, param_names=("cv_m_s", "depth_mm"), meta=meta)
+                         params=params, param_std=params * 0.1, param_names=("cv_m_s", "depth_mm"), meta=meta,
+                         param_interval=params[..., None] * np.float32([0.8, 0.9, 1.1, 1.2]))

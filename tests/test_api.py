@@ -176,12 +176,14 @@ def test_decomposition_npz_round_trip(tmp_path):
     d = _dec(rec)
     d.spikes.append(np.array([], np.int64))
     d.sources = np.zeros((3, rec.n_samples), np.float32)
+    d.param_interval = np.arange(2 * 6 * 4, dtype=np.float32).reshape(2, 6, 4)
     p = bio.save_decomposition(tmp_path / "d.npz", d)
     back = bio.load_decomposition(p)
     assert back.n_units == 3 and back.method == "toy" and back.fs == FS
     for a, b in zip(back.spikes, d.spikes):
         np.testing.assert_array_equal(a, b)
-    for k in ("sources", "filters", "sil", "pnr_db", "cov_isi", "params", "param_std"):
+    assert back.param_interval.shape == (2, 6, 4)
+    for k in ("sources", "filters", "sil", "pnr_db", "cov_isi", "params", "param_std", "param_interval"):
         np.testing.assert_allclose(getattr(back, k), getattr(d, k), rtol=1e-6)
     assert back.param_names == d.param_names
     assert back.meta == d.meta and back.meta["recording"] == bio.recording_fingerprint(rec)

@@ -88,6 +88,20 @@ def test_bmiss_finds_every_unit_cbss_finds(case):
             k = np.asarray(UnitFitSettings().posterior_scale)
             assert np.all(dec.param_std[i] >= k * post_sd * (1 - 1e-5)), (dec.param_std[i], post_sd)
     assert any(m["std_from"] == "laplace + posterior" for m in dec.meta["units"]), dec.meta["units"]
+    # the intervals: 95 % = params +- 1.96 std, the 68 % one inside it; a unit on the posterior gets its quantiles
+    iv = dec.param_interval
+    assert iv.shape == (dec.n_units, 6, 4)
+    for i, m in enumerate(dec.meta["units"]):
+        if m["std_from"] == "laplace + posterior":
+            np.testing.assert_allclose(iv[i, :, 3] - dec.params[i], 1.96 * dec.param_std[i], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(dec.params[i] - iv[i, :, 0], 1.96 * dec.param_std[i], rtol=1e-4, atol=1e-5)
+            assert np.all(iv[i, :, 0] <= iv[i, :, 1]) and np.all(iv[i, :, 1] < dec.params[i])
+            assert np.all(dec.params[i] < iv[i, :, 2]) and np.all(iv[i, :, 2] <= iv[i, :, 3])
+        elif m["std_from"] == "posterior":
+            np.testing.assert_allclose(iv[i, :, 0], [m["posterior"]["q0.025"][n] for n in PARAM_NAMES], rtol=1e-5)
+            np.testing.assert_allclose(iv[i, :, 2], [m["posterior"]["q0.84"][n] for n in PARAM_NAMES], rtol=1e-5)
+        elif m["std_from"] is None and m["params_from"] != "amortized posterior":
+            assert np.isnan(iv[i]).all()
     # units the subject fit described carry finite properties near the truth (depth within 4 mm)
     by_est = {r["est"]: r["true"] for r in rep["per_true"] if r["est"] >= 0}
     fitted = [u for u, m in enumerate(dec.meta["units"]) if m["params_from"] != "none" and u in by_est]

@@ -1,4 +1,5 @@
 import csv
+from dataclasses import replace
 import gzip
 import io
 import json
@@ -133,6 +134,15 @@ def test_summary_csv(tmp_path, dec):
     # without quality the writer computes nothing: only counts and stored values
     rows = list(csv.DictReader(open(F.save_summary_csv(tmp_path / "t.csv", dec))))
     assert rows[0]["rate_hz"] == "n/a" and float(rows[0]["sil"]) == pytest.approx(0.95) and rows[2]["sil"] == "n/a"
+    # the intervals' bounds follow each property's std, in the order lo95, lo68, hi68, hi95
+    iv = np.full((3, 2, 4), np.nan, np.float32)
+    iv[1, 0] = (10.0, 11.0, 13.0, 14.0)
+    rows = list(csv.DictReader(open(F.save_summary_csv(tmp_path / "u.csv", replace(dec, param_interval=iv)))))
+    assert list(rows[0])[6:] == ["depth_mm", "depth_mm_std", "depth_mm_lo95", "depth_mm_lo68", "depth_mm_hi68",
+                                 "depth_mm_hi95", "cv_m_s", "cv_m_s_std", "cv_m_s_lo95", "cv_m_s_lo68",
+                                 "cv_m_s_hi68", "cv_m_s_hi95"]
+    assert [float(rows[1][f"depth_mm_{b}"]) for b in F.INTERVAL_BOUNDS] == [10.0, 11.0, 13.0, 14.0]
+    assert rows[0]["cv_m_s_hi95"] == "n/a"
 
 
 def test_writers_do_not_import_metrics():

@@ -128,6 +128,7 @@ def test_merge_split_delete_flag_undo_redo(rv, rec):
     hit = np.abs(low[:, None] - tr[1][None, :]).min(axis=1) <= 1
     assert hit.mean() > 0.95 and hit.sum() > 0.5 * len(tr[1])
     assert np.isnan(rv.units[1].params).all()  # a new unit has no fitted properties
+    assert np.isnan(rv.units[1].param_interval).all() and np.isfinite(rv.units[0].param_interval).all()
     with pytest.raises(UserError):
         rv.split(2, threshold=-100.0)  # every discharge in one class
     assert rv.flag(2) is True and rv.units[2].flagged
@@ -160,7 +161,8 @@ def test_save_writes_a_new_file_and_never_the_input(rv, rec, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] and not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
     d2 = io.load_decomposition(out)
     assert d2.n_units == 3 and d2.sources.shape == (3, rec.n_samples) and d2.filters.shape[0] == 3
-    assert d2.params.shape == (3, 2)
+    assert d2.params.shape == (3, 2) and d2.param_interval.shape == (3, 2, 4)
+    np.testing.assert_allclose(d2.param_interval[1], tiny_decomposition().param_interval[1])  # carried with its unit
     np.testing.assert_allclose(d2.sil[0], q_sil(d2.sources[0], d2.spikes[0], FS), rtol=1e-5)
     assert d2.sil[0] > 0.95 and np.isfinite(d2.pnr_db).all() and np.isfinite(d2.cov_isi).all()
     log = d2.meta["review"]["log"]

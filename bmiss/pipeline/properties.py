@@ -31,7 +31,13 @@ held-out simulations (68 % / 95 % intervals cover 64-69 % / 92-95 %); the unit f
 is a local width that covered 4-37 % of true values on mismatched recordings
 (``results/bench_posterior.json``).
 
-Output: Decomposition fields ``params``, ``param_std`` [n_units, 6] float32 and ``param_names``,
+Intervals (``param_interval`` [n_units, 6, 4]: 2.5, 16, 84, 97.5 % bounds): the 95 % one is
+``param`` +- 1.96 ``param_std``; the 68 % one has its own factor (``posterior_scale68``), since the
+errors' heavy tails let no single width hold both levels. A unit reporting the posterior gets the
+posterior's quantiles.
+
+Output: Decomposition fields ``params``, ``param_std`` [n_units, 6] float32, ``param_interval``
+and ``param_names``,
 and ``meta["units"]``, ``meta["unit_fit"]``, ``meta["posterior"]``, ``meta["param_units"]``.
 """
 from __future__ import annotations
@@ -54,6 +60,26 @@ STD_MEANING = {
     "other": "the amortized posterior's std where params_from says 'amortized posterior'; else std of the parameters "
              "over the starts that converged to the unit (NaN: one start)",
 }
+
+
+INTERVAL_MEANING = (
+    "param_interval[i, p] = (2.5 %, 16 %, 84 %, 97.5 %) bounds: the 95 % and 68 % intervals. Where std_from says "
+    "'laplace + posterior': param +- 1.96 param_std and param +- sqrt(Laplace std^2 + (k68 posterior std)^2) "
+    "(unit_fit.posterior_scale68), each calibrated for its level on held-out simulations; 'posterior': the amortized "
+    "posterior's quantiles; 'laplace': param +- 1.96 / 1 Laplace std (not calibrated); NaN: no interval")
+
+
+def _symmetric(mean, half95_sd, half68):
+    """[6, 4] bounds mean -+ 1.96 ``half95_sd`` and mean -+ ``half68`` (the 68 % half-width never
+    wider than the 95 % one)."""
+    m, h95 = np.asarray(mean, np.float64), 1.96 * np.asarray(half95_sd, np.float64)
+    h68 = np.minimum(np.asarray(half68, np.float64), h95)
+    return np.stack([m - h95, m - h68, m + h68, m + h95], -1)
+
+
+def _quantiles(post, j):
+    """[6, 4] the posterior's 2.5, 16, 84, 97.5 % quantiles of unit ``j``."""
+    return np.stack([np.asarray(post.q[k][j], np.float64) for k in ("0.025", "0.16", "0.84", "0.975")], -1)
 
 
 def model_check(fit, post_mean, post_std, check_z):
@@ -158,6 +184,7 @@ def unit_properties(rec, units: list, subject, settings, *, seed: int = 0, progr
     dz = float(subject.fit.subject["dz_mm"][0]) if uf is not None else 0.0
     fit_of = {id(u): k for k, u in enumerate(need_fit)}
     std_from = [None] * len(units)
+    ival = np.full((len(units), 6, 4), np.nan)
     for i, u in enumerate(units):
         k = fit_of.get(id(u))
         if uf is not None and k is not None and uf.status[k] == "fitted":
@@ -167,18 +194,22 @@ def unit_properties(rec, units: list, subject, settings, *, seed: int = 0, progr
             # compared in the posterior's frame: IZ on the grid, not shifted by the subject's fitted dz
             off = (model_check(uf.params[k] - np.r_[0, 0, 0, dz, 0, 0], post.mean[j], post.std[j], settings.check_z)
                    if j is not None and post.in_domain[j] else [])
+            ival[i] = _symmetric(uf.params[k], uf.std[k], 1.0)  # uncalibrated, unless replaced below
             if off:  # the fit's model does not represent this MUAP: the posterior integrates over more
                 params[i], pstd[i] = post.mean[j], post.std[j]
                 src[i] = f"amortized posterior (the unit fit disagreed in {', '.join(off)})"
-                std_from[i] = "posterior"
+                std_from[i], ival[i] = "posterior", _quantiles(post, j)
             elif settings.std == "combined" and j is not None and post.in_domain[j]:
-                pstd[i] = np.sqrt(np.asarray(uf.std[k], np.float64) ** 2 +
-                                  (np.asarray(settings.posterior_scale) * np.asarray(post.std[j], np.float64)) ** 2)
+                lap, ps = np.asarray(uf.std[k], np.float64), np.asarray(post.std[j], np.float64)
+                pstd[i] = np.hypot(lap, np.asarray(settings.posterior_scale) * ps)
+                ival[i] = _symmetric(uf.params[k], pstd[i], np.hypot(lap, np.asarray(settings.posterior_scale68) * ps))
                 std_from[i] = "laplace + posterior"
         elif use_post and i in by_post and post.in_domain[by_post[i]]:
             j = by_post[i]
             params[i], pstd[i], src[i] = post.mean[j], post.std[j], "amortized posterior"
-    extra = {"params": params.astype(np.float32), "param_std": pstd.astype(np.float32), "param_names": PARAM_NAMES}
+            ival[i] = _quantiles(post, j)
+    extra = {"params": params.astype(np.float32), "param_std": pstd.astype(np.float32), "param_names": PARAM_NAMES,
+             "param_interval": ival.astype(np.float32)}
     def fit_fields(u):
         k = fit_of.get(id(u))
         if uf is None or k is None:
@@ -196,7 +227,8 @@ def unit_properties(rec, units: list, subject, settings, *, seed: int = 0, progr
                        "n_starts_converged": 1 + sum("theta" in i_ for i_ in u.absorbed)}
                       for i, u in enumerate(units)],
             "param_units": dict(zip(PARAM_NAMES, PARAM_UNITS)),
-            "param_std_meaning": {"fit": STD_MEANING[settings.std], "other": STD_MEANING["other"]}}
+            "param_std_meaning": {"fit": STD_MEANING[settings.std], "other": STD_MEANING["other"]},
+            "param_interval_meaning": INTERVAL_MEANING}
     if uf_meta:
         meta["unit_fit"] = uf_meta
     if p_meta:

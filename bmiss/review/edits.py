@@ -78,7 +78,8 @@ class UnitState:
 
     spikes : int64 [n] sorted discharge samples.  source : float32 [n_samples] (normalised so
     the discharges sit near 1).  filter : [n_ext] separation vector or None.  params /
-    param_std : [n_params] MU properties or None.  flagged : marked for review.  origin : where
+    param_std : [n_params] MU properties or None.  param_interval : [n_params, 4] their
+    2.5 / 16 / 84 / 97.5 % bounds or None.  flagged : marked for review.  origin : where
     the unit came from (``"unit 3"``, ``"split of unit 3"``, ...).  edited : its discharges
     changed in this session (fitted MU properties may be stale).
     """
@@ -88,6 +89,7 @@ class UnitState:
     filter: np.ndarray | None = None
     params: np.ndarray | None = None
     param_std: np.ndarray | None = None
+    param_interval: np.ndarray | None = None
     flagged: bool = False
     origin: str = ""
     edited: bool = False
@@ -151,6 +153,7 @@ class Review:
         self.units: list[UnitState] = []
         n_p = None if dec.params is None else np.asarray(dec.params)
         s_p = None if dec.param_std is None else np.asarray(dec.param_std)
+        i_p = None if dec.param_interval is None else np.asarray(dec.param_interval)
         F = None if dec.filters is None else np.asarray(dec.filters)
         prev = (dec.meta or {}).get("review") or {}  # an earlier review's flags carry over
         flagged = {int(k) for k in prev.get("flagged", []) if isinstance(k, (int, float))}
@@ -160,6 +163,7 @@ class Review:
                 filter=None if F is None or len(F) != dec.n_units else F[i],
                 params=None if n_p is None or len(n_p) != dec.n_units else n_p[i],
                 param_std=None if s_p is None or len(s_p) != dec.n_units else s_p[i],
+                param_interval=None if i_p is None or len(i_p) != dec.n_units else i_p[i],
                 origin=f"unit {i}", flagged=i in flagged))
         self.log: list[dict] = []
         self._undo: list[_Step] = []
@@ -540,6 +544,8 @@ class Review:
         lo_u = self._new_unit(spikes=u.spikes[~upper], source=u.source, filter=u.filter,
                               params=None if u.params is None else np.full_like(u.params, np.nan),
                               param_std=None if u.param_std is None else np.full_like(u.param_std, np.nan),
+                              param_interval=None if u.param_interval is None
+                              else np.full_like(u.param_interval, np.nan),
                               origin=f"split of {u.origin}", edited=True)
         units = list(self.units)
         units[i] = hi_u
@@ -645,9 +651,9 @@ class Review:
         def rows(attr):
             if getattr(dec, attr) is None:
                 return None
-            width = np.asarray(getattr(dec, attr)).shape[1]
-            return np.stack([np.full(width, np.nan) if getattr(u, attr) is None else getattr(u, attr)
-                             for u in units]).astype(np.float32) if n else np.zeros((0, width), np.float32)
+            shape = np.asarray(getattr(dec, attr)).shape[1:]
+            return np.stack([np.full(shape, np.nan) if getattr(u, attr) is None else getattr(u, attr)
+                             for u in units]).astype(np.float32) if n else np.zeros((0,) + shape, np.float32)
 
         qs = [self.quality(k) for k in range(n)]
         meta = dict(dec.meta or {})
@@ -667,7 +673,8 @@ class Review:
             spikes=[u.spikes for u in units], sources=sources, fs=dec.fs, method=dec.method, filters=F,
             sil=np.asarray([q["sil"] for q in qs], np.float32), pnr_db=np.asarray([q["pnr_db"] for q in qs], np.float32),
             cov_isi=np.asarray([q["cov_isi"] for q in qs], np.float32), params=rows("params"),
-            param_std=rows("param_std"), param_names=dec.param_names, meta=meta)
+            param_std=rows("param_std"), param_names=dec.param_names, meta=meta,
+            param_interval=rows("param_interval"))
 
     def save(self, path, *, force: bool = True) -> Path:
         """Write the edited decomposition atomically to ``path`` (never the input file)."""
