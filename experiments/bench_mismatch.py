@@ -160,7 +160,7 @@ def run_sim(name, snr, methods, duration, n_units, seed, do_fit, progress):
         sm = dec.meta.get("subject_model")
         if sm:
             row["methods"][spec]["subject_model"] = {k: sm.get(k) for k in ("subject", "overall_explained_variance",
-                                                                             "refit_free", "error", "time_s")}
+                                                                             "refit_free", "error", "time_s", "forward_model")}
         print(f"{name:8s} {str(snr):>4s} {spec:18s} found {s['found_90']:3d} / ident {len(ident):3d}  false "
               f"{s['n_false']:3d}  time {dt:6.1f} s", flush=True)
     if do_fit and "cbss" in decs:

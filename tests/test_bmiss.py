@@ -67,6 +67,10 @@ def test_bmiss_finds_every_unit_cbss_finds(case):
         assert all(isinstance(m["in_network_domain"], bool) for m in dec.meta["units"] if m["phase"] == 1)
     sm = dec.meta["subject_model"]
     assert "subject" in sm, sm.get("error")  # this case has enough blind units: the fit must run
+    # fat and skin held: the network fits the subject; the free refit (min_ev 1.0 here) uses the conductor
+    assert sm["forward_model"] == ("surrogate" if r_kept_held(sm) else
+                                   "conductor (fat and skin are fitted here: their ranges reach past the network's "
+                                   "fat 1-8 mm / skin 0.5-2 mm)"), sm["forward_model"]
     r = sm["refit_free"]
     assert r["kept"] == ("free" if r["free_explained_variance"] > r["held_explained_variance"] else "held")
     assert abs(sm["overall_explained_variance"] - max(r["free_explained_variance"],
@@ -109,6 +113,10 @@ def test_bmiss_finds_every_unit_cbss_finds(case):
     for u in fitted:
         d = dict(zip(PARAM_NAMES, np.abs(dec.params[u] - rec.true_params[by_est[u]])))
         assert np.isfinite(dec.params[u]).all() and d["depth_mm"] < 4.0, (u, dec.params[u])
+
+
+def r_kept_held(sm) -> bool:
+    return sm["refit_free"] is None or sm["refit_free"]["kept"] == "held"
 
 
 def test_bmiss_model_init_still_runs(case):

@@ -206,6 +206,7 @@ def test_views_are_decimated_and_complete(rv):
     z = views.unit_view(rv, 1, t0=2000, t1=2300, px=400)
     assert z["source"]["kind"] == "raw" and all(2000 <= t < 2300 for t in z["spikes"])
     assert [p["name"] for p in v["params"]] == ["cv_m_s", "depth_mm"] and v["params"][0]["ci95"][0] < 3.5
+    assert v["params"][0]["ci95"] == pytest.approx([0.8 * 3.5, 1.2 * 3.5])  # the file's calibrated bounds
     m = views.muap_view(rv, 1)
     arr = np.asarray(m["muap"])
     assert arr.shape[0] == 8 and m["grid"] == [2, 4] and m["ptp_uv"] > 50  # MUAPs of 80-120 µV

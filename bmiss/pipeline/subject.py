@@ -83,5 +83,6 @@ def fit_subject(rec, ws, blind_units: list, base, settings, *, seed: int = 0, pr
     meta = {"subject": {k: [float(v[0]), float(v[1])] for k, v in sf.subject.items()},
             "overall_explained_variance": float(sf.overall_ev), "n_units_fitted": int(len(sf.unit_index)),
             "degenerate": list(sf.degenerate), "anatomy_toml": sf.toml(), "refit_free": refit,
+            "forward_model": sf.settings.get("forward_model"),  # the MUAP model that fitted it (and the unit fits)
             "time_s": round(time.perf_counter() - t, 2)}
     return SubjectModel(anatomy=sf.anatomy, fit=sf, unit_params=unit_params, meta=meta)

@@ -67,8 +67,11 @@ def unit_view(rv, i: int, t0: int | None = None, t1: int | None = None, px: int 
             v = float(u.params[k]) if k < len(u.params) else float("nan")
             s = float(u.param_std[k]) if u.param_std is not None and k < len(u.param_std) else float("nan")
             ok = math.isfinite(v) and math.isfinite(s)
-            params.append({"name": name, "value": v, "std": s,
-                           "ci95": [v - 1.96 * s, v + 1.96 * s] if ok else None})
+            ci = [v - 1.96 * s, v + 1.96 * s] if ok else None
+            if u.param_interval is not None and k < len(u.param_interval):
+                q = [float(x) for x in u.param_interval[k]]  # the calibrated bounds where the file has them
+                ci = [q[0], q[3]] if math.isfinite(q[0]) and math.isfinite(q[3]) else ci
+            params.append({"name": name, "value": v, "std": s, "ci95": ci})
     return {
         "unit": int(i), "origin": u.origin, "flagged": u.flagged, "edited": u.edited,
         "n_samples": N, "fs": rv.fs, "t0": t0, "t1": t1,
