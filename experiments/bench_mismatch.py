@@ -97,11 +97,15 @@ def _phases(dec) -> list[str]:
 
 
 def _model_meta(dec) -> dict:
-    """Which MUAP model the model search used (conductor, surrogate, or why the surrogate was refused)
-    and whether the search ran: {} for methods without one."""
+    """Which MUAP model the model search used (conductor, surrogate, or why the surrogate was refused),
+    whether the search ran, and the subject fit's summary: {} for methods without them."""
     m = dec.meta
     out = {k: v for k, v in (("forward_model", m.get("forward_model")),
                              ("model_search", (m.get("settings") or {}).get("model_search"))) if v is not None}
+    sm = m.get("subject_model")
+    if sm:  # the subject fit: its result, and which MUAP model fitted it
+        out["subject_model"] = {k: sm.get(k) for k in ("subject", "overall_explained_variance", "refit_free", "error",
+                                                       "time_s", "forward_model")}
     return out
 
 
@@ -157,10 +161,6 @@ def run_sim(name, snr, methods, duration, n_units, seed, do_fit, progress):
                                                   for k, v in rep["property_errors"].items()}
             if dec.meta.get("unit_fit"):
                 row["methods"][spec]["unit_fit"] = dec.meta["unit_fit"]
-        sm = dec.meta.get("subject_model")
-        if sm:
-            row["methods"][spec]["subject_model"] = {k: sm.get(k) for k in ("subject", "overall_explained_variance",
-                                                                             "refit_free", "error", "time_s", "forward_model")}
         print(f"{name:8s} {str(snr):>4s} {spec:18s} found {s['found_90']:3d} / ident {len(ident):3d}  false "
               f"{s['n_false']:3d}  time {dt:6.1f} s", flush=True)
     if do_fit and "cbss" in decs:
