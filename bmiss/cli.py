@@ -474,10 +474,13 @@ def cmd_demo(a) -> int:
         print(f"{m:8s} {s['found_90']:>10d} {s['found_80']:>10d} {s['n_false']:>6d} {s['n_duplicates']:>4d} "
               f"{'-' if y is None else f'{y:.2f}':>6s} {r['time_s']:>7.1f}")
     if results.get("bmiss", {}).get("property_errors"):
-        print("bmiss MU property errors on matched units (normalised RMSE by the anatomy bounds):")
+        print("bmiss MU property errors on matched units (normalised RMSE by the anatomy bounds; share of "
+              "true values inside the reported 68 % / 95 % intervals):")
         for k, v in results["bmiss"]["property_errors"].items():
             if isinstance(v, dict) and "nrmse" in v:
-                print(f"  {k:12s} MAE {v.get('mae', float('nan')):.3g}  nRMSE {v['nrmse']:.3g}")
+                cov = (f"  in 68 % / 95 %: {v['cover68']:.0%} / {v['cover95']:.0%} of {v['n_interval']}"
+                       if v.get("n_interval") else "")
+                print(f"  {k:12s} MAE {v.get('mae', float('nan')):.3g}  nRMSE {v['nrmse']:.3g}{cov}")
     config = {k: v for k, v in vars(a).items() if k != "func"}
     _write_json(out / "demo_summary.json", metrics._jsonable({"config": config, "results": results}))
     written = [n for n in names if (out / n).is_file()]

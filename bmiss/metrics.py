@@ -271,22 +271,35 @@ def unit_quality(source, spikes, fs: float) -> dict:
 
 
 # ---------------------------------------------------------------------------- properties
-def property_errors(est_params, true_params, names: Sequence[str], bounds=None) -> dict:
+def property_errors(est_params, true_params, names: Sequence[str], bounds=None, intervals=None) -> dict:
     """Error of fitted MU properties over matched pairs (rows of both arrays correspond).
 
     Returns ``{name: {"mae", "rmse", "nrmse", "norm", "n"}}`` where ``nrmse = rmse / norm``
     and ``norm`` is the bound range ``hi - lo`` when ``bounds`` is given (dict name ->
     (lo, hi) or array [n_params, 2]), else the range of the true values over the pairs
     (NaN if that range is 0).  Rows with a non-finite value are skipped per property.
+    ``intervals`` [n, n_params, 4] (2.5, 16, 84, 97.5 % bounds, as ``Decomposition.param_interval``)
+    adds ``cover68`` / ``cover95``: the share of true values inside them, over the ``n_interval``
+    rows that have both.
     """
     E = np.asarray(est_params, np.float64).reshape(-1, len(names))
     T = np.asarray(true_params, np.float64).reshape(-1, len(names))
     if E.shape != T.shape:
         raise ValueError(f"est_params {E.shape} and true_params {T.shape} differ")
+    Q = None if intervals is None else np.asarray(intervals, np.float64).reshape(-1, len(names), 4)
+    if Q is not None and Q.shape[0] != E.shape[0]:
+        raise ValueError(f"intervals {Q.shape} and est_params {E.shape} differ")
     out = {}
     for k, name in enumerate(names):
         e, t = E[:, k], T[:, k]
         ok = np.isfinite(e) & np.isfinite(t)
+        cover = {}
+        if Q is not None:
+            q, tt = Q[:, k], T[:, k]
+            has = np.isfinite(q).all(1) & np.isfinite(tt)
+            inside = lambda lo, hi: float(np.mean((tt[has] >= q[has, lo]) & (tt[has] <= q[has, hi])))  # noqa: E731
+            cover = ({"cover68": inside(1, 2), "cover95": inside(0, 3)} if has.any()
+                     else {"cover68": float("nan"), "cover95": float("nan")}) | {"n_interval": int(has.sum())}
         e, t = e[ok], t[ok]
         norm = float("nan")
         if bounds is not None:
@@ -299,12 +312,12 @@ def property_errors(est_params, true_params, names: Sequence[str], bounds=None) 
         elif len(t):
             norm = float(t.max() - t.min())
         if len(e) == 0:
-            out[name] = {"mae": float("nan"), "rmse": float("nan"), "nrmse": float("nan"), "norm": norm, "n": 0}
+            out[name] = {"mae": float("nan"), "rmse": float("nan"), "nrmse": float("nan"), "norm": norm, "n": 0, **cover}
             continue
         mae = float(np.mean(np.abs(e - t)))
         rmse = float(np.sqrt(np.mean((e - t) ** 2)))
         nrmse = rmse / norm if norm and np.isfinite(norm) and norm > 0 else float("nan")
-        out[name] = {"mae": mae, "rmse": rmse, "nrmse": float(nrmse), "norm": norm, "n": int(len(e))}
+        out[name] = {"mae": mae, "rmse": rmse, "nrmse": float(nrmse), "norm": norm, "n": int(len(e)), **cover}
     return out
 
 
@@ -403,7 +416,9 @@ def evaluate(dec, rec, *, oracle_found: Iterable[int] | None = None, bounds=None
             pairs = m["matched_pairs"]
             T = np.asarray(rec.true_params, np.float64)[[i for i, _, _ in pairs]][:, ti]
             E = np.asarray(dec.params, np.float64)[[j for _, j, _ in pairs]][:, ei]
-            report["property_errors"] = property_errors(E, T, names, bounds=bounds)
+            iv = getattr(dec, "param_interval", None)
+            Q = None if iv is None else np.asarray(iv, np.float64)[[j for _, j, _ in pairs]][:, ei]
+            report["property_errors"] = property_errors(E, T, names, bounds=bounds, intervals=Q)
     return _jsonable(report)
 
 

@@ -169,6 +169,15 @@ def test_property_errors():
     assert pe["b"]["rmse"] == pytest.approx(np.sqrt(2 / 3))
     pe = M.property_errors(E, T, ["a", "b"], bounds={"a": (0, 10), "b": (0, 100)})
     assert pe["a"]["nrmse"] == pytest.approx(0.01) and pe["b"]["norm"] == 100
+    # coverage of the intervals: half-widths 0.05 / 0.2 on a, errors 0.1 -> in none at 68 %, all at 95 %
+    Q = np.stack([E - 0.2, E - 0.05, E + 0.05, E + 0.2], -1)
+    Q[2, 1] = np.nan  # a row without an interval is left out
+    pe = M.property_errors(E, T, ["a", "b"], intervals=Q)
+    assert pe["a"]["cover68"] == 0.0 and pe["a"]["cover95"] == 1.0 and pe["a"]["n_interval"] == 3
+    assert pe["b"]["n_interval"] == 2 and pe["b"]["cover68"] == 0.0 and pe["b"]["cover95"] == 0.0  # errors 1.0
+    assert "cover68" not in M.property_errors(E, T, ["a", "b"])["a"]
+    with pytest.raises(ValueError):
+        M.property_errors(E, T, ["a", "b"], intervals=Q[:2])
 
 
 def test_evaluate_and_format():
