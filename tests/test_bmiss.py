@@ -104,6 +104,9 @@ def test_bmiss_finds_every_unit_cbss_finds(case):
         elif m["std_from"] == "posterior":
             np.testing.assert_allclose(iv[i, :, 0], [m["posterior"]["q0.025"][n] for n in PARAM_NAMES], rtol=1e-5)
             np.testing.assert_allclose(iv[i, :, 2], [m["posterior"]["q0.84"][n] for n in PARAM_NAMES], rtol=1e-5)
+        elif m["std_from"] == "laplace":  # no posterior in its domain: the Laplace width, uncalibrated
+            np.testing.assert_allclose(iv[i, :, 2] - dec.params[i], dec.param_std[i], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(iv[i, :, 3] - dec.params[i], 1.96 * dec.param_std[i], rtol=1e-4, atol=1e-5)
         elif m["std_from"] is None and m["params_from"] != "amortized posterior":
             assert np.isnan(iv[i]).all()
     # units the subject fit described carry finite properties near the truth (depth within 4 mm)

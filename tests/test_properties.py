@@ -40,6 +40,12 @@ def test_posterior_properties_without_a_subject_model(case):
         if p["in_domain"]:
             assert meta["units"][i]["params_from"] == "amortized posterior"
             np.testing.assert_allclose(extra["params"][i], [p["mean"][n] for n in PARAM_NAMES], rtol=1e-5)
+            # its intervals are the posterior's quantiles (2.5, 16, 84, 97.5 %)
+            q = [[p[f"q{k}"][n] for k in ("0.025", "0.16", "0.84", "0.975")] for n in PARAM_NAMES]
+            np.testing.assert_allclose(extra["param_interval"][i], q, rtol=1e-5)
+    assert extra["param_interval"].shape == (len(units), 6, 4)
+    none = [i for i, m in enumerate(meta["units"]) if m["params_from"] == "none"]
+    assert np.isnan(extra["param_interval"][none]).all()
     # against the truth: the 95 % intervals hold most of the true values (calibrated on held-out simulations)
     inside = [p["q0.025"][n] <= t <= p["q0.975"][n]
               for i in with_post for p in [meta["units"][i]["posterior"]]

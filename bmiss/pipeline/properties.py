@@ -194,7 +194,7 @@ def unit_properties(rec, units: list, subject, settings, *, seed: int = 0, progr
             # compared in the posterior's frame: IZ on the grid, not shifted by the subject's fitted dz
             off = (model_check(uf.params[k] - np.r_[0, 0, 0, dz, 0, 0], post.mean[j], post.std[j], settings.check_z)
                    if j is not None and post.in_domain[j] else [])
-            ival[i] = _symmetric(uf.params[k], uf.std[k], 1.0)  # uncalibrated, unless replaced below
+            ival[i] = _symmetric(uf.params[k], uf.std[k], uf.std[k])  # +- 1.96 / 1 Laplace std: uncalibrated
             if off:  # the fit's model does not represent this MUAP: the posterior integrates over more
                 params[i], pstd[i] = post.mean[j], post.std[j]
                 src[i] = f"amortized posterior (the unit fit disagreed in {', '.join(off)})"
