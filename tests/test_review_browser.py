@@ -115,6 +115,8 @@ def test_load_shows_every_plot(app):
     mreg = shot[int(mb["y"]):int(mb["y"] + mb["height"]), int(mb["x"]):int(mb["x"] + mb["width"])]
     assert (mreg.sum(axis=2) < 1.2).mean() > 0.01
     assert "unit 0 of 4" in page.inner_text("#title")
+    # the properties' 95 % interval is the file's calibrated one (cv 3.5 m/s: 2.8-4.2), not +-1.96 std (2.814-4.186)
+    assert "2.800 … 4.200" in page.inner_text("#params"), page.inner_text("#params")
     assert page.evaluate("window.bmiss.firstPlotMs") > 0
     assert app["errors"] == []
 
