@@ -126,6 +126,8 @@ class Surrogate(eqx.Module):
         if t_ms is None:
             t_ms = np.arange(int(n_samples or g.muap_samples)) / self.fs * 1e3
         t_ms = np.asarray(t_ms, np.float64)
+        if n_samples is not None and t_ms.shape != (int(n_samples),):
+            raise ValueError(f"t_ms has shape {t_ms.shape} but n_samples = {n_samples}: give one of them")
         tis = N.tissue_of_anatomy(a)
         bad = N.setting_violations(tis, ied_mm=g.ied_mm, radius_mm=g.electrode_radius_mm,
                                    rotation_deg=g.rotation_deg, fs_hz=self.fs, t_max_ms=float(t_ms.max()),
