@@ -250,3 +250,20 @@ def test_with_times_refuses_times_past_the_trained_window(biceps):
     assert got.n_samples == t.size and float(got.t_ms[0]) == -20.0
     with pytest.raises(S.SurrogateMismatchError, match="longer than the trained"):
         S.load_surrogate("biceps_brachii", fs=2048.0, t_ms=t + 20.0)
+
+
+def test_the_subject_fit_takes_the_network_for_a_window_that_starts_before_the_discharge():
+    """The fit's window (here -18.6 to 35.6 ms, 54.7 ms long, as on a 20-s biceps recording) lies
+    within the trained 50.8 ms after the discharge: the network serves; a later end refuses it."""
+    from bmiss import anatomy
+    from bmiss.fitting import SubjectFitSettings
+    from bmiss.fitting.subject import _forward_model
+
+    base = anatomy.load("biceps_brachii")
+    s = SubjectFitSettings(fix=("fat_mm", "skin_mm"))
+    t = (np.arange(-16, 96) - 22) / 2048.0 * 1e3
+    m, note = _forward_model(base, s, 2048.0, t.size, t)
+    assert note == "surrogate" and isinstance(m, S.Surrogate) and m.n_samples == t.size
+    m, note = _forward_model(base, s, 2048.0, t.size, t + 20.0)
+    assert note.startswith("conductor (the surrogate refused this anatomy: ") and "longer than the trained" in note
+    assert _forward_model(base, s.replace(forward="conductor"), 2048.0, t.size, t)[1] == "conductor"
