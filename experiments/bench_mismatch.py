@@ -157,8 +157,9 @@ def run_sim(name, snr, methods, duration, n_units, seed, do_fit, progress):
                                 "duplicates": s["n_duplicates"], "time_s": round(dt, 1),
                                 "timing_s": dec.meta.get("timing_s"), **_model_meta(dec), **unit_breakdown(dec, rec)}
         if "property_errors" in rep:  # nRMSE by the nominal anatomy's range, over matched units with values
-            row["methods"][spec]["properties"] = {k: {"nrmse": v["nrmse"], "n": v["n"]}
-                                                  for k, v in rep["property_errors"].items()}
+            row["methods"][spec]["properties"] = {  # with the reported intervals' coverage where there are any
+                k: {kk: v.get(kk) for kk in ("nrmse", "rmse", "n", "cover68", "cover95", "n_interval") if kk in v}
+                for k, v in rep["property_errors"].items()}
             if dec.meta.get("unit_fit"):
                 row["methods"][spec]["unit_fit"] = dec.meta["unit_fit"]
         print(f"{name:8s} {str(snr):>4s} {spec:18s} found {s['found_90']:3d} / ident {len(ident):3d}  false "
