@@ -83,7 +83,8 @@ def load_network(path: str | os.PathLike | None = None) -> tuple[N.MuapNet, dict
         raise SurrogateMismatchError(
             f"{js}: surrogate format version {meta.get('format_version')!r}, expected {FORMAT_VERSION} (the "
             "universal network); retrain with experiments/train_surrogate.py")
-    model = N.build(meta["arch"])
+    # an abstract model (shapes only): its random initialisers would compile only to be overwritten
+    model = nnx.eval_shape(lambda: N.build(meta["arch"]))
     load_npz_into(model, npz)
     return model, meta
 

@@ -104,9 +104,15 @@ def leaves(model: PosteriorNet) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))]
 
 
+def _is_leaf_array(x) -> bool:
+    return isinstance(x, jax.ShapeDtypeStruct) or eqx.is_array(x)
+
+
 def from_leaves(arrays: list[np.ndarray], config: dict) -> PosteriorNet:
-    skel = PosteriorNet(jax.random.PRNGKey(0), **config)
-    params, static = eqx.partition(skel, eqx.is_array)
+    # an abstract skeleton: running the initialisers would compile a random draw per weight shape
+    # (about 3 s of a first decomposition) only to overwrite every draw
+    skel = eqx.filter_eval_shape(lambda: PosteriorNet(jax.random.PRNGKey(0), **config))
+    params, static = eqx.partition(skel, _is_leaf_array)
     flat, tree = jax.tree_util.tree_flatten(params)
     if len(flat) != len(arrays) or any(a.shape != b.shape for a, b in zip(flat, arrays)):
         raise ValueError("weights do not match the network configuration")
