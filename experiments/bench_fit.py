@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def one(anatomy: str, seed: int, duration: float, snr: float | None, n_units: in
     row = {"seed": seed, "truth": d, "fitted": v, "std": sd, "errors": errs, "target_met": met,
            "n_units_fitted": int(len(f.unit_index)), "n_units_matched": int(ok.sum()),
            "explained_variance": f.overall_ev, "chi2_reduced": f.chi2_reduced, "timing_s": f.timing,
-           "simulate_s": round(sim_s, 1), "fit_call_s": round(fit_s, 1),
+           "forward_model": f.settings.get("forward_model"), "simulate_s": round(sim_s, 1), "fit_call_s": round(fit_s, 1),
            "warm_timing_s": warm}
     print(f"seed {seed}: fat {d['fat_mm']:.2f}->{v['fat_mm']:.2f}  L {d['length_mm']:.0f}->{v['length_pop_mm']:.0f} "
           f"(units {np.mean(f.unit_params[:, 5]):.0f})  CV {d['cv_m_s']:.2f}->{np.mean(f.unit_params[:, 4]):.2f}  "
@@ -115,10 +116,12 @@ def main(argv=None):
     ap.add_argument("--max-units", type=int, default=None)
     ap.add_argument("--no-laplace", action="store_true")
     ap.add_argument("--fix", nargs="*", default=[], help="subject parameters held at the base value (e.g. anisotropy)")
+    ap.add_argument("--forward", choices=("surrogate", "conductor"), default="surrogate",
+                    help="the fit's MUAP model (the network falls back to the conductor outside its domain)")
     ap.add_argument("--warm", action="store_true", help="repeat the first draw's fit to time it after JIT")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
-    fit_kw = {"laplace": not a.no_laplace, "fix": tuple(a.fix)}
+    fit_kw = {"laplace": not a.no_laplace, "fix": tuple(a.fix), "forward": a.forward}
     if a.n_steps:
         fit_kw["n_steps"] = a.n_steps
     if a.max_units:
@@ -132,7 +135,7 @@ def main(argv=None):
         if len(e):
             summary[k] = {"mean_abs": float(np.mean(np.abs(e))), "max_abs": float(np.max(np.abs(e))),
                           "target": TARGETS.get(k), "n_met": int(sum(r["target_met"].get(k, False) for r in good))}
-    doc = {"settings": vars(a), "targets": TARGETS, "rows": rows, "summary": summary,
+    doc = {"command": " ".join([sys.executable] + sys.argv), "settings": vars(a), "targets": TARGETS, "rows": rows, "summary": summary,
            "provenance": bfiles.provenance()}
     print(json.dumps(summary, indent=1))
     if a.json:

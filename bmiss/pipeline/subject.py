@@ -1,7 +1,7 @@
 """Stage ``subject_fit``: the forward model adapted to the subject from the blind units.
 
-Rule: the blind units' spike-triggered MUAPs are fitted jointly through the expected-mode
-conductor (:func:`bmiss.fitting.fit`): subject-level parameters (anisotropy, grid rotation and
+Rule: the blind units' spike-triggered MUAPs are fitted jointly through the MUAP network (or the
+expected-mode conductor it was trained on, ``SubjectFitSettings.forward``; :func:`bmiss.fitting.fit`): subject-level parameters (anisotropy, grid rotation and
 offset along the fibres, population means of fibre length, CV and IZ; fat and skin held at the
 anatomy's values by default, ``SubjectFitSettings.fix``) with every unit's depth, x, fibre
 count, IZ, CV and length. When the fit with held values explains less than
