@@ -105,6 +105,13 @@ def _scores(V, z, kind):
     return jax.vmap(lambda s: _contrast(s / (jnp.std(s) + 1e-12), kind))(S), S
 
 
+@jax.jit
+def _unit_rows(S, rows):
+    """Rows ``rows`` of ``S``, each scaled to unit norm."""
+    R = S[rows]
+    return R / (jnp.linalg.norm(R, axis=1, keepdims=True) + 1e-12)
+
+
 @eqx.filter_jit
 def _optimise(model: FilterModel, u0, z, kind, n_steps, lr):
     """Adam on a batch of starts u0 [K, 7] (Adam is elementwise, so the batch is one pytree);
@@ -137,6 +144,14 @@ def _optimise(model: FilterModel, u0, z, kind, n_steps, lr):
     lf = vg(u)[0]
     better = lf < bl
     return jnp.where(better[:, None], u, bu), jnp.where(better, lf, bl)
+
+
+@eqx.filter_jit
+def _filters(model: FilterModel, U):
+    """Filters [K, n_ext], θ [K, 6] and shifts [K] of the optimised starts U [K, 7] (one call: run
+    eagerly, the network's operations were dispatched one by one, ~0.15 s a round)."""
+    th, sh = jax.vmap(model.theta)(U)
+    return jax.vmap(model.filter)(U), th, sh
 
 
 def resolve_anatomy(rec, anatomy=None, grid=None, ied_mm=None):
@@ -247,20 +262,27 @@ class ModelProposer(AbstractProposer):
         """Score the probe on the current data, pick diverse starts, optimise them: the next round's queue."""
         s = self.settings
         sc, S = _scores(st.V_probe, ws.zt[st.probe_idx].T, s.contrast)
-        sc, S = np.asarray(sc), np.asarray(S)
-        Sn = S / (np.linalg.norm(S, axis=1, keepdims=True) + 1e-12)
-        picked: list[int] = []
+        sc = np.asarray(sc)
+        order = np.argsort(-sc)[: max(20 * s.n_starts, 200)]
         # tabu: a round never restarts where an earlier one started (where the data did not change,
         # e.g. a weak unit below the peel floor, that round would only replay the earlier one)
         used = np.asarray(sorted(st.used), np.int64)
-        for i in np.argsort(-sc)[: max(20 * s.n_starts, 200)]:
+        # only the sources of the candidates and of the used starts come to the host (S is
+        # [n_probe * n_shifts, n_samples]: 67 MB for the default probe)
+        rows = np.concatenate([order, used])
+        Sn = np.asarray(_unit_rows(S, jnp.asarray(rows)))
+        Sc, Su = Sn[: len(order)], Sn[len(order):]
+        picked: list[int] = []
+        picked_pos: list[int] = []
+        for pos, i in enumerate(order):
             if not np.isfinite(sc[i]) or int(i) in st.used:
                 continue
-            if picked and np.max(np.abs(Sn[picked] @ Sn[i])) > 0.3:
+            if picked_pos and np.max(np.abs(Sc[picked_pos] @ Sc[pos])) > 0.3:
                 continue
-            if len(used) and np.max(np.abs(Sn[used] @ Sn[i])) > 0.9:
+            if len(used) and np.max(np.abs(Su @ Sc[pos])) > 0.9:
                 continue
             picked.append(int(i))
+            picked_pos.append(pos)
             if len(picked) == s.n_starts:
                 break
         st = replace(st, used=st.used | frozenset(picked))
@@ -268,13 +290,13 @@ class ModelProposer(AbstractProposer):
             return replace(st, done=True)
         ubest, lbest = _optimise(st.model, jnp.asarray(st.U_probe[picked]), ws.zt[st.fit_idx].T, s.contrast,
                                  s.n_steps, s.lr)
-        ubest, lbest = np.asarray(ubest), np.asarray(lbest)
-        V = np.asarray(jax.vmap(st.model.filter)(jnp.asarray(ubest)))
+        V, TH, SH = (np.asarray(x) for x in _filters(st.model, ubest))
+        lbest = np.asarray(lbest)
         queue = list(st.queue)
         in_domain = getattr(st.model.forward, "in_domain", None)  # the network's; the conductor has none
         n_out = 0
         for k in np.argsort(lbest):
-            th, sh = (np.asarray(x) for x in st.model.theta(jnp.asarray(ubest[k])))
+            th, sh = TH[k], SH[k]
             info = {"round": st.round, "loss": float(lbest[k]), "theta": th, "shift_samples": float(sh)}
             if in_domain is not None:
                 info["in_network_domain"] = bool(in_domain(th[None])[0])
