@@ -31,8 +31,10 @@ import numpy as np
 
 import bmiss
 from bmiss import api, metrics
+from bmiss.conductor import PARAM_NAMES
 from bmiss import files as bfiles
 from bmiss.errors import FitError
+from bmiss.fitting import UnitFitSettings
 from bmiss.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +132,31 @@ def unit_breakdown(dec, rec) -> dict:
     return {"by_phase": by_phase, "units": units}
 
 
+def property_units(dec, rec, rep) -> list:
+    """Per matched unit with properties: errors (estimate - truth, ``PARAM_NAMES`` order), the
+    reported std, the amortized posterior's std (or None) and which rule made the interval
+    (``std_from``): what ``calibrate_unit_std.py`` needs to calibrate on decomposed units."""
+    if getattr(dec, "params", None) is None or rec.true_params is None or not rep.get("matched_pairs"):
+        return []
+    units = dec.meta.get("units") or []
+    if dec.param_names is None or rec.param_names is None or not set(PARAM_NAMES) <= set(dec.param_names) \
+            or not set(PARAM_NAMES) <= set(rec.param_names):
+        return []
+    ei = [list(dec.param_names).index(n) for n in PARAM_NAMES]
+    ti = [list(rec.param_names).index(n) for n in PARAM_NAMES]
+    out = []
+    for i, j, roa in rep["matched_pairs"]:
+        err = np.asarray(dec.params[j], np.float64)[ei] - np.asarray(rec.true_params[i], np.float64)[ti]
+        if not np.isfinite(err).any():
+            continue
+        mu = units[j] if j < len(units) else {}
+        post = (mu.get("posterior") or {}).get("std")
+        out.append({"unit": int(j), "roa": round(float(roa), 3), "std_from": mu.get("std_from"),
+                    "err": [float(v) for v in err], "std": [float(v) for v in np.asarray(dec.param_std[j])[ei]],
+                    "post_std": None if post is None else [float(post[n]) for n in PARAM_NAMES]})
+    return out
+
+
 def run_sim(name, snr, methods, duration, n_units, seed, do_fit, progress):
     snr_v = None if str(snr).lower() in ("inf", "none") else float(snr)
     t = time.perf_counter()
@@ -162,6 +189,7 @@ def run_sim(name, snr, methods, duration, n_units, seed, do_fit, progress):
                 for k, v in rep["property_errors"].items()}
             if dec.meta.get("unit_fit"):
                 row["methods"][spec]["unit_fit"] = dec.meta["unit_fit"]
+            row["methods"][spec]["property_units"] = property_units(dec, rec, rep)
         print(f"{name:8s} {str(snr):>4s} {spec:18s} found {s['found_90']:3d} / ident {len(ident):3d}  false "
               f"{s['n_false']:3d}  time {dt:6.1f} s", flush=True)
     if do_fit and "cbss" in decs:
@@ -265,12 +293,16 @@ def main(argv=None):
     rows = []
     t0 = time.perf_counter()
     prov = bfiles.provenance()
+    UF = UnitFitSettings()
 
     def write(final: bool):
         # after every row, so a long run stopped part-way keeps what it measured
         doc = {"command": " ".join([sys.executable] + sys.argv), "settings": vars(a), "rows": rows,
                "table_md": table(rows), "total_s": round(time.perf_counter() - t0, 1), "provenance": prov,
-               "complete": final, "load_after": bfiles.provenance()["load_avg"]}
+               "complete": final, "load_after": bfiles.provenance()["load_avg"],
+               # the interval factors the default bmiss ran with (property_units' std = hypot(Laplace, k95 post))
+               "unit_fit_scales": {"posterior_scale": list(UF.posterior_scale),
+                                   "posterior_scale68": list(UF.posterior_scale68)}}
         if a.json:
             write_json(a.json, doc)
 
