@@ -153,7 +153,10 @@ def property_units(dec, rec, rep) -> list:
         post = (mu.get("posterior") or {}).get("std")
         out.append({"unit": int(j), "roa": round(float(roa), 3), "std_from": mu.get("std_from"),
                     "err": [float(v) for v in err], "std": [float(v) for v in np.asarray(dec.param_std[j])[ei]],
-                    "post_std": None if post is None else [float(post[n]) for n in PARAM_NAMES]})
+                    "post_std": None if post is None else [float(post[n]) for n in PARAM_NAMES],
+                    "truth": [float(v) for v in np.asarray(rec.true_params[i], np.float64)[ti]],
+                    "interval": None if getattr(dec, "param_interval", None) is None else
+                    [[float(v) for v in q] for q in np.asarray(dec.param_interval[j], np.float64)[ei]]})
     return out
 
 
