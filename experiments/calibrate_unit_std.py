@@ -8,7 +8,16 @@ per property and interval level.
         --json results/calibrate_unit_std_s7.json
 
 The calibration set is a benchmark run on recordings of another seed than the evaluation (seed 0:
-``results/bench_unit_props_s7.json``), so the coverage reported there is held out. Units: every
+``results/bench_unit_props_s7.json``), so the coverage reported there is held out. It may also be
+(or include) a ``bench_mismatch.py`` run: the decompositions' own matched units
+(``property_units``; the physical-family rows), whose errors are what the pipeline's intervals
+must cover; ``--evaluate`` then reports the coverage of another seed's run, as reported and with
+the new factors:
+
+    python experiments/bench_mismatch.py --recordings tissue iap short rotated hermite --methods oracle bmiss \
+        --duration 10 --n-units 60 --no-fit --seed 1 --json results/bench_mismatch_seed1_s8.json
+    python experiments/calibrate_unit_std.py results/bench_mismatch_seed1_s8.json \
+        --evaluate results/bench_mismatch_s8.json --json results/calibrate_unit_std_s8.json Units: every
 fitted unit whose posterior is in its domain and that the model check keeps on the fit (those are
 the units the combined width describes). Per property, k95 (``posterior_scale``) is the smallest
 value at which the intervals fit +- 1.96 x width hold 95 % of the true values, and k68
@@ -54,23 +63,102 @@ def solve_k(err, lap, post, target=0.95, z=1.96, hi=10.0) -> float:
     return hi
 
 
+NON_PHYSICAL = ("hermite",)  # bench_mismatch's MUAP family without physical parameters: no truth to cover
+
+
+def _combined_units(path: str, method: str):
+    """A bench_mismatch JSON's matched units of ``method`` on the physical-family rows: [(row, unit)],
+    and the k95 the run used."""
+    doc = json.load(open(path))
+    k_run = np.asarray(doc["unit_fit_scales"]["posterior_scale"], np.float64)
+    out = []
+    for r in doc["rows"]:
+        if r.get("recording") in NON_PHYSICAL:
+            continue
+        m = (r.get("methods") or {}).get(method) or {}
+        out += [(r, u) for u in m.get("property_units", [])]
+    return out, k_run
+
+
+def _read(paths, variant, method):
+    """(errors, Laplace std, posterior std [n, 6], per-recording counts) of the fitted units whose
+    interval is the combined one: from bench_unit_props JSONs (true discharges) or bench_mismatch
+    JSONs (the decompositions' own units, ``property_units``; the Laplace std is recovered from the
+    reported std and the factor the run used)."""
+    cols = {k: [] for k in ("err", "lap", "post")}
+    per_rec = []
+    for path in paths:
+        doc = json.load(open(path))
+        if doc["rows"] and "variants" in doc["rows"][0]:
+            for r in doc["rows"]:
+                u = r["variants"][variant]["units"]
+                keep = np.array(u["in_domain"]) & ~np.array(u["to_posterior"]) & np.isfinite(_arr(u["fit"])).all(1)
+                per_rec.append({"recording": r["recording"], "file": path, "n_units": int(keep.sum())})
+                cols["err"].append((_arr(u["fit"]) - _arr(u["truth"]))[keep])
+                cols["lap"].append(_arr(u["laplace_std"])[keep])
+                cols["post"].append(_arr(u["posterior_std"])[keep])
+            continue
+        units, k_run = _combined_units(path, method)
+        counts = {}
+        for r, u in units:
+            if u["std_from"] != "laplace + posterior":
+                continue
+            key = f"{r['recording']} {r.get('snr_db', '')}".strip()
+            counts[key] = counts.get(key, 0) + 1
+            std, post = np.asarray(u["std"]), np.asarray(u["post_std"])
+            cols["err"].append(np.asarray(u["err"])[None])
+            cols["lap"].append(np.sqrt(np.clip(std**2 - (k_run * post) ** 2, 0, None))[None])
+            cols["post"].append(post[None])
+        per_rec += [{"recording": k, "file": path, "n_units": v} for k, v in counts.items()]
+    return (*(np.concatenate(cols[k]) for k in ("err", "lap", "post")), per_rec)
+
+
+def evaluate(paths, method, k95, k68) -> dict:
+    """Coverage of every matched unit's 68 % and 95 % intervals in bench_mismatch JSON(s), as reported
+    (``as_run``) and with the combined units' intervals rebuilt with ``k95`` / ``k68`` (``with_k``);
+    units under another rule (posterior quantiles, Laplace only) keep their reported interval."""
+    k95, k68 = np.asarray(k95, np.float64), np.asarray(k68, np.float64)
+    inside = {"as_run": [], "with_k": []}
+    n_comb = 0
+    for path in paths:
+        units, k_run = _combined_units(path, method)
+        for _, u in units:
+            if u.get("interval") is None:
+                continue
+            q, t = np.asarray(u["interval"], np.float64), np.asarray(u["truth"], np.float64)
+            ok = np.isfinite(q).all(1)
+            rep = np.stack([(t >= q[:, 1]) & (t <= q[:, 2]), (t >= q[:, 0]) & (t <= q[:, 3])], 1).astype(float)
+            rep[~ok] = np.nan
+            new = rep.copy()
+            if u["std_from"] == "laplace + posterior":
+                n_comb += 1
+                e, post = np.abs(np.asarray(u["err"])), np.asarray(u["post_std"])
+                lap = np.sqrt(np.clip(np.asarray(u["std"]) ** 2 - (k_run * post) ** 2, 0, None))
+                new = np.stack([e <= np.hypot(lap, k68 * post), e <= 1.96 * np.hypot(lap, k95 * post)], 1).astype(float)
+            inside["as_run"].append(rep)
+            inside["with_k"].append(new)
+    out = {"files": list(paths), "n_units": len(inside["as_run"]), "n_combined": n_comb}
+    for k, v in inside.items():
+        if not v:
+            continue
+        a = np.stack(v)  # [n, 6, 2]
+        out[k] = {name: {"cover68": float(np.nanmean(a[:, p, 0])), "cover95": float(np.nanmean(a[:, p, 1])),
+                         "n": int(np.isfinite(a[:, p, 0]).sum())} for p, name in enumerate(PARAM_NAMES)}
+        print(f"held out, {k:6s}: " + "  ".join(f"{n} {out[k][n]['cover68']:.2f}/{out[k][n]['cover95']:.2f}"
+                                              for n in PARAM_NAMES))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bench", nargs="+", help="bench_unit_props JSON(s) with per-unit arrays")
-    ap.add_argument("--variant", default="fit:bank:10:lm")
+    ap.add_argument("--variant", default="fit:bank:10:lm", help="bench_unit_props: the variant to read")
+    ap.add_argument("--method", default="bmiss", help="bench_mismatch: the method whose units to read")
+    ap.add_argument("--evaluate", nargs="*", default=[],
+                    help="bench_mismatch JSON(s) of another seed: the held-out coverage of the factors found")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
-    cols = {k: [] for k in ("fit", "laplace_std", "posterior_std", "truth")}
-    per_rec = []
-    for path in a.bench:
-        for r in json.load(open(path))["rows"]:
-            u = r["variants"][a.variant]["units"]
-            keep = np.array(u["in_domain"]) & ~np.array(u["to_posterior"]) & np.isfinite(_arr(u["fit"])).all(1)
-            per_rec.append({"recording": r["recording"], "file": path, "n_units": int(keep.sum())})
-            for k in cols:
-                cols[k].append(_arr(u[k])[keep])
-    est, lap, ps, truth = (np.concatenate(cols[k]) for k in ("fit", "laplace_std", "posterior_std", "truth"))
-    err = est - truth
+    err, lap, ps, per_rec = _read(a.bench, a.variant, a.method)
     out = {"provenance": provenance(**vars(a)), "n_units": int(len(err)), "recordings": per_rec, "properties": {}}
     for p, name in enumerate(PARAM_NAMES):
         e, lp, pp = err[:, p], lap[:, p], ps[:, p]
@@ -87,6 +175,8 @@ def main(argv=None):
     out["posterior_scale68"] = [round(out["properties"][n]["k68"], 2) for n in PARAM_NAMES]
     print("posterior_scale =", tuple(out["posterior_scale"]), " posterior_scale68 =", tuple(out["posterior_scale68"]),
           f"({len(err)} units)")
+    if a.evaluate:
+        out["held_out"] = evaluate(a.evaluate, a.method, out["posterior_scale"], out["posterior_scale68"])
     if a.json:
         write_json(a.json, out)
         print("wrote", a.json)
