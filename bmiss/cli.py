@@ -404,6 +404,7 @@ def cmd_fit(a) -> int:
     f.save_toml(out, force=a.force)
     print(f"wrote {out}: {len(f.unit_index)} units, explained variance {f.overall_ev:.3f}, "
           f"fit {f.timing['fit']:.1f} s (total {f.timing['total']:.1f} s)")
+    print(f"  MUAP model: {f.settings.get('forward_model')}")
     for k, (v, sd) in f.subject.items():
         print(f"  {k:14s} {v:9.3f} +/- {sd:.3f}")
     if rep is not None:

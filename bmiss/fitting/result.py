@@ -84,7 +84,8 @@ class SubjectFit:
         head = [f"# Subject anatomy fitted by `bmiss fit` from {self.source or 'a recording'} at {when}",
                 f"# base anatomy: {self.base.name} ({self.base.source or 'built in'}); {len(self.unit_index)} units; "
                 f"explained variance of the observed MUAPs: {self.overall_ev:.3f}",
-                "# fitted: " + ", ".join(f"{k} = {v[0]:.4g} +/- {v[1]:.2g}" for k, v in self.subject.items())]
+                "# fitted: " + ", ".join(f"{k} = {v[0]:.4g} +/- {v[1]:.2g}" for k, v in self.subject.items()),
+                f"# MUAP model of the fit: {self.settings.get('forward_model', 'conductor')}"]
         return "\n".join(head) + "\n" + anatomy_mod.to_toml(self.anatomy)
 
     def save_toml(self, path, *, force: bool = False) -> Path:

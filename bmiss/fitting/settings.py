@@ -40,11 +40,13 @@ class SubjectFitSettings(Settings):
     forward : the fit's MUAP model: ``"surrogate"`` (default; the universal network,
         :mod:`bmiss.surrogate`: 2.6x cheaper per loss and gradient for 8 units, within 1.8 % of the
         conductor) or ``"conductor"`` (the analytic volume conductor it was trained on). The network
-        serves where the anatomy and the fit's latest sample time lie in its domain (at most the
-        50.8 ms after the discharge it was trained on). Where fat and skin are fitted (``bmiss fit``,
-        the pipeline's free refit) their ranges are narrowed to the network's (fat 1-8 mm, skin
-        0.5-2 mm, against the conductor's 0.2-12 and 0.3-3 mm); a fit that ends at one of those edges
-        is repeated with the conductor. ``settings["forward_model"]`` says which model served and why. The unit fits under the subject model use the same model. In the default bmiss
+        serves only where fat and skin are held (the fit's fat range, 0.2-12 mm, is wider than the
+        network's 1-8 mm: ``bmiss fit`` fits them by default, so it uses the conductor) and the
+        anatomy and the fit's latest sample time lie in its domain (at most the 50.8 ms after the
+        discharge it was trained on); elsewhere the conductor does, and ``settings["forward_model"]``
+        says why. Fitting fat through the network, bounded to its domain, was tried and not kept:
+        its fat was further from the truth and its Laplace std narrower (a 4-mm truth: 1.49 +- 0.15
+        mm against the conductor's 2.26 +- 0.73; README, "The fit through the network"). The unit fits under the subject model use the same model. In the default bmiss
         the network made the subject fit and the unit fits 1.6-2.3x faster, with unit properties
         as accurate (README, "The fit through the network").
     """

@@ -143,9 +143,9 @@ def _build_model(base: Anatomy, ob: _Observed, s: SubjectFitSettings, fixed_valu
     T = tpl.muaps.shape[-1]
     pad = 16
     t_ms = (np.arange(-pad, T + pad) - tpl.onset) / fs * 1e3
-    cond, forward, tissue_bounds = _forward_model(base, s, fs, T + 2 * pad, t_ms)
+    cond, forward = _forward_model(base, s, fs, T + 2 * pad, t_ms)
     nfft = int(2 ** np.ceil(np.log2(T + 2 * pad)))
-    sb, ub = subject_bounds(base) | tissue_bounds, unit_bounds(base)
+    sb, ub = subject_bounds(base), unit_bounds(base)
     L = base.layers
     lo_s = np.array([sb[k][0] for k in SUBJECT_NAMES], np.float32)
     hi_s = np.array([sb[k][1] for k in SUBJECT_NAMES], np.float32)
@@ -161,50 +161,27 @@ def _build_model(base: Anatomy, ob: _Observed, s: SubjectFitSettings, fixed_valu
                      pad=pad, nfft=nfft, T=T, sigma_r=float(L.muscle_conductivity_radial),
                      sigma_fat=float(L.fat_conductivity), sigma_skin=float(L.skin_conductivity),
                      prior_sd=(float(psd[0]), float(psd[1]), float(psd[2]), float(s.gain_prior_sd)))
-    return model, fixed_phys, forward, tissue_bounds
+    return model, fixed_phys, forward
 
 
 def _forward_model(base: Anatomy, s: SubjectFitSettings, fs: float, n: int, t_ms):
-    """``(MUAP model, note, tissue bounds)``: the network where ``s.forward`` asks for it and the
-    anatomy and the fit's latest sample time lie in its domain, else the conductor; ``note`` says
-    which and why. Where the network serves and fat or skin are fitted, ``tissue bounds`` narrows
-    their ranges to its domain ({} otherwise): :func:`_network_edge` then checks the result."""
+    """``(MUAP model, note)``: the conductor, or the network where ``s.forward`` asks for it and it
+    serves (fat and skin held, the anatomy in its domain); ``note`` says which and why."""
     note = "conductor"
     if s.forward == "surrogate":
-        from ..errors import SurrogateMismatchError
-        from ..surrogate import load_surrogate
-
-        try:
-            sur = load_surrogate(base, fs=fs, t_ms=t_ms, check_bounds=False)
-        except SurrogateMismatchError as e:
-            note = f"conductor (the surrogate refused this anatomy: {e})"
+        if not {"fat_mm", "skin_mm"} <= set(s.fix):
+            note = ("conductor (fat and skin are fitted here: their ranges reach past the network's "
+                    "fat 1-8 mm / skin 0.5-2 mm)")
         else:
-            free = [k for k in _NETWORK_TISSUE if k not in s.fix]
-            if not free:
-                return sur, "surrogate", {}
-            sb, dom = subject_bounds(base), sur.domain or {}
-            tb = {k: (max(sb[k][0], dom[k][0]), min(sb[k][1], dom[k][1])) for k in free if k in dom}
-            span = ", ".join(f"{k} {lo:g}-{hi:g} mm" for k, (lo, hi) in tb.items())
-            return sur, f"surrogate ({span}: the network's domain)", tb
+            from ..errors import SurrogateMismatchError
+            from ..surrogate import load_surrogate
+
+            try:
+                return load_surrogate(base, fs=fs, t_ms=t_ms, check_bounds=False), "surrogate"
+            except SurrogateMismatchError as e:
+                note = f"conductor (the surrogate refused this anatomy: {e})"
     # 128-mm period across the fibres: half the cost of the default, MUAPs change by ~1e-3 (measured)
-    return Conductor.from_anatomy(base, fs=fs, n_samples=n, period_x_mm=128.0).with_times(t_ms), note, {}
-
-
-_NETWORK_TISSUE = ("fat_mm", "skin_mm")
-
-
-def _network_edge(subject: dict, tissue_bounds: dict, base: Anatomy, tol: float = 0.02) -> list[str]:
-    """Fitted fat / skin that sit at an edge of the network's domain (within ``tol`` of its range)
-    where the conductor's range reaches further: the network's fit was held back by its domain
-    there, so the conductor must refit. Returns messages ([] if none)."""
-    sb, out = subject_bounds(base), []
-    for k, (lo, hi) in tissue_bounds.items():
-        v, e = float(subject[k][0]), tol * (hi - lo)
-        if v <= lo + e and sb[k][0] < lo:
-            out.append(f"{k} {v:.3g} at the network's lower edge {lo:g} (the conductor's reaches {sb[k][0]:g})")
-        elif v >= hi - e and sb[k][1] > hi:
-            out.append(f"{k} {v:.3g} at the network's upper edge {hi:g} (the conductor's reaches {sb[k][1]:g})")
-    return out
+    return Conductor.from_anatomy(base, fs=fs, n_samples=n, period_x_mm=128.0).with_times(t_ms), note
 
 
 def _fat_profile(model: FitModel, base: Anatomy, obs, w, ob: _Observed, s: SubjectFitSettings, seed: int,
@@ -218,7 +195,7 @@ def _fat_profile(model: FitModel, base: Anatomy, obs, w, ob: _Observed, s: Subje
     fat held there is no valley to profile: one start.
     """
     L, m0 = base.layers, base.muscle
-    sb = {k: (float(model.sub_lo[i]), float(model.sub_hi[i])) for i, k in enumerate(SUBJECT_NAMES)}  # as fitted
+    sb = subject_bounds(base)
     iz_f0 = float(np.clip(m0.iz_fraction, 0.25, 0.75))
     fat_grid = [L.fat_thickness_mm * f for f in (1.0, 0.5, 1.5, 2.0, 0.25, 3.0)][:max(s.n_starts, 1)]
     if "fat_mm" in s.fix:
@@ -383,7 +360,7 @@ def fit_subject(rec, decomposition, *, anatomy: Anatomy, settings: SubjectFitSet
     ob = _observe(rec, dec, idx, base, s, seed)
     timing["templates"] = round(time.perf_counter() - t0, 2)
     # 3. model and data
-    model, fixed_phys, forward, tissue_bounds = _build_model(base, ob, s, fixed_values or {})
+    model, fixed_phys, forward = _build_model(base, ob, s, fixed_values or {})
     obs, w = observations(ob.tpl, ob.cmask)
     n = obs.shape[0]
     obs, w = _pad_units(obs, w, -(-n // UNIT_STEP) * UNIT_STEP)
@@ -420,13 +397,6 @@ def fit_subject(rec, decomposition, *, anatomy: Anatomy, settings: SubjectFitSet
         std = np.sqrt(np.clip(np.diag(cov), 0, None))
     timing["laplace"] = round(time.perf_counter() - t0, 2)
     subject = {k: (float(phys[i]), float(std[i])) for i, k in enumerate(SUBJECT_NAMES)}
-    edge = _network_edge(subject, tissue_bounds, base)
-    if edge:  # out of the network's domain: the conductor refits, and says why
-        sf = fit_subject(rec, decomposition, anatomy=anatomy, settings=s.replace(forward="conductor"), units=units,
-                         fixed_values=fixed_values, seed=seed, progress=progress, source=source)
-        sf.settings["forward_model"] = f"conductor (the network's fit put {'; '.join(edge)})"
-        sf.timing["network_fit_s"] = round(time.perf_counter() - t_all, 2)
-        return sf
     up, us = phys[ns:].reshape(n, 8), std[ns:].reshape(n, 8)
     timing["total"] = round(time.perf_counter() - t_all, 2)
     settings_rec = {"decimation": ob.q, "fit_fs_hz": tpl.fs, "fixed": list(s.fix), "optimiser": s.optimiser,
