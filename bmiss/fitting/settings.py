@@ -46,9 +46,10 @@ class SubjectFitSettings(Settings):
         discharge it was trained on); elsewhere the conductor does, and ``settings["forward_model"]``
         says why. Fitting fat through the network, bounded to its domain, was tried and not kept:
         its fat was further from the truth and its Laplace std narrower (a 4-mm truth: 1.49 +- 0.15
-        mm against the conductor's 2.26 +- 0.73; README, "The fit through the network"). The unit fits under the subject model use the same model. In the default bmiss
-        the network made the subject fit and the unit fits 1.6-2.3x faster, with unit properties
-        as accurate (README, "The fit through the network").
+        mm against the conductor's 2.26 +- 0.73; README, "The fit through the network"). The unit
+        fits under the subject model use the same model. In the default bmiss the network made the
+        subject fit and the unit fits 1.6-2.3x faster, with unit properties as accurate (README,
+        "The fit through the network").
     """
 
     enabled: bool = True
@@ -121,7 +122,7 @@ class UnitFitSettings(Settings):
     posterior_scale68 : the same factor, k68, for the 68 % interval ``param`` +- sqrt(Laplace² +
         (k68 x posterior std)²), calibrated on the same units to hold 68 %. The errors have heavy
         tails (a few units far off), so one width cannot serve both levels: at k95 the +- 1 width
-        held 77-91 % on the calibration set. Both intervals are reported in
+        held 69-89 % on the calibration units. Both intervals are reported in
         ``Decomposition.param_interval``.
     check_z : model check of a fitted unit against its amortized posterior (in domain): where any
         property of the fit lies more than ``check_z`` posterior std from the posterior mean, the

@@ -1,8 +1,9 @@
 """Stage ``subject_fit``: the forward model adapted to the subject from the blind units.
 
-Rule: the blind units' spike-triggered MUAPs are fitted jointly through the MUAP network (or the
-expected-mode conductor it was trained on, ``SubjectFitSettings.forward``; :func:`bmiss.fitting.fit`): subject-level parameters (anisotropy, grid rotation and
-offset along the fibres, population means of fibre length, CV and IZ; fat and skin held at the
+Rule: the blind units' spike-triggered MUAPs are fitted jointly through the MUAP network (the
+expected-mode conductor where fat and skin are fitted, ``SubjectFitSettings.forward``;
+:func:`bmiss.fitting.fit`): subject-level parameters (anisotropy, grid rotation and offset
+along the fibres, population means of fibre length, CV and IZ; fat and skin held at the
 anatomy's values by default, ``SubjectFitSettings.fix``) with every unit's depth, x, fibre
 count, IZ, CV and length. When the fit with held values explains less than
 ``SubjectFitSettings.min_ev`` of the MUAPs' variance it is repeated with them free and the
