@@ -66,9 +66,9 @@ def solve_k(err, lap, post, target=0.95, z=1.96, hi=10.0) -> float:
 NON_PHYSICAL = ("hermite",)  # bench_mismatch's MUAP family without physical parameters: no truth to cover
 
 
-def _combined_units(path: str, method: str):
-    """A bench_mismatch JSON's matched units of ``method`` on the physical-family rows: [(row, unit)],
-    and the k95 the run used."""
+def _matched_units(path: str, method: str):
+    """A bench_mismatch JSON's matched units of ``method`` (every interval rule) on the
+    physical-family rows: [(row, unit)], and the k95 the run used."""
     doc = json.load(open(path))
     k_run = np.asarray(doc["unit_fit_scales"]["posterior_scale"], np.float64)
     out = []
@@ -98,7 +98,7 @@ def _read(paths, variant, method):
                 cols["lap"].append(_arr(u["laplace_std"])[keep])
                 cols["post"].append(_arr(u["posterior_std"])[keep])
             continue
-        units, k_run = _combined_units(path, method)
+        units, k_run = _matched_units(path, method)
         counts = {}
         for r, u in units:
             if u["std_from"] != "laplace + posterior":
@@ -121,7 +121,7 @@ def evaluate(paths, method, k95, k68) -> dict:
     inside = {"as_run": [], "with_k": []}
     n_comb = 0
     for path in paths:
-        units, k_run = _combined_units(path, method)
+        units, k_run = _matched_units(path, method)
         for _, u in units:
             if u.get("interval") is None:
                 continue

@@ -268,10 +268,12 @@ class ModelProposer(AbstractProposer):
         # e.g. a weak unit below the peel floor, that round would only replay the earlier one)
         used = np.asarray(sorted(st.used), np.int64)
         # only the sources of the candidates and of the used starts come to the host (S is
-        # [n_probe * n_shifts, n_samples]: 67 MB for the default probe)
-        rows = np.concatenate([order, used])
-        Sn = np.asarray(_unit_rows(S, jnp.asarray(rows)))
-        Sc, Su = Sn[: len(order)], Sn[len(order):]
+        # [n_probe * n_shifts, n_samples]: 67 MB for the default probe); the used rows padded to
+        # the most a search can use, so that every round gathers one shape (one compilation)
+        pad = np.zeros(max(self.settings.n_rounds * s.n_starts, len(used)), np.int64)
+        pad[: len(used)] = used
+        Sn = np.asarray(_unit_rows(S, jnp.asarray(np.concatenate([order, pad]))))
+        Sc, Su = Sn[: len(order)], Sn[len(order): len(order) + len(used)]
         picked: list[int] = []
         picked_pos: list[int] = []
         for pos, i in enumerate(order):
