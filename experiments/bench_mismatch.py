@@ -133,9 +133,10 @@ def unit_breakdown(dec, rec) -> dict:
 
 
 def property_units(dec, rec, rep) -> list:
-    """Per matched unit with properties: errors (estimate - truth, ``PARAM_NAMES`` order), the
-    reported std, the amortized posterior's std (or None) and which rule made the interval
-    (``std_from``): what ``calibrate_unit_std.py`` needs to calibrate on decomposed units."""
+    """Per matched unit with properties (``PARAM_NAMES`` order): the truth, the error (estimate -
+    truth), the reported std and interval, the amortized posterior's std (or None) and which rule
+    made the interval (``std_from``): what ``calibrate_unit_std.py`` needs to calibrate on
+    decomposed units."""
     if getattr(dec, "params", None) is None or rec.true_params is None or not rep.get("matched_pairs"):
         return []
     units = dec.meta.get("units") or []
@@ -146,7 +147,8 @@ def property_units(dec, rec, rep) -> list:
     ti = [list(rec.param_names).index(n) for n in PARAM_NAMES]
     out = []
     for i, j, roa in rep["matched_pairs"]:
-        err = np.asarray(dec.params[j], np.float64)[ei] - np.asarray(rec.true_params[i], np.float64)[ti]
+        truth = np.asarray(rec.true_params[i], np.float64)[ti]
+        err = np.asarray(dec.params[j], np.float64)[ei] - truth
         if not np.isfinite(err).any():
             continue
         mu = units[j] if j < len(units) else {}
@@ -154,7 +156,7 @@ def property_units(dec, rec, rep) -> list:
         out.append({"unit": int(j), "roa": round(float(roa), 3), "std_from": mu.get("std_from"),
                     "err": [float(v) for v in err], "std": [float(v) for v in np.asarray(dec.param_std[j])[ei]],
                     "post_std": None if post is None else [float(post[n]) for n in PARAM_NAMES],
-                    "truth": [float(v) for v in np.asarray(rec.true_params[i], np.float64)[ti]],
+                    "truth": [float(v) for v in truth],
                     "interval": None if getattr(dec, "param_interval", None) is None else
                     [[float(v) for v in q] for q in np.asarray(dec.param_interval[j], np.float64)[ei]]})
     return out
