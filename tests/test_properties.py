@@ -67,3 +67,39 @@ def test_model_check_names_the_properties_the_posterior_rules_out():
     assert model_check(mean + np.r_[0, 0, 0, 0, 1.0, -70.0], mean, sd, 3.0) == ["cv_m_s", "length_mm"]
     assert model_check(mean + 10 * sd, mean, sd, None) == []
     assert model_check(np.full(6, np.nan), mean, sd, 3.0) == []  # nothing fitted: nothing to check
+
+
+def test_posterior_reads_the_whole_search_window_and_says_where_the_grid_is(case, monkeypatch):
+    """The network reads a fixed span around each MUAP's peak: the averages it gets cover the whole
+    search window, not the union of the units' supports (short MUAPs left it mostly zeros)."""
+    from bmiss import posterior
+    from bmiss.templates import search_bounds
+
+    a, rec, units = case
+    seen = {}
+    real = posterior.unit_properties
+
+    def spy(tpl, *args, **kw):
+        seen["window"] = tuple(tpl.window)
+        return real(tpl, *args, **kw)
+
+    monkeypatch.setattr(posterior, "unit_properties", spy)
+    _, meta = unit_properties(rec, units[:2], None, UnitFitSettings(method="posterior"), anatomy=a)
+    pre, post = search_bounds(rec.fs)
+    assert seen["window"] == (-pre, post)
+    g = meta["posterior"]["grid_placement"]
+    assert g["anatomy"] == a.name and g["grid_centre_z_mm"] == pytest.approx(a.grid.centre_z_mm)
+
+
+def test_posterior_placement_follows_the_subject_fit_only_where_it_explains_the_muaps():
+    from types import SimpleNamespace
+
+    from bmiss.pipeline.run import _placement
+    from bmiss.pipeline.settings import ModelSettings
+
+    s = ModelSettings()
+    base, fitted = object(), object()
+    subj = lambda ev: SimpleNamespace(anatomy=fitted, fit=object(), meta={"overall_explained_variance": ev})  # noqa: E731
+    assert _placement(subj(s.subject_fit.min_ev + 0.01), base, s) is fitted
+    assert _placement(subj(s.subject_fit.min_ev - 0.01), base, s) is base  # a poor fit can move the grid far
+    assert _placement(SimpleNamespace(anatomy=base, fit=None, meta={}), base, s) is base

@@ -112,6 +112,15 @@ def run(emg, fs: float, proposer: AbstractProposer, rules: Rules, *, method: str
     return _finalize(units, ws, method, meta, extra, clock, log)
 
 
+def _placement(subject, base_anatomy, settings):
+    """The anatomy whose grid placement (rotation, centre) the amortized posterior reads x and IZ
+    in: the fitted subject's where its model explains ``subject_fit.min_ev`` of the blind MUAPs,
+    else the recording's own. A fit that explains little can leave the grid far off (35-mm fibres:
+    EV 0.26, the grid moved 16.7 mm and turned 8 deg), and the posterior's IZ with it."""
+    ev = subject.meta.get("overall_explained_variance") if subject.fit is not None else None
+    return subject.anatomy if ev is not None and ev >= settings.subject_fit.min_ev else base_anatomy
+
+
 def _model_search_gate(settings, subject) -> dict:
     """Whether the model search runs (``ran``) and why (``reason``): asked for, and the subject
     model explains enough of the blind units' MUAPs (``settings.model_search_min_ev``)."""
@@ -169,7 +178,7 @@ def run_bmiss(rec, *, blind, blind_rules: Rules, model, rules: Rules, base_anato
     dmeta = _deconvolve_if(ws, units, rules, clock)
     t = time.perf_counter()
     extra, pmeta = unit_properties(rec, units, subject, settings.unit_fit, seed=settings.seed, progress=progress,
-                                   anatomy=subject.anatomy)
+                                   anatomy=_placement(subject, base_anatomy, settings))
     clock.stage("unit_properties", t)
     log.sharded["unit_fit"] = int(((pmeta.get("unit_fit") or {}).get("timing_s") or {}).get("devices", 1))
     forget()  # the averages of this recording are done
