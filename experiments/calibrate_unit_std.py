@@ -80,6 +80,15 @@ def _matched_units(path: str, method: str):
     return out, k_run
 
 
+def _laplace(u, k_run):
+    """A combined-rule unit's Laplace std [6]: recorded (``laplace_std``, runs since the ninth
+    session), else recovered from the reported std and the factor k95 the run used."""
+    if u.get("laplace_std") is not None:
+        return np.asarray(u["laplace_std"], np.float64)
+    std, post = np.asarray(u["std"], np.float64), np.asarray(u["post_std"], np.float64)
+    return np.sqrt(np.clip(std**2 - (k_run * post) ** 2, 0, None))
+
+
 def _read(paths, variant, method):
     """(errors, Laplace std, posterior std [n, 6], per-recording counts) of the fitted units whose
     interval is the combined one: from bench_unit_props JSONs (true discharges) or bench_mismatch
@@ -105,9 +114,9 @@ def _read(paths, variant, method):
                 continue
             key = f"{r['recording']} {r.get('snr_db', '')}".strip()
             counts[key] = counts.get(key, 0) + 1
-            std, post = np.asarray(u["std"]), np.asarray(u["post_std"])
+            post = np.asarray(u["post_std"])
             cols["err"].append(np.asarray(u["err"])[None])
-            cols["lap"].append(np.sqrt(np.clip(std**2 - (k_run * post) ** 2, 0, None))[None])
+            cols["lap"].append(_laplace(u, k_run)[None])
             cols["post"].append(post[None])
         per_rec += [{"recording": k, "file": path, "n_units": v} for k, v in counts.items()]
     return (*(np.concatenate(cols[k]) for k in ("err", "lap", "post")), per_rec)
@@ -133,7 +142,7 @@ def evaluate(paths, method, k95, k68) -> dict:
             if u["std_from"] == "laplace + posterior":
                 n_comb += 1
                 e, post = np.abs(np.asarray(u["err"])), np.asarray(u["post_std"])
-                lap = np.sqrt(np.clip(np.asarray(u["std"]) ** 2 - (k_run * post) ** 2, 0, None))
+                lap = _laplace(u, k_run)
                 new = np.stack([e <= np.hypot(lap, k68 * post), e <= 1.96 * np.hypot(lap, k95 * post)], 1).astype(float)
             inside["as_run"].append(rep)
             inside["with_k"].append(new)
