@@ -91,7 +91,11 @@ def test_bmiss_finds_every_unit_cbss_finds(case):
             post_sd = np.array([m["posterior"]["std"][n] for n in PARAM_NAMES])
             k = np.asarray(UnitFitSettings().posterior_scale)
             assert np.all(dec.param_std[i] >= k * post_sd * (1 - 1e-5)), (dec.param_std[i], post_sd)
+            lap = np.array([m["laplace_std"][n] for n in PARAM_NAMES])  # recorded apart: the width it came from
+            np.testing.assert_allclose(dec.param_std[i], np.hypot(lap, k * post_sd), rtol=1e-5)
     assert any(m["std_from"] == "laplace + posterior" for m in dec.meta["units"]), dec.meta["units"]
+    # min_ev = 1: no fit explains enough to move the grid, so the posterior reads x and IZ on the recording's own
+    assert not dec.meta["posterior"]["grid_placement"]["anatomy"].endswith("_subject"), dec.meta["posterior"]
     # the intervals: 95 % = params +- 1.96 std, the 68 % one inside it; a unit on the posterior gets its quantiles
     iv = dec.param_interval
     assert iv.shape == (dec.n_units, 6, 4)

@@ -134,7 +134,7 @@ def _posterior(rec, units, anatomy, settings, seed: int):
         # the whole generous window, not the union of the units' supports: the network reads a fixed
         # -10..38 ms around each MUAP's energy peak, and 35-mm fibres' MUAPs gave a union of ~12 ms,
         # on which the 16 shallowest units' IZ came out 19 mm off (std 17 mm; on the whole window
-        # 0.5 mm off, std 6 mm)
+        # 0.5 mm off, std 6 mm: experiments/diag_posterior_window.py)
         tpl = spike_triggered_muaps(rec.emg, [units[i].spikes for i in idx], rec.fs, seed=seed,
                                     min_discharges=settings.min_discharges, window=(-pre, post))
         g = anatomy.grid
