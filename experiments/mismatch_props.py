@@ -1,0 +1,82 @@
+"""MU properties of the decompositions' own units, from ``bench_mismatch.py`` JSONs.
+
+Per physical-family row (the Hermite family has no physical truth; the real recording none at
+all) and pooled: the RMSE of what a method reported for its matched units (depth, x, IZ in mm, log
+fibres, CV in m/s, fibre length in % of the true length), the share of true values inside its
+68 % and 95 % intervals, and how many units each interval rule served (``std_from``).
+
+    python experiments/mismatch_props.py results/bench_mismatch_s9.json results/bench_mismatch_seed1_s9.json \
+        --json results/mismatch_props_s9.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bmiss.conductor import PARAM_NAMES  # noqa: E402
+from bmiss.files import provenance, write_json  # noqa: E402
+
+NO_TRUTH = ("hermite", "real")
+COLUMNS = ("depth mm", "x mm", "log fibres", "IZ mm", "CV m/s", "length %")
+
+
+def _summary(units: list) -> dict:
+    E = np.array([u["err"] for u in units], np.float64).reshape(-1, len(PARAM_NAMES))
+    T = np.array([u["truth"] for u in units], np.float64).reshape(-1, len(PARAM_NAMES))
+    E[:, 5] = 100.0 * E[:, 5] / T[:, 5]
+    inside = []
+    for u in units:
+        q = np.asarray(u["interval"] if u["interval"] is not None else np.full((6, 4), np.nan), np.float64)
+        if np.isfinite(q).all():
+            t = np.asarray(u["truth"], np.float64)
+            inside.append(np.stack([(t >= q[:, 1]) & (t <= q[:, 2]), (t >= q[:, 0]) & (t <= q[:, 3])], 1))
+    C = np.array(inside, np.float64).reshape(-1, len(PARAM_NAMES), 2)
+    rules = {}
+    for u in units:
+        rules[str(u["std_from"])] = rules.get(str(u["std_from"]), 0) + 1
+    return {"n_units": len(units), "n_interval": len(C), "rules": rules,
+            "rmse": dict(zip(COLUMNS, np.sqrt(np.nanmean(E**2, 0)).round(3).tolist())) if len(E) else None,
+            "cover68": dict(zip(COLUMNS, C[:, :, 0].mean(0).round(3).tolist())) if len(C) else None,
+            "cover95": dict(zip(COLUMNS, C[:, :, 1].mean(0).round(3).tolist())) if len(C) else None}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bench", nargs="+", help="bench_mismatch JSON(s)")
+    ap.add_argument("--method", default="bmiss")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    out = {"provenance": provenance(**vars(a)), "files": {}}
+    pooled = []
+    for path in a.bench:
+        doc = json.load(open(path))
+        rows, every = {}, []
+        for r in doc["rows"]:
+            if r.get("recording") in NO_TRUTH:
+                continue
+            pu = ((r.get("methods") or {}).get(a.method) or {}).get("property_units") or []
+            rows[f"{r['recording']} {r.get('snr_db', '')}".strip()] = _summary(pu)
+            every += pu
+        out["files"][path] = {"rows": rows, "pooled": _summary(every)}
+        pooled += every
+        print(path)
+        for k, v in {**rows, "pooled": out["files"][path]["pooled"]}.items():
+            rm = v["rmse"] or {}
+            print(f"  {k:11s} n {v['n_units']:3d}  RMSE " + "  ".join(f"{c} {rm.get(c, float('nan')):.2f}" for c in COLUMNS))
+    out["pooled"] = _summary(pooled)
+    p = out["pooled"]
+    print(f"all files, {p['n_units']} units: RMSE " + "  ".join(f"{c} {p['rmse'][c]:.2f}" for c in COLUMNS))
+    print("  in 68 % / 95 %: " + "  ".join(f"{c} {p['cover68'][c]:.0%} / {p['cover95'][c]:.0%}" for c in COLUMNS))
+    if a.json:
+        write_json(a.json, out)
+        print("wrote", a.json)
+
+
+if __name__ == "__main__":
+    main()
