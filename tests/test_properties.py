@@ -103,3 +103,17 @@ def test_posterior_placement_follows_the_subject_fit_only_where_it_explains_the_
     assert _placement(subj(s.subject_fit.min_ev + 0.01), base, s) is fitted
     assert _placement(subj(s.subject_fit.min_ev - 0.01), base, s) is base  # a poor fit can move the grid far
     assert _placement(SimpleNamespace(anatomy=base, fit=None, meta={}), base, s) is base
+
+
+def test_posterior_averages_are_the_plain_averages_over_the_whole_window(case):
+    from bmiss import posterior
+    from bmiss.templates import search_bounds, spike_triggered_muaps
+
+    _, rec, _ = case
+    sp = rec.true_spikes[:3]
+    full = posterior.averages(rec.emg, sp, rec.fs, min_discharges=5)
+    cut = spike_triggered_muaps(rec.emg, sp, rec.fs, min_discharges=5)  # the union of the supports
+    pre, post = search_bounds(rec.fs)
+    assert full.window == (-pre, post) and full.muaps.shape[-1] == pre + post
+    lo = cut.window[0] + pre  # the cut window's samples inside the whole one: the same averages
+    np.testing.assert_allclose(full.muaps[..., lo:lo + cut.muaps.shape[-1]], cut.muaps, rtol=1e-5, atol=1e-6)

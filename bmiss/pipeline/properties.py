@@ -121,7 +121,7 @@ def _posterior(rec, units, anatomy, settings, seed: int):
     from .. import posterior
     from ..electrodes import layout_of_anatomy
     from ..errors import SurrogateMismatchError
-    from ..templates import search_bounds, spike_triggered_muaps, usable_discharges
+    from ..templates import search_bounds, usable_discharges
 
     t = time.perf_counter()
     pre, post = search_bounds(rec.fs)
@@ -131,12 +131,9 @@ def _posterior(rec, units, anatomy, settings, seed: int):
         return None, [], {"n_units": 0, "reason": "no unit with a usable average" if anatomy is not None
                           else "no anatomy (grid) known"}
     try:
-        # the whole generous window, not the union of the units' supports: the network reads a fixed
-        # -10..38 ms around each MUAP's energy peak, and 35-mm fibres' MUAPs gave a union of ~12 ms,
-        # on which the 16 shallowest units' IZ came out 19 mm off (std 17 mm; on the whole window
-        # 0.5 mm off, std 6 mm: experiments/diag_posterior_window.py)
-        tpl = spike_triggered_muaps(rec.emg, [units[i].spikes for i in idx], rec.fs, seed=seed,
-                                    min_discharges=settings.min_discharges, window=(-pre, post))
+        # the whole search window, not the union of the units' supports (see posterior.averages)
+        tpl = posterior.averages(rec.emg, [units[i].spikes for i in idx], rec.fs, seed=seed,
+                                 min_discharges=settings.min_discharges)
         g = anatomy.grid
         tissue = {"rotation_deg": float(g.rotation_deg), "grid_centre_x_mm": float(g.centre_x_mm),
                   "grid_centre_z_mm": float(g.centre_z_mm)}  # tissue left unknown: the network integrates over it

@@ -227,6 +227,38 @@ def _check_tissue(tissue: dict | None) -> dict:
     return tissue
 
 
+def averages(emg, spikes, fs: float, *, min_discharges: int = 10, seed: int = 0):
+    """Spike-triggered averages as the network reads them: every unit over the whole search window
+    (20 ms before to 80 ms after each discharge, :data:`bmiss.templates.SEARCH_MS`).
+
+    The network reads a fixed -10..38 ms around each MUAP's energy peak. ``spike_triggered_muaps``
+    otherwise cuts the averages to the union of the units' supports, which for a few short MUAPs
+    (35-mm fibres) is ~12 ms: on such averages the IZ came out 19 mm off
+    (``experiments/diag_posterior_window.py``).
+
+    Parameters
+    ----------
+    emg : [n_channels, n_samples] µV
+    spikes : list of int arrays, discharge samples per unit
+    fs : Hz
+    min_discharges : units with fewer usable discharges raise ``ValueError``
+    seed : seed of the noise floor's random triggers
+
+    Returns
+    -------
+    bmiss.templates.Templates
+
+    Examples
+    --------
+    >>> tpl = averages(rec.emg, rec.true_spikes, rec.fs)  # doctest: +SKIP
+    >>> unit_properties(tpl, layout.positions_mm(), 1.0)  # doctest: +SKIP
+    """
+    from ..templates import search_bounds, spike_triggered_muaps
+
+    pre, post = search_bounds(fs)
+    return spike_triggered_muaps(emg, spikes, fs, window=(-pre, post), min_discharges=min_discharges, seed=seed)
+
+
 def unit_properties(templates, layout_positions_mm, electrode_diameter_mm: float, tissue: dict | None = None, *,
                     n_samples: int = 0, seed: int = 0, weights: str | Path | None = None,
                     strict: bool = False) -> UnitPosterior:
@@ -236,7 +268,8 @@ def unit_properties(templates, layout_positions_mm, electrode_diameter_mm: float
     ----------
     templates : bmiss.templates.Templates
         Averages [n_units, n_channels, T] µV (monopolar, band-passed as the templates say) with their
-        per-sample ``noise_std``, ``fs`` and ``onset``.
+        per-sample ``noise_std``, ``fs`` and ``onset``; :func:`averages` makes them over the whole
+        window the network expects.
     layout_positions_mm : [n_channels, 2] mm
         Each channel's electrode (x across, z along the fibres when the grid is not turned; grid
         centre at 0), i.e. ``bmiss.electrodes.Layout.positions_mm()`` in the EMG's channel order.
@@ -262,8 +295,7 @@ def unit_properties(templates, layout_positions_mm, electrode_diameter_mm: float
 
     Examples
     --------
-    >>> from bmiss.templates import spike_triggered_muaps
-    >>> tpl = spike_triggered_muaps(rec.emg, rec.true_spikes, rec.fs)  # doctest: +SKIP
+    >>> tpl = averages(rec.emg, rec.true_spikes, rec.fs)  # doctest: +SKIP
     >>> post = unit_properties(tpl, layout.positions_mm(), 1.0, {"fat_mm": 3.0})  # doctest: +SKIP
     >>> post.mean[:, 0], post.q["0.025"][:, 0], post.q["0.975"][:, 0]  # depth and its 95 % interval  # doctest: +SKIP
     """
