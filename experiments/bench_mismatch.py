@@ -134,8 +134,8 @@ def unit_breakdown(dec, rec) -> dict:
 
 def property_units(dec, rec, rep) -> list:
     """Per matched unit with properties (``PARAM_NAMES`` order): the truth, the error (estimate -
-    truth), the reported std and interval, the amortized posterior's mean and std and the unit fit's
-    Laplace std (each None where the unit has none) and which rule
+    truth), the reported std and interval, the amortized posterior's mean, std and quantiles and the
+    unit fit's Laplace std (each None where the unit has none) and which rule
     made the interval (``std_from``): what ``calibrate_unit_std.py`` needs to calibrate on
     decomposed units."""
     if getattr(dec, "params", None) is None or rec.true_params is None or not rep.get("matched_pairs"):
@@ -155,12 +155,16 @@ def property_units(dec, rec, rep) -> list:
         mu = units[j] if j < len(units) else {}
         post = (mu.get("posterior") or {}).get("std")
         post_mean = (mu.get("posterior") or {}).get("mean")
+        pq = mu.get("posterior") or {}
+        post_q = [[float(pq[f"q{k}"][n]) for k in ("0.025", "0.16", "0.84", "0.975")] for n in PARAM_NAMES] \
+            if all(f"q{k}" in pq for k in ("0.025", "0.16", "0.84", "0.975")) else None
         lap = mu.get("laplace_std")
         out.append({"unit": int(j), "roa": round(float(roa), 3), "std_from": mu.get("std_from"),
                     "err": [float(v) for v in err], "std": [float(v) for v in np.asarray(dec.param_std[j])[ei]],
                     "post_std": None if post is None else [float(post[n]) for n in PARAM_NAMES],
                     # the posterior's mean beside the reported value: what a study of the model check needs
                     "post_mean": None if post_mean is None else [float(post_mean[n]) for n in PARAM_NAMES],
+                    "post_q": post_q,  # its 2.5 / 16 / 84 / 97.5 % quantiles [6, 4]
                     "laplace_std": None if lap is None else [np.nan if lap[n] is None else float(lap[n])
                                                              for n in PARAM_NAMES],
                     "truth": [float(v) for v in truth],
