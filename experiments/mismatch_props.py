@@ -7,6 +7,9 @@ fibres, CV in m/s, fibre length in % of the true length), the share of true valu
 
     python experiments/mismatch_props.py results/bench_mismatch_s9.json results/bench_mismatch_seed1_s9.json \
         --json results/mismatch_props_s9.json
+
+``--check-z 2.5 2 1.5`` adds what a lower model-check threshold would have reported (runs since
+the ninth session record the posterior's mean beside the reported value).
 """
 from __future__ import annotations
 
@@ -46,10 +49,37 @@ def _summary(units: list) -> dict:
             "cover95": dict(zip(COLUMNS, C[:, :, 1].mean(0).round(3).tolist())) if len(C) else None}
 
 
+def check_z_study(units: list, levels) -> dict:
+    """What-if of the model check's threshold ``unit_fit.check_z`` below the one the run used: a
+    combined-rule unit whose fit lies more than z posterior std from its posterior's mean in any
+    property would report the posterior's mean. Returns {z: {"moved", "rmse"}} over ``units``
+    (runs that record ``post_mean``; a higher z than the run's cannot be studied: the replaced
+    units' fits are not recorded)."""
+    out = {}
+    for z in levels:
+        E, moved = [], 0
+        for u in units:
+            e, t = np.asarray(u["err"], np.float64), np.asarray(u["truth"], np.float64)
+            if u["std_from"] == "laplace + posterior" and u.get("post_mean") is not None:
+                pm, ps = np.asarray(u["post_mean"], np.float64), np.asarray(u["post_std"], np.float64)
+                if np.nanmax(np.abs(e + t - pm) / np.maximum(ps, 1e-12)) > z:
+                    e, moved = pm - t, moved + 1
+            e = e.copy()
+            e[5] = 100.0 * e[5] / t[5]
+            E.append(e)
+        rmse = np.sqrt(np.nanmean(np.array(E).reshape(-1, len(PARAM_NAMES)) ** 2, 0))
+        out[str(z)] = {"moved": moved, "rmse": dict(zip(COLUMNS, rmse.round(3).tolist()))}
+        print(f"check_z {z:g}: {moved} more units report the posterior; RMSE "
+              + "  ".join(f"{c} {v:.2f}" for c, v in zip(COLUMNS, rmse)))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bench", nargs="+", help="bench_mismatch JSON(s)")
     ap.add_argument("--method", default="bmiss")
+    ap.add_argument("--check-z", type=float, nargs="*", default=[],
+                    help="model-check thresholds (below the run's) to study on the pooled units")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     out = {"provenance": provenance(**vars(a)), "files": {}}
@@ -73,6 +103,8 @@ def main(argv=None):
     p = out["pooled"]
     print(f"all files, {p['n_units']} units: RMSE " + "  ".join(f"{c} {p['rmse'][c]:.2f}" for c in COLUMNS))
     print("  in 68 % / 95 %: " + "  ".join(f"{c} {p['cover68'][c]:.0%} / {p['cover95'][c]:.0%}" for c in COLUMNS))
+    if a.check_z:
+        out["check_z"] = check_z_study(pooled, a.check_z)
     if a.json:
         write_json(a.json, out)
         print("wrote", a.json)
