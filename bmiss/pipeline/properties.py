@@ -26,8 +26,11 @@ posterior's mean and std, with ``params_from`` naming the properties that disagr
 
 Every unit with a usable average also gets the amortized posterior (``UnitFitSettings.posterior``):
 ``meta["units"][i]["posterior"]`` = mean, std, 2.5/16/84/97.5 % quantiles per property, whether
-the unit lies in the network's training domain and why not. Its intervals are calibrated on
-held-out simulations (68 % / 95 % intervals cover 64-69 % / 92-95 %); the unit fit's Laplace std
+the unit lies in the network's training domain and why not. It reads each average over the whole
+search window (:func:`bmiss.posterior.averages`), with x and IZ on the grid placement the caller
+gives (``run_bmiss``: the fitted subject's where its model explains ``subject_fit.min_ev`` of the
+blind MUAPs, else the recording's own; ``meta["posterior"]["grid_placement"]``). Its intervals
+are calibrated on held-out simulations (68 % / 95 % intervals cover 64-69 % / 92-95 %); the unit fit's Laplace std
 is a local width that covered 4-37 % of true values on mismatched recordings
 (``results/bench_posterior.json``).
 
@@ -220,7 +223,8 @@ def unit_properties(rec, units: list, subject, settings, *, seed: int = 0, progr
         if uf is None or k is None:
             return {}
         return {"muap_explained_variance": _finite(uf.explained_variance[k]), "unit_fit": uf.status[k],
-                "gain": _finite(uf.gain[k]),  # the fit's own curvature width, before any posterior spread
+                "gain": _finite(uf.gain[k]),
+                # the fit's own curvature width, before the posterior's spread joins it in param_std
                 "laplace_std": dict(zip(PARAM_NAMES, map(_finite, np.asarray(uf.std[k]))))}
 
     meta = {"units": [{"shift_samples": u.info.get("shift_samples"), "round": u.info.get("round"),

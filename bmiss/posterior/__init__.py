@@ -7,5 +7,5 @@ Entry point: :func:`unit_properties` on :func:`averages`; weights: :func:`load`.
 from .api import PARAM_NAMES, PARAM_UNITS, PosteriorDomainError, PosteriorModel, UnitPosterior, averages, load, \
     summarise_mixture, unit_properties
 
-__all__ = ["unit_properties", "averages", "load", "UnitPosterior", "PosteriorModel", "PosteriorDomainError", "summarise_mixture",
-           "PARAM_NAMES", "PARAM_UNITS"]
+__all__ = ["unit_properties", "averages", "load", "UnitPosterior", "PosteriorModel", "PosteriorDomainError",
+           "summarise_mixture", "PARAM_NAMES", "PARAM_UNITS"]
