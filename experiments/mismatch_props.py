@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bmiss import metrics  # noqa: E402
 from bmiss.conductor import PARAM_NAMES  # noqa: E402
 from bmiss.files import provenance, write_json  # noqa: E402
 
@@ -30,23 +31,22 @@ COLUMNS = ("depth mm", "x mm", "log fibres", "IZ mm", "CV m/s", "length %")
 
 
 def _summary(units: list) -> dict:
-    E = np.array([u["err"] for u in units], np.float64).reshape(-1, len(PARAM_NAMES))
-    T = np.array([u["truth"] for u in units], np.float64).reshape(-1, len(PARAM_NAMES))
-    E[:, 5] = 100.0 * E[:, 5] / T[:, 5]
-    inside = []
-    for u in units:
-        q = np.asarray(u["interval"] if u["interval"] is not None else np.full((6, 4), np.nan), np.float64)
-        if np.isfinite(q).all():
-            t = np.asarray(u["truth"], np.float64)
-            inside.append(np.stack([(t >= q[:, 1]) & (t <= q[:, 2]), (t >= q[:, 0]) & (t <= q[:, 3])], 1))
-    C = np.array(inside, np.float64).reshape(-1, len(PARAM_NAMES), 2)
+    """RMSE and interval coverage (``metrics.property_errors``) of ``units``, length in % of the
+    true length (its estimate and interval scaled by 100 / the true length per unit)."""
+    n = len(PARAM_NAMES)
+    T = np.array([u["truth"] for u in units], np.float64).reshape(-1, n)
+    E = T + np.array([u["err"] for u in units], np.float64).reshape(-1, n)
+    Q = np.array([u["interval"] if u["interval"] is not None else np.full((n, 4), np.nan) for u in units],
+                 np.float64).reshape(-1, n, 4)
+    scale = 100.0 / T[:, 5]
+    T[:, 5], E[:, 5], Q[:, 5] = 100.0, E[:, 5] * scale, Q[:, 5] * scale[:, None]
     rules = {}
     for u in units:
         rules[str(u["std_from"])] = rules.get(str(u["std_from"]), 0) + 1
-    return {"n_units": len(units), "n_interval": len(C), "rules": rules,
-            "rmse": dict(zip(COLUMNS, np.sqrt(np.nanmean(E**2, 0)).round(3).tolist())) if len(E) else None,
-            "cover68": dict(zip(COLUMNS, C[:, :, 0].mean(0).round(3).tolist())) if len(C) else None,
-            "cover95": dict(zip(COLUMNS, C[:, :, 1].mean(0).round(3).tolist())) if len(C) else None}
+    pe = metrics.property_errors(E, T, COLUMNS, intervals=Q) if units else {}
+    get = lambda k: {c: round(pe[c][k], 3) for c in COLUMNS} if units else None  # noqa: E731
+    return {"n_units": len(units), "n_interval": int(pe[COLUMNS[0]]["n_interval"]) if units else 0,
+            "rules": rules, "rmse": get("rmse"), "cover68": get("cover68"), "cover95": get("cover95")}
 
 
 def check_z_study(units: list, levels) -> dict:
