@@ -198,3 +198,36 @@ def test_the_network_serves_the_fit_where_fat_and_skin_are_held(fitted):
     # fat and skin fitted: their ranges reach past the network's, so the conductor serves, and says why
     g = fit(rec, fix=("anisotropy",), **dict(kw, n_steps_start=3, n_steps=3))
     assert g.settings["forward_model"].startswith("conductor (fat and skin are fitted")
+    # free_network (the pipeline's free refit): the network fits them too, bounded to its domain, and says so
+    h = fit(rec, fix=("anisotropy",), free_network=True, **dict(kw, n_steps_start=3, n_steps=3))
+    fm = h.settings["forward_model"]
+    if fm.startswith("surrogate"):
+        assert fm == "surrogate (fat_mm fitted within its domain 1-8 mm, skin_mm fitted within its domain 0.5-2 mm)"
+        assert 1.0 <= h.subject["fat_mm"][0] <= 8.0 and 0.5 <= h.subject["skin_mm"][0] <= 2.0, h.subject
+        np.testing.assert_allclose(np.asarray(h.model.sub_lo)[:2], [1.0, 0.5])
+        np.testing.assert_allclose(np.asarray(h.model.sub_hi)[:2], [8.0, 2.0])
+    else:  # the fit ended on the domain's edge: redone with the conductor, which says why
+        assert fm.startswith("conductor (the network's fit put "), fm
+
+
+def test_a_network_fit_on_its_domain_edge_is_redone_with_the_conductor():
+    from types import SimpleNamespace
+
+    from bmiss.fitting.settings import SubjectFitSettings
+    from bmiss.fitting.subject import _at_network_edge
+
+    base = anatomy.load("biceps_brachii")
+    lo = np.array([1.0, 0.5, 1.5, -25, -40, 20, 2.5, 0.2])  # fat and skin cut to the network's domain
+    hi = np.array([8.0, 2.0, 12.0, 25, 40, 250, 6.5, 0.8])
+
+    def edge(fat, skin, **kw):
+        phys = np.array([fat, skin, 5.0, 0, 0, 120, 4, 0.5])
+        model = SimpleNamespace(subject=lambda s: phys, sub_lo=lo, sub_hi=hi)
+        return _at_network_edge(model, None, base, SubjectFitSettings(**kw))
+
+    free = dict(fix=(), free_network=True)
+    assert edge(3.0, 1.0, **free) is None  # inside
+    assert "fat_mm at 7.98, its domain's upper edge 8" in edge(7.98, 1.0, **free)
+    assert "skin_mm at 0.51, its domain's lower edge 0.5" in edge(3.0, 0.51, **free)
+    assert edge(7.98, 1.0, fix=("fat_mm", "skin_mm"), free_network=True) is None  # held: nothing to redo
+    assert edge(7.98, 1.0, fix=()) is None  # the conductor fitted it: no network edge

@@ -50,6 +50,12 @@ class SubjectFitSettings(Settings):
         fits under the subject model use the same model. In the default bmiss the network made the
         subject fit and the unit fits 1.6-2.3x faster, with unit properties as accurate (README,
         "The fit through the network").
+    free_network : where fat or skin are fitted (not in ``fix``) and ``forward`` is the network, fit
+        them through it, bounded to its domain (fat 1-8 mm, skin 0.5-2 mm), instead of with the
+        conductor; a fit that ends within 1 % of a bound the network adds is redone with the
+        conductor (``settings["forward_model"]`` says so). The pipeline's refit with fat and skin
+        free (only where the held fit explains less than ``min_ev``) does this (README, "The free
+        refit through the network"); ``bmiss fit`` keeps the conductor.
     """
 
     enabled: bool = True
@@ -72,6 +78,7 @@ class SubjectFitSettings(Settings):
     fix: tuple[str, ...] = ()
     min_ev: float = setting(0.8, lo=0.0, hi=1.0)
     forward: str = setting("surrogate", choices=("surrogate", "conductor"))
+    free_network: bool = False
 
     def validate(self):
         bad = [k for k in self.fix if k not in SUBJECT_NAMES]

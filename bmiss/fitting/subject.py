@@ -145,7 +145,7 @@ def _build_model(base: Anatomy, ob: _Observed, s: SubjectFitSettings, fixed_valu
     t_ms = (np.arange(-pad, T + pad) - tpl.onset) / fs * 1e3
     cond, forward = _forward_model(base, s, fs, T + 2 * pad, t_ms)
     nfft = int(2 ** np.ceil(np.log2(T + 2 * pad)))
-    sb, ub = subject_bounds(base), unit_bounds(base)
+    sb, ub = _network_bounds(subject_bounds(base), cond, s), unit_bounds(base)
     L = base.layers
     lo_s = np.array([sb[k][0] for k in SUBJECT_NAMES], np.float32)
     hi_s = np.array([sb[k][1] for k in SUBJECT_NAMES], np.float32)
@@ -164,12 +164,51 @@ def _build_model(base: Anatomy, ob: _Observed, s: SubjectFitSettings, fixed_valu
     return model, fixed_phys, forward
 
 
+#: the network's tissue inputs that the subject fit can free: subject name -> the weights' domain key
+_NET_TISSUE = {"fat_mm": "fat_mm", "skin_mm": "skin_mm"}
+
+
+def _free_tissue(s: SubjectFitSettings) -> list[str]:
+    return [k for k in _NET_TISSUE if k not in s.fix]
+
+
+def _network_bounds(sb: dict, cond, s: SubjectFitSettings) -> dict:
+    """``sb`` with fat and skin, where fitted through the network, cut to its training domain."""
+    dom = getattr(cond, "domain", None)
+    if not (dom and s.free_network and _free_tissue(s)):
+        return sb
+    out = dict(sb)
+    for k in _free_tissue(s):
+        lo, hi = dom[_NET_TISSUE[k]]
+        out[k] = (max(sb[k][0], float(lo)), min(sb[k][1], float(hi)))
+    return out
+
+
+def _at_network_edge(model: FitModel, s_fit, base: Anatomy, s: SubjectFitSettings) -> str | None:
+    """Why a fit through the network must be redone with the conductor: a freed fat or skin value
+    within 1 % of a bound that the network's domain added (the optimum may lie beyond it)."""
+    if not (s.free_network and _free_tissue(s)):
+        return None
+    phys = np.asarray(model.subject(s_fit), np.float64)
+    sb = subject_bounds(base)
+    lo, hi = np.asarray(model.sub_lo, np.float64), np.asarray(model.sub_hi, np.float64)
+    for k in _free_tissue(s):
+        i = SUBJECT_NAMES.index(k)
+        tol = 0.01 * (hi[i] - lo[i])
+        if lo[i] > sb[k][0] and phys[i] <= lo[i] + tol:
+            return f"the network's fit put {k} at {phys[i]:.2f}, its domain's lower edge {lo[i]:g}"
+        if hi[i] < sb[k][1] and phys[i] >= hi[i] - tol:
+            return f"the network's fit put {k} at {phys[i]:.2f}, its domain's upper edge {hi[i]:g}"
+    return None
+
+
 def _forward_model(base: Anatomy, s: SubjectFitSettings, fs: float, n: int, t_ms):
     """``(MUAP model, note)``: the conductor, or the network where ``s.forward`` asks for it and it
-    serves (fat and skin held, the anatomy in its domain); ``note`` says which and why."""
+    serves (fat and skin held, or ``s.free_network``; the anatomy in its domain); ``note`` says
+    which and why."""
     note = "conductor"
     if s.forward == "surrogate":
-        if not {"fat_mm", "skin_mm"} <= set(s.fix):
+        if _free_tissue(s) and not s.free_network:
             note = ("conductor (fat and skin are fitted here: their ranges reach past the network's "
                     "fat 1-8 mm / skin 0.5-2 mm)")
         else:
@@ -177,7 +216,13 @@ def _forward_model(base: Anatomy, s: SubjectFitSettings, fs: float, n: int, t_ms
             from ..surrogate import load_surrogate
 
             try:
-                return load_surrogate(base, fs=fs, t_ms=t_ms, check_bounds=False), "surrogate"
+                sur = load_surrogate(base, fs=fs, t_ms=t_ms, check_bounds=False)
+                dom = sur.domain or {}
+                if _free_tissue(s):
+                    return sur, "surrogate (" + ", ".join(
+                        f"{k} fitted within its domain {dom[_NET_TISSUE[k]][0]:g}-{dom[_NET_TISSUE[k]][1]:g} mm"
+                        for k in _free_tissue(s)) + ")"
+                return sur, "surrogate"
             except SurrogateMismatchError as e:
                 note = f"conductor (the surrogate refused this anatomy: {e})"
     # 128-mm period across the fibres: half the cost of the default, MUAPs change by ~1e-3 (measured)
@@ -195,12 +240,12 @@ def _fat_profile(model: FitModel, base: Anatomy, obs, w, ob: _Observed, s: Subje
     fat held there is no valley to profile: one start.
     """
     L, m0 = base.layers, base.muscle
-    sb = subject_bounds(base)
+    fat_lo, fat_hi = float(model.sub_lo[0]), float(model.sub_hi[0])  # the fit's own range (the network's, if cut)
     iz_f0 = float(np.clip(m0.iz_fraction, 0.25, 0.75))
     fat_grid = [L.fat_thickness_mm * f for f in (1.0, 0.5, 1.5, 2.0, 0.25, 3.0)][:max(s.n_starts, 1)]
     if "fat_mm" in s.fix:
         fat_grid = fat_grid[:1]
-    starts = [(float(np.clip(f_, sb["fat_mm"][0] + 0.05, sb["fat_mm"][1] - 0.05)), m0.fibre_length_mm)
+    starts = [(float(np.clip(f_, fat_lo + 0.05, fat_hi - 0.05)), m0.fibre_length_mm)
               for f_ in fat_grid]
     sub_lo, sub_hi = np.asarray(model.sub_lo), np.asarray(model.sub_hi)
     ub_lo, ub_hi = np.asarray(model.unit_lo), np.asarray(model.unit_hi)
@@ -371,6 +416,13 @@ def fit_subject(rec, decomposition, *, anatomy: Anatomy, settings: SubjectFitSet
     tc = time.perf_counter()
     (s_fit, U), losses2 = optimise(theta, model, obs, w, s.n_steps, s.optimiser, s.lr * 0.4)
     timing["final_stage"] = round(time.perf_counter() - tc, 2)
+    edge = _at_network_edge(model, s_fit, base, s) if forward.startswith("surrogate") else None
+    if edge is not None:
+        sf = fit_subject(rec, decomposition, anatomy=anatomy, settings=s.replace(forward="conductor"), units=units,
+                         fixed_values=fixed_values, seed=seed, progress=progress, source=source)
+        sf.settings["forward_model"] = f"conductor ({edge})"
+        sf.timing["network_fit_discarded"] = round(time.perf_counter() - t_all - sf.timing["total"], 2)
+        return sf
     timing["fit"] = round(time.perf_counter() - t_fit, 2)
     timing["first_start_incl_compile"] = round(t_first, 2)
     s_fit = _population_means(model, s_fit, U, n, s.fix)
