@@ -40,8 +40,9 @@ class SubjectFitSettings(Settings):
     forward : the fit's MUAP model: ``"surrogate"`` (default; the universal network,
         :mod:`bmiss.surrogate`: 2.6x cheaper per loss and gradient for 8 units, within 1.8 % of the
         conductor) or ``"conductor"`` (the analytic volume conductor it was trained on). The network
-        serves only where fat and skin are held (the fit's fat range, 0.2-12 mm, is wider than the
-        network's 1-8 mm: ``bmiss fit`` fits them by default, so it uses the conductor) and the
+        serves where fat and skin are held or ``free_network`` is on (the fit's fat range, 0.2-12
+        mm, is wider than the network's 1-8 mm: ``bmiss fit`` fits them by default, so it uses the
+        conductor) and the
         anatomy and the fit's latest sample time lie in its domain (at most the 50.8 ms after the
         discharge it was trained on); elsewhere the conductor does, and ``settings["forward_model"]``
         says why. Fitting fat through the network, bounded to its domain, was tried and not kept:
