@@ -54,9 +54,11 @@ class SubjectFitSettings(Settings):
     free_network : where fat or skin are fitted (not in ``fix``) and ``forward`` is the network, fit
         them through it, bounded to its domain (fat 1-8 mm, skin 0.5-2 mm), instead of with the
         conductor; a fit that ends within 1 % of a bound the network adds is redone with the
-        conductor (``settings["forward_model"]`` says so). The pipeline's refit with fat and skin
-        free (only where the held fit explains less than ``min_ev``) does this (README, "The free
-        refit through the network"); ``bmiss fit`` keeps the conductor.
+        conductor (``settings["forward_model"]`` says so). Off by default, in the pipeline's free
+        refit too: there it took ~2 s less (warm) but, on the one benchmark row where the refit was
+        kept and the truth is known, fitted 87-mm fibres to 35-mm ones (the conductor 53 mm) and
+        its units' depth, x and IZ were 3-5x further off (README, "The free refit through the
+        network").
     """
 
     enabled: bool = True

@@ -191,8 +191,7 @@ class ModelSettings(Settings):
     fit_s: float = setting(4.0, lo=0.0, lo_open=True, hi=3600.0)
     probe_s: float = setting(2.0, lo=0.0, lo_open=True, hi=3600.0)
     max_units: int = setting(128, lo=1, hi=100000)
-    subject_fit: SubjectFitSettings = setting(default_factory=lambda: SubjectFitSettings(fix=("fat_mm", "skin_mm"),
-                                                                                         free_network=True))
+    subject_fit: SubjectFitSettings = setting(default_factory=lambda: SubjectFitSettings(fix=("fat_mm", "skin_mm")))
     unit_fit: UnitFitSettings = setting(default_factory=UnitFitSettings)
     blind: FastICASettings = setting(default_factory=FastICASettings)
     seed: int = setting(0, lo=0, hi=2**32 - 1)
