@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bmiss import metrics  # noqa: E402
 from bmiss.conductor import PARAM_NAMES  # noqa: E402
 from bmiss.files import provenance, write_json  # noqa: E402
 
@@ -124,35 +125,36 @@ def _read(paths, variant, method):
 
 def evaluate(paths, method, k95, k68) -> dict:
     """Coverage of every matched unit's 68 % and 95 % intervals in bench_mismatch JSON(s), as reported
-    (``as_run``) and with the combined units' intervals rebuilt with ``k95`` / ``k68`` (``with_k``);
-    units under another rule (posterior quantiles, Laplace only) keep their reported interval."""
+    (``as_run``) and with the combined units' intervals rebuilt with ``k95`` / ``k68`` as the pipeline
+    builds them (``with_k``); units under another rule (posterior quantiles, Laplace only) keep their
+    reported interval. Coverage through :func:`bmiss.metrics.property_errors`."""
+    from bmiss.pipeline.properties import _symmetric  # the pipeline's interval rule
+
     k95, k68 = np.asarray(k95, np.float64), np.asarray(k68, np.float64)
-    inside = {"as_run": [], "with_k": []}
+    T, E, Q = [], [], {"as_run": [], "with_k": []}
     n_comb = 0
     for path in paths:
         units, k_run = _matched_units(path, method)
         for _, u in units:
             if u.get("interval") is None:
                 continue
-            q, t = np.asarray(u["interval"], np.float64), np.asarray(u["truth"], np.float64)
-            ok = np.isfinite(q).all(1)
-            rep = np.stack([(t >= q[:, 1]) & (t <= q[:, 2]), (t >= q[:, 0]) & (t <= q[:, 3])], 1).astype(float)
-            rep[~ok] = np.nan
-            new = rep.copy()
+            t = np.asarray(u["truth"], np.float64)
+            q = np.asarray(u["interval"], np.float64)
+            T.append(t)
+            E.append(t + np.asarray(u["err"], np.float64))
+            Q["as_run"].append(q)
             if u["std_from"] == "laplace + posterior":
                 n_comb += 1
-                e, post = np.abs(np.asarray(u["err"])), np.asarray(u["post_std"])
-                lap = _laplace(u, k_run)
-                new = np.stack([e <= np.hypot(lap, k68 * post), e <= 1.96 * np.hypot(lap, k95 * post)], 1).astype(float)
-            inside["as_run"].append(rep)
-            inside["with_k"].append(new)
-    out = {"files": list(paths), "n_units": len(inside["as_run"]), "n_combined": n_comb}
-    for k, v in inside.items():
-        if not v:
+                lap, post = _laplace(u, k_run), np.asarray(u["post_std"], np.float64)
+                q = _symmetric(E[-1], np.hypot(lap, k95 * post), np.hypot(lap, k68 * post))
+            Q["with_k"].append(q)
+    out = {"files": list(paths), "n_units": len(T), "n_combined": n_comb}
+    for k, q in Q.items():
+        if not q:
             continue
-        a = np.stack(v)  # [n, 6, 2]
-        out[k] = {name: {"cover68": float(np.nanmean(a[:, p, 0])), "cover95": float(np.nanmean(a[:, p, 1])),
-                         "n": int(np.isfinite(a[:, p, 0]).sum())} for p, name in enumerate(PARAM_NAMES)}
+        pe = metrics.property_errors(np.array(E), np.array(T), PARAM_NAMES, intervals=np.array(q))
+        out[k] = {n: {"cover68": pe[n]["cover68"], "cover95": pe[n]["cover95"], "n": pe[n]["n_interval"]}
+                  for n in PARAM_NAMES}
         print(f"held out, {k:6s}: " + "  ".join(f"{n} {out[k][n]['cover68']:.2f}/{out[k][n]['cover95']:.2f}"
                                               for n in PARAM_NAMES))
     return out
