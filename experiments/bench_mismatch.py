@@ -107,7 +107,7 @@ def _model_meta(dec) -> dict:
     sm = m.get("subject_model")
     if sm:  # the subject fit: its result, and which MUAP model fitted it
         out["subject_model"] = {k: sm.get(k) for k in ("subject", "overall_explained_variance", "refit_free", "error",
-                                                       "time_s", "forward_model")}
+                                                       "time_s", "forward_model", "unit_forward_model")}
     return out
 
 

@@ -72,6 +72,10 @@ def test_bmiss_finds_every_unit_cbss_finds(case):
     assert sm["forward_model"] == ("surrogate" if r_kept_held(sm) else
                                    "conductor (fat and skin are fitted here: their ranges reach past the network's "
                                    "fat 1-8 mm / skin 0.5-2 mm)"), sm["forward_model"]
+    # where the conductor's free fit was kept, the unit fits in it run through the network (or say why not)
+    uf = sm["unit_forward_model"]
+    assert (uf == "surrogate") if r_kept_held(sm) else (
+        uf == "surrogate (in the subject the conductor fitted)" or uf.startswith("conductor (the fitted ")), uf
     r = sm["refit_free"]
     # the free fit is kept only where it explains min_gain more: two more parameters always explain a little more
     free_better = r["free_explained_variance"] >= r["held_explained_variance"] + r["min_gain"]

@@ -231,3 +231,27 @@ def test_a_network_fit_on_its_domain_edge_is_redone_with_the_conductor():
     assert "skin_mm at 0.51, its domain's lower edge 0.5" in edge(3.0, 0.51, **free)
     assert edge(7.98, 1.0, fix=("fat_mm", "skin_mm"), free_network=True) is None  # held: nothing to redo
     assert edge(7.98, 1.0, fix=()) is None  # the conductor fitted it: no network edge
+
+
+def test_with_network_serves_later_fits_in_a_conductor_fitted_subject(fitted):
+    import dataclasses
+
+    from bmiss.fitting import with_network
+    from bmiss.surrogate import Surrogate
+
+    rec, f = fitted
+    assert f.settings["forward_model"].startswith("conductor")  # fat and skin were fitted
+    g, note = with_network(f)
+    assert note == "surrogate" and isinstance(g.model.cond, Surrogate)
+    assert g.subject == f.subject and g.anatomy is f.anatomy  # the fitted values never change
+    # the unit fits through it land where the conductor's do (the network is within ~2 % of it)
+    s = UnitFitSettings(posterior=False, laplace=False)
+    sp = [rec.true_spikes[i] for i in f.unit_index[:3]]
+    a, b = fit_units(f, rec, sp, settings=s, seed=0), fit_units(g, rec, sp, settings=s, seed=0)
+    assert a.status == b.status and all(x == "fitted" for x in a.status)
+    d = np.abs(np.asarray(a.params) - np.asarray(b.params))
+    print("conductor vs network unit fits, |diff|:", d.max(0).round(3))
+    assert np.all(d[:, :3] < [1.0, 1.0, 0.3]), d  # depth, x mm; log fibres
+    # outside the network's domain it refuses, and says why
+    h = dataclasses.replace(f, subject={**f.subject, "fat_mm": (0.3, 0.0)})
+    assert with_network(h) == (None, "the fitted fat_mm 0.30 lies outside the network's domain 1-8")

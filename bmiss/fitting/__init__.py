@@ -12,8 +12,8 @@ from .bounds import SUBJECT_NAMES, SUBJECT_UNITS, subject_bounds, unit_bounds
 from .result import SubjectFit, UnitFit
 from .settings import SubjectFitSettings, UnitFitSettings
 from .starts import select_units
-from .subject import fit_subject
+from .subject import fit_subject, with_network
 from .units import fit_units
 
-__all__ = ["fit_subject", "fit_units", "SubjectFit", "UnitFit", "SubjectFitSettings", "UnitFitSettings",
+__all__ = ["fit_subject", "with_network", "fit_units", "SubjectFit", "UnitFit", "SubjectFitSettings", "UnitFitSettings",
            "select_units", "subject_bounds", "unit_bounds", "SUBJECT_NAMES", "SUBJECT_UNITS"]

@@ -8,7 +8,9 @@ anatomy's values by default, ``SubjectFitSettings.fix``) with every unit's depth
 count, IZ, CV and length. When the fit with held values explains less than
 ``SubjectFitSettings.min_ev`` of the MUAPs' variance it is repeated with them free and the
 better one kept (held fat at 3 mm for 4.1 mm and 61-mm fibres converged to 163-mm fibres, EV
-0.48; ``results/bench_fit_fat_held.json``). Too few confident units: the base anatomy is
+0.48; ``results/bench_fit_fat_held.json``); the free fit replaces the held one only where it
+explains 0.02 more. Where the conductor's free fit is kept, the unit fits in it run through the
+network (its fitted fat and skin in the network's domain; ``meta["unit_forward_model"]`` says which). Too few confident units: the base anatomy is
 returned, and ``meta["error"]`` says why. Output: a :class:`SubjectModel` that the model search
 inverts and the unit-properties stage reads.
 """
@@ -87,10 +89,18 @@ def fit_subject(rec, ws, blind_units: list, base, settings, *, seed: int = 0, pr
             sf = sf2 if better else sf
     except FitError as e:
         return base_model(base, str(e))
+    subject_forward = sf.settings.get("forward_model")
+    unit_forward = subject_forward
+    if settings.forward == "surrogate" and str(subject_forward).startswith("conductor"):
+        # the conductor fitted the subject (fat and skin free): the unit fits in it run through the network
+        sf_net, why = fitting.with_network(sf)
+        sf, unit_forward = (sf_net, "surrogate (in the subject the conductor fitted)") if sf_net is not None \
+            else (sf, f"conductor ({why})")
     unit_params = {blind[int(i)].cand: np.asarray(sf.unit_params[k], np.float32) for k, i in enumerate(sf.unit_index)}
     meta = {"subject": {k: [float(v[0]), float(v[1])] for k, v in sf.subject.items()},
             "overall_explained_variance": float(sf.overall_ev), "n_units_fitted": int(len(sf.unit_index)),
             "degenerate": list(sf.degenerate), "anatomy_toml": sf.toml(), "refit_free": refit,
-            "forward_model": sf.settings.get("forward_model"),  # the MUAP model that fitted it (and the unit fits)
+            "forward_model": subject_forward,  # the MUAP model that fitted it
+            "unit_forward_model": unit_forward,  # the one the unit fits in it use
             "time_s": round(time.perf_counter() - t, 2)}
     return SubjectModel(anatomy=sf.anatomy, fit=sf, unit_params=unit_params, meta=meta)
