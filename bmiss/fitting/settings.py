@@ -48,7 +48,9 @@ class SubjectFitSettings(Settings):
         says why. Fitting fat through the network, bounded to its domain, was tried and not kept:
         its fat was further from the truth and its Laplace std narrower (a 4-mm truth: 1.49 +- 0.15
         mm against the conductor's 2.26 +- 0.73; README, "The fit through the network"). The unit
-        fits under the subject model use the same model. In the default bmiss the network made the
+        fits under the subject model use the same model, except in the pipeline where the
+        conductor fitted a free refit: there they use the network where the fitted fat and skin
+        lie in its domain (:func:`~bmiss.fitting.with_network`). In the default bmiss the network made the
         subject fit and the unit fits 1.6-2.3x faster, with unit properties as accurate (README,
         "The fit through the network").
     free_network : where fat or skin are fitted (not in ``fix``) and ``forward`` is the network, fit
