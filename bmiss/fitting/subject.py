@@ -137,12 +137,18 @@ def _observe(rec, dec, idx, base: Anatomy, s: SubjectFitSettings, seed: int) -> 
     return _Observed(tpl=tpl, idx=idx[order], snr=snr[order], cmask=cmask, chans=chans, q=q, window_full=(w0, w1))
 
 
+def _fit_times(pad: int, T: int, onset: int, fs: float) -> np.ndarray:
+    """[T + 2 pad] sample times (ms after the discharge) at which the fit's MUAP model is read: the
+    averages' window and ``pad`` samples either side (the band filter's wrap-around margin)."""
+    return (np.arange(-pad, T + pad) - onset) / fs * 1e3
+
+
 def _build_model(base: Anatomy, ob: _Observed, s: SubjectFitSettings, fixed_values: dict):
     """Step 3: the differentiable model; also returns the physical values of the held parameters."""
     tpl, fs = ob.tpl, ob.tpl.fs
     T = tpl.muaps.shape[-1]
     pad = 16
-    t_ms = (np.arange(-pad, T + pad) - tpl.onset) / fs * 1e3
+    t_ms = _fit_times(pad, T, tpl.onset, fs)
     cond, forward = _forward_model(base, s, fs, T + 2 * pad, t_ms)
     nfft = int(2 ** np.ceil(np.log2(T + 2 * pad)))
     sb, ub = _network_bounds(subject_bounds(base), cond, s), unit_bounds(base)
@@ -213,7 +219,7 @@ def with_network(sf: SubjectFit) -> tuple[SubjectFit | None, str]:
     from ..surrogate import load_surrogate
 
     m, tpl = sf.model, sf.templates
-    t_ms = (np.arange(-m.pad, m.T + m.pad) - tpl.onset) / tpl.fs * 1e3  # as _build_model
+    t_ms = _fit_times(m.pad, m.T, tpl.onset, tpl.fs)
     try:
         sur = load_surrogate(sf.base, fs=tpl.fs, t_ms=t_ms, check_bounds=False)
     except SurrogateMismatchError as e:
